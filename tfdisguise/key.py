@@ -1,0 +1,226 @@
+"""The owner's secret key: generation, derivation, fingerprint and key files.
+
+A key is 32 random bytes plus the public spec. Every step's secret material
+(permutation, matrices) is derived from the secret with HMAC-SHA256 under a
+per-step label and seeds a numpy `Generator`, so the same key file gives the same
+matrices in every process.
+
+Example:
+
+>>> import os, tempfile
+>>> key = Key.generate(Spec.create((28, 28, 1), block_size=7, noise=100))
+>>> len(key.fingerprint)
+16
+>>> path = os.path.join(tempfile.mkdtemp(), "key.json")
+>>> key.save(path)
+>>> oct(os.stat(path).st_mode & 0o777)
+'0o600'
+>>> Key.load(path).fingerprint == key.fingerprint
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import stat
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from tfdisguise.spec import Spec
+
+__all__ = ["Key", "KeyFileError", "KeyMismatchError"]
+
+FORMAT = "tfdisguise.key"
+VERSION = 1
+SECRET_BYTES = 32
+
+
+class KeyFileError(ValueError):
+    """A key file is missing, corrupt, tampered with, or unsafe to use."""
+
+
+class KeyMismatchError(ValueError):
+    """Data or a model was disguised with a different key or spec than the one given."""
+
+
+def _hmac(secret: bytes, label: str) -> bytes:
+    return hmac.new(secret, label.encode("utf-8"), hashlib.sha256).digest()
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+class Key:
+    """A secret plus its public spec. Create with `generate` or `load`.
+
+    The secret is never printed, pickled or put in a config; `fingerprint` is the
+    public id (HMAC(secret, "fingerprint"), 16 hex characters) that disguised
+    data sets and exported models record.
+    """
+
+    def __init__(self, secret: bytes, spec: Spec):
+        if not isinstance(secret, (bytes, bytearray)) or len(secret) != SECRET_BYTES:
+            raise ValueError(f"`secret` must be {SECRET_BYTES} bytes. Received: {type(secret).__name__} of length {len(secret) if hasattr(secret, '__len__') else '?'}")
+        if not isinstance(spec, Spec):
+            raise TypeError(f"`spec` must be a tfdisguise Spec. Received: {type(spec).__name__}")
+        self._secret = bytes(secret)
+        self._spec = spec
+
+    @classmethod
+    def generate(cls, spec: Spec | None = None, **spec_kwargs) -> "Key":
+        """A fresh key from the OS's CSPRNG. Pass a `Spec`, or `Spec.create` arguments."""
+        if spec is None:
+            spec = Spec.create(**spec_kwargs)
+        elif spec_kwargs:
+            raise TypeError("Pass either `spec` or Spec.create arguments, not both.")
+        return cls(secrets.token_bytes(SECRET_BYTES), spec)
+
+    @property
+    def spec(self) -> Spec:
+        return self._spec
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        return _hmac(self._secret, "fingerprint").hex()[:16]
+
+    def derive(self, label: str) -> np.random.Generator:
+        """A numpy Generator seeded by HMAC-SHA256(secret, label)."""
+        seed = int.from_bytes(_hmac(self._secret, "tfdisguise/v1/" + label), "big")
+        return np.random.Generator(np.random.PCG64(seed))
+
+    @functools.cached_property
+    def plan(self):
+        """The spec compiled with this key's material (see `mechanisms.Plan`)."""
+        from tfdisguise.mechanisms import Plan
+
+        step_ops = []
+        for i, step in enumerate(self._spec.steps):
+            rng = self.derive(f"step/{i}/{step.name}") if step.keyed else None
+            step_ops.append(step.build(rng, self._spec))
+        return Plan.compile(self._spec, step_ops)
+
+    def check_matches(self, fingerprint: str, spec: Spec | dict | None, what: str) -> None:
+        """Raises KeyMismatchError unless `what` was made with this key and spec."""
+        if fingerprint != self.fingerprint:
+            raise KeyMismatchError(
+                f"{what} was disguised with key {fingerprint}, but the key given is {self.fingerprint}. "
+                "Use the key file that disguised it."
+            )
+        if spec is not None:
+            spec = Spec.from_dict(spec) if isinstance(spec, dict) else spec
+            if spec != self._spec:
+                raise KeyMismatchError(
+                    f"{what} records spec '{spec.describe()}' {spec.image_shape}, but the key's spec is "
+                    f"'{self._spec.describe()}' {self._spec.image_shape}."
+                )
+
+    # ---- key files -------------------------------------------------------------
+
+    def _header(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "spec": self._spec.to_dict()}
+
+    def _mac(self, header: dict[str, Any]) -> str:
+        # Covers the spec too: the fingerprint alone would not catch an edited spec.
+        return hmac.new(self._secret, _canonical(header), hashlib.sha256).hexdigest()
+
+    def to_json(self) -> str:
+        header = self._header()
+        body = dict(header, secret=base64.b64encode(self._secret).decode("ascii"), mac=self._mac(header))
+        return json.dumps(body, indent=2, sort_keys=True) + "\n"
+
+    def save(self, path: str, *, overwrite: bool = False) -> None:
+        """Writes the key file atomically (temp file + rename) with mode 0600.
+
+        Refuses to replace an existing file unless `overwrite=True`: losing a key
+        makes everything disguised with it unusable.
+        """
+        path = os.fspath(path)
+        if os.path.exists(path) and not overwrite:
+            raise FileExistsError(f"Key file {path} already exists; refusing to overwrite it (pass overwrite=True).")
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".key-", suffix=".partial", dir=directory)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str) -> "Key":
+        """Reads and verifies a key file; refuses unsafe, corrupt or tampered files."""
+        path = os.fspath(path)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise KeyFileError(f"Key file {path} does not exist.") from None
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyFileError(
+                f"Key file {path} is accessible by group or others (mode {oct(st.st_mode & 0o777)}); "
+                f"it must be private. Run: chmod 600 {path}"
+            )
+        with open(path, "rb") as f:
+            raw = f.read()
+        return cls.from_json(raw, source=path)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, source: str = "key") -> "Key":
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise KeyFileError(f"{source} is not a valid key file: corrupt or truncated JSON ({e}).") from None
+        if not isinstance(body, dict):
+            raise KeyFileError(f"{source} is not a valid key file: expected a JSON object.")
+        if body.get("format") != FORMAT:
+            raise KeyFileError(f"{source} is not a tfdisguise key file (format={body.get('format')!r}, expected {FORMAT!r}).")
+        if body.get("version") != VERSION:
+            raise KeyFileError(f"{source} has key format version {body.get('version')!r}; this tfdisguise reads version {VERSION}.")
+        missing = {"secret", "spec", "fingerprint", "mac"} - set(body)
+        if missing:
+            raise KeyFileError(f"{source} is missing {sorted(missing)}.")
+        try:
+            secret = base64.b64decode(body["secret"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise KeyFileError(f"{source}: the secret is not valid base64 (corrupt file).") from None
+        if len(secret) != SECRET_BYTES:
+            raise KeyFileError(f"{source}: the secret must be {SECRET_BYTES} bytes, found {len(secret)} (corrupt file).")
+        try:
+            spec = Spec.from_dict(body["spec"])
+        except ValueError as e:
+            raise KeyFileError(f"{source}: invalid spec ({e}).") from None
+        key = cls(secret, spec)
+        if not hmac.compare_digest(str(body["fingerprint"]), key.fingerprint):
+            raise KeyFileError(f"{source}: fingerprint does not match the secret; the file was tampered with or corrupted.")
+        header = {k: body[k] for k in ("format", "version", "fingerprint", "spec")}
+        if not hmac.compare_digest(str(body["mac"]), key._mac(header)):
+            raise KeyFileError(f"{source}: integrity check failed; the spec or header was tampered with.")
+        return key
+
+    # ---- never leak -------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"Key(fingerprint={self.fingerprint!r}, spec={self._spec.describe()!r})"
+
+    def __getstate__(self):
+        raise TypeError("tfdisguise.Key cannot be pickled: key material must not leave the owner.")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Key) and hmac.compare_digest(self._secret, other._secret) and self._spec == other._spec
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)

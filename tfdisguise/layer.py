@@ -1,0 +1,105 @@
+"""The `Disguise` Keras layer."""
+
+from __future__ import annotations
+
+import secrets
+
+import keras
+import numpy as np
+
+from tfdisguise import mechanisms
+from tfdisguise.key import Key, KeyMismatchError
+from tfdisguise.spec import Spec
+
+__all__ = ["Disguise"]
+
+
+@keras.saving.register_keras_serializable(package="tfdisguise")
+class Disguise(keras.layers.Layer):
+    """Applies a keyed disguise (block RMT, permutation, noise) to images.
+
+    **A model that contains this layer contains the key.** Its weights hold the
+    secret, so such a model must stay with the data owner: `tfdisguise.export`
+    refuses it. `get_config` holds only the public spec and the key fingerprint,
+    never the secret; a `.keras` file saved on the owner's side restores the
+    secret from its weights and checks it against the fingerprint.
+
+    Noise is fresh at every call, in training and in inference alike: the owner's
+    client disguises queries the same way the training data was disguised.
+
+    Args:
+        key: a `tfdisguise.Key`.
+        spec, fingerprint: used only by `from_config`; pass `key` instead.
+        **kwargs: standard layer arguments (`name`, ...).
+
+    Input shape:
+        `(H, W, C)` or `(batch, H, W, C)` matching the key's image shape; uint8
+        or float, on the 0..255 scale.
+
+    Output shape:
+        Same as the input, float32.
+
+    Example:
+
+    >>> key = Key.generate(Spec.create((28, 28, 1), block_size=7, noise=100))
+    >>> layer = Disguise(key)
+    >>> x = np.zeros((2, 28, 28, 1), dtype="uint8")
+    >>> tuple(layer(x).shape)
+    (2, 28, 28, 1)
+    >>> "secret" in str(layer.get_config())
+    False
+    """
+
+    def __init__(self, key: Key | None = None, *, spec=None, fingerprint=None, **kwargs):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        if key is not None:
+            if not isinstance(key, Key):
+                raise TypeError(f"`key` must be a tfdisguise.Key. Received: key={type(key).__name__}")
+            spec, fingerprint = key.spec, key.fingerprint
+        elif spec is None or fingerprint is None:
+            raise ValueError("`key` is required. Received: key=None")
+        self.spec = Spec.from_dict(spec) if isinstance(spec, dict) else spec
+        self.fingerprint = str(fingerprint)
+        self._key = key
+        self._seed_generator = (
+            keras.random.SeedGenerator(secrets.randbits(31)) if self.spec.noise_level > 0 else None
+        )
+
+    def call(self, inputs):
+        if self._key is None:
+            raise ValueError(
+                f"This Disguise layer (key {self.fingerprint}) has no secret: it was built from a config "
+                "without its weights. Load it from the owner's .keras file."
+            )
+        uniform = mechanisms.uniform_source(self._seed_generator) if self._seed_generator else None
+        return mechanisms.apply(inputs, self._key.plan, uniform)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-3]) + self.spec.image_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"spec": self.spec.to_dict(), "fingerprint": self.fingerprint})
+        return config
+
+    # The secret is the layer's only real state. Saving it as a weight keeps it
+    # out of config.json; restoring it re-derives the material and checks it.
+    def save_own_variables(self, store):
+        if self._key is not None:
+            store["secret"] = np.frombuffer(self._key._secret, dtype=np.uint8).copy()
+
+    def load_own_variables(self, store):
+        if "secret" not in store:
+            raise ValueError(f"The saved Disguise layer (key {self.fingerprint}) has no secret in its weights.")
+        key = Key(bytes(np.asarray(store["secret"], dtype=np.uint8)), self.spec)
+        if key.fingerprint != self.fingerprint:
+            raise KeyMismatchError(
+                f"The secret in the saved weights has fingerprint {key.fingerprint}, but the config says "
+                f"{self.fingerprint}: the file is corrupt or was tampered with."
+            )
+        self._key = key
+
+    @property
+    def key(self) -> Key | None:
+        return self._key
