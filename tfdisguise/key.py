@@ -99,15 +99,24 @@ class Key:
         return np.random.Generator(np.random.PCG64(seed))
 
     @functools.cached_property
+    def materials(self) -> tuple:
+        """Each step's secret material (permutation, matrices), in pipeline order.
+
+        Owner-side only: this *is* key material.
+        """
+        out = []
+        for i, step in enumerate(self._spec.steps):
+            rng = self.derive(f"step/{i}/{step.name}") if step.keyed else None
+            out.append(step.material(rng, self._spec))
+        return tuple(out)
+
+    @functools.cached_property
     def plan(self):
         """The spec compiled with this key's material (see `mechanisms.Plan`)."""
         from tfdisguise.mechanisms import Plan
 
-        step_ops = []
-        for i, step in enumerate(self._spec.steps):
-            rng = self.derive(f"step/{i}/{step.name}") if step.keyed else None
-            step_ops.append(step.build(rng, self._spec))
-        return Plan.compile(self._spec, step_ops)
+        ops = [step.build(m, self._spec) for step, m in zip(self._spec.steps, self.materials)]
+        return Plan.compile(self._spec, ops)
 
     def check_matches(self, fingerprint: str, spec: Spec | dict | None, what: str) -> None:
         """Raises KeyMismatchError unless `what` was made with this key and spec."""

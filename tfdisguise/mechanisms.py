@@ -15,7 +15,7 @@ Example (noise-free round trip):
 >>> from tfdisguise.spec import Spec
 >>> spec = Spec.create((4, 4, 1), block_size=2, rmt="orthogonal", rmt_mode="vector")
 >>> rng = np.random.default_rng(0)
->>> plan = Plan.compile(spec, [s.build(rng, spec) for s in spec.steps])
+>>> plan = Plan.compile(spec, [s.build(s.material(rng, spec), spec) for s in spec.steps])
 >>> x = rng.uniform(0, 255, size=(3, 4, 4, 1)).astype("float32")
 >>> y = keras.ops.convert_to_numpy(apply(x, plan))
 >>> bool(np.allclose(keras.ops.convert_to_numpy(invert(y, plan)), x, atol=1e-3))

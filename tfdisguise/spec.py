@@ -52,8 +52,12 @@ class Step:
     def validate(self, spec: "Spec") -> None:
         """Raises ValueError when the step cannot run on `spec`'s geometry."""
 
-    def build(self, rng: np.random.Generator | None, spec: "Spec"):
-        """Returns the `mechanisms` op that carries out this step."""
+    def material(self, rng: np.random.Generator | None, spec: "Spec"):
+        """The step's secret material, drawn from `rng` (None for unkeyed steps)."""
+        return None
+
+    def build(self, material, spec: "Spec"):
+        """Returns the `mechanisms` op that carries out this step with `material`."""
         raise NotImplementedError
 
 
@@ -64,11 +68,13 @@ class Permute(Step):
 
     name: ClassVar[str] = "permute"
 
-    def build(self, rng, spec):
+    def material(self, rng, spec):
+        return rng.permutation(spec.num_blocks).astype(np.int32)
+
+    def build(self, material, spec):
         from tfdisguise import mechanisms
 
-        perm = rng.permutation(spec.num_blocks).astype(np.int32)
-        return mechanisms.BlockLinear(perm=perm, matrices=None)
+        return mechanisms.BlockLinear(perm=material, matrices=None)
 
 
 @_register
@@ -103,16 +109,17 @@ class RMT(Step):
     def matrix_size(self, spec: "Spec") -> int:
         return spec.block_size[1] if self.mode == "matrix" else spec.block_dim
 
-    def build(self, rng, spec):
+    def material(self, rng, spec):
+        """[t, n, n] float64: R_i for each block position i (n = bw or d)."""
+        n = self.matrix_size(spec)
+        return np.stack([_random_matrix(rng, n, self.kind) for _ in range(spec.num_blocks)])
+
+    def build(self, material, spec):
         from tfdisguise import mechanisms
 
-        n = self.matrix_size(spec)
-        small = np.stack([_random_matrix(rng, n, self.kind) for _ in range(spec.num_blocks)])
         if self.mode == "matrix":
-            matrices = mechanisms.expand_matrix_mode(small, spec.block_size[0], spec.image_shape[2])
-        else:
-            matrices = small
-        return mechanisms.BlockLinear(perm=None, matrices=matrices)
+            material = mechanisms.expand_matrix_mode(material, spec.block_size[0], spec.image_shape[2])
+        return mechanisms.BlockLinear(perm=None, matrices=material)
 
 
 @_register
@@ -130,7 +137,7 @@ class Noise(Step):
             raise ValueError(f"`level` must be a finite number >= 0. Received: level={self.level!r}")
         object.__setattr__(self, "level", level)
 
-    def build(self, rng, spec):
+    def build(self, material, spec):
         from tfdisguise import mechanisms
 
         return mechanisms.AddNoise(level=self.level)
