@@ -20,7 +20,7 @@ import tensorflow as tf
 from tfdisguise import mechanisms
 from tfdisguise.key import Key
 
-__all__ = ["wrap", "image_spec_of"]
+__all__ = ["wrap", "batch_disguiser", "image_spec_of"]
 
 IMAGE_KEY = "image"
 # Unbatched input is disguised in chunks of this many images, then unbatched:
@@ -28,10 +28,13 @@ IMAGE_KEY = "image"
 INTERNAL_BATCH = 256
 
 
-def _tf_uniform(shape):
-    # A stateful TF op: fresh noise on every call and every epoch, and safe under
-    # parallel map calls (a Keras SeedGenerator variable would race there).
-    return tf.random.uniform(shape, 0.0, 1.0, dtype=tf.float32)
+def _tf_uniform(shape, maxval):
+    # A small stateful op draws a fresh seed per call (so every batch and every
+    # epoch gets new noise, safely under parallel map calls, where a Keras
+    # SeedGenerator variable would race); the bulk draw is stateless, which is
+    # about 1.5x faster than the stateful kernel on CPU.
+    seed = tf.random.uniform([2], 0, tf.int64.max, dtype=tf.int64)
+    return tf.random.stateless_uniform(shape, seed, 0.0, maxval, dtype=tf.float32)
 
 
 def image_spec_of(element_spec):
@@ -58,17 +61,32 @@ def image_spec_of(element_spec):
     )
 
 
-def _disguise_fn(key: Key):
+def _xla(fn):
+    # XLA fuses the layout changes, gather, cast and matmul of a linear op into
+    # one pass over memory: about 2x faster than the op-by-op graph on CPU.
+    return tf.function(fn, jit_compile=True, reduce_retracing=True)
+
+
+def batch_disguiser(key: Key, jit_compile: bool = True):
+    """The function `wrap` maps over batches: [N,H,W,C] -> disguised float32 (TensorFlow ops)."""
     plan = key.plan
     uniform = _tf_uniform if plan.has_noise else None
+    compile_fn = _xla if jit_compile else None
 
     def fn(images):
-        return mechanisms.apply(images, plan, uniform)
+        return mechanisms.apply(images, plan, uniform, compile_fn=compile_fn)
 
     return fn
 
 
-def wrap(ds: tf.data.Dataset, key: Key, *, num_parallel_calls=tf.data.AUTOTUNE, prefetch: bool = True):
+def wrap(
+    ds: tf.data.Dataset,
+    key: Key,
+    *,
+    num_parallel_calls=tf.data.AUTOTUNE,
+    prefetch: bool = True,
+    jit_compile: bool = True,
+):
     """Returns `ds` with every image disguised by `key`; the structure is kept.
 
     `ds` may be batched or not. Batched input is disguised batch by batch;
@@ -78,6 +96,7 @@ def wrap(ds: tf.data.Dataset, key: Key, *, num_parallel_calls=tf.data.AUTOTUNE, 
     epoch sees new noise (a form of augmentation).
 
     `model.fit(tfdisguise.wrap(ds, key))` works as written for a batched `ds`.
+    `jit_compile=False` runs the linear ops op by op instead of through XLA.
     """
     if not isinstance(key, Key):
         raise TypeError(f"`key` must be a tfdisguise.Key. Received: key={type(key).__name__}")
@@ -99,7 +118,7 @@ def wrap(ds: tf.data.Dataset, key: Key, *, num_parallel_calls=tf.data.AUTOTUNE, 
         raise ValueError(
             f"`ds` images have shape {tuple(image_spec.shape[-3:])}, but the key's spec expects {expected}."
         )
-    disguise = _disguise_fn(key)
+    disguise = batch_disguiser(key, jit_compile)
 
     is_tuple = isinstance(ds.element_spec, tuple)
 

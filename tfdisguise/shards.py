@@ -18,7 +18,7 @@ Example:
 (5, True)
 >>> images, labels = next(iter(load_disguised(out).batch(5)))
 >>> images.shape.as_list(), labels.numpy().tolist()
-[[5, 8, 8, 1], [0, 1, 0, 1, 0]]
+([5, 8, 8, 1], [0, 1, 0, 1, 0])
 """
 
 from __future__ import annotations
