@@ -80,6 +80,32 @@ def cmd_preview(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from tfdisguise.train import TrainConfig, train_and_save
+
+    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate, seed=args.seed)
+    result = train_and_save(args.out, config, source=args.input, key_path=args.key, shards=args.shards,
+                            validation_fraction=args.validation_fraction, limit=args.limit)
+    print(result.summary())
+    print(f"wrote {args.out}/model.keras, history.json, history.png")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from tfdisguise.privacy.calibrate import CalibrationConfig, calibrate
+
+    config = CalibrationConfig(
+        source=args.input, out=args.out, block_sizes=tuple(args.block_sizes), noise_levels=tuple(args.noise_levels),
+        rmt=tuple(args.rmt), rmt_modes=tuple(args.rmt_mode), permute=(args.permute,), model=args.model,
+        epochs=args.epochs, batch_size=args.batch_size, validation_fraction=args.validation_fraction,
+        limit=args.limit, seed=args.seed, ks=tuple(args.ks), attack_images=args.attack_images,
+        key_agnostic=args.key_agnostic, key_agnostic_keys=args.key_agnostic_keys, resume=args.resume,
+    )
+    calibrate(config, log=lambda msg: print(msg, flush=True))
+    return 0
+
+
 # ---- parser ----------------------------------------------------------------------
 
 
@@ -124,6 +150,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=8, help="number of images (default 8)")
     p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("train", help="train a classifier on plain data, on disguised shards, or on a source + key")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="SRC (as for disguise); with --key it is disguised on the fly by wrap()")
+    src.add_argument("--shards", help="a directory written by `tfdisguise disguise`")
+    p.add_argument("--key", help="key file: train on --input disguised with it")
+    p.add_argument("--model", default="simple_cnn", help="simple_cnn, resnet20 or keras.applications.<Name>")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="sweep settings; measure accuracy, privacy and attacks; write a report")
+    p.add_argument("--input", required=True)
+    p.add_argument("--block-sizes", type=_ints, default=(7,), help="comma-separated, e.g. 7,14")
+    p.add_argument("--noise-levels", type=lambda t: tuple(float(v) for v in t.split(",")), default=(0.0,))
+    p.add_argument("--rmt", type=lambda t: tuple(t.split(",")), default=("orthogonal",),
+                   help="comma-separated of orthogonal,projection,none")
+    p.add_argument("--rmt-mode", type=lambda t: tuple(t.split(",")), default=("matrix",), help="matrix,vector")
+    p.add_argument("--permute", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--model", default="simple_cnn")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--limit", type=int, default=None, help="use at most this many training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ks", type=_ints, default=(1, 10, 100), help="leaked pairs for the known-plaintext attack")
+    p.add_argument("--attack-images", type=int, default=500)
+    p.add_argument("--key-agnostic", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--key-agnostic-keys", type=int, default=16)
+    p.add_argument("--resume", action="store_true", help="reuse finished settings in --out")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_calibrate)
     return parser
 
 

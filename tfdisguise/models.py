@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
 __all__ = ["build", "simple_cnn", "resnet20", "MODEL_NAMES"]
@@ -23,10 +24,20 @@ __all__ = ["build", "simple_cnn", "resnet20", "MODEL_NAMES"]
 MODEL_NAMES = ("simple_cnn", "resnet20", "keras.applications.<Name>")
 
 
+# Positions that never vary in the adaptation data (MNIST's empty border) would
+# otherwise be divided by ~1e-7 at inference, turning any tiny deviation (noise,
+# a reconstruction error) into a huge activation. Their variance is floored at
+# this share of the mean variance.
+VARIANCE_FLOOR = 0.01
+
+
 def _normalization(input_shape, adapt_data):
     norm = layers.Normalization(axis=(1, 2, 3), name="normalization")
     if adapt_data is not None:
         norm.adapt(adapt_data)
+        variance = keras.ops.convert_to_numpy(norm.adapt_variance)
+        norm.adapt_variance.assign(np.maximum(variance, VARIANCE_FLOOR * variance.mean()))
+        norm.finalize_state()
     else:
         norm.build((None,) + tuple(input_shape))
     return norm
