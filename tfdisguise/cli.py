@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter off the terminal
+# TF's Python warnings (retracing notices when several models predict in turn) are noise here.
+logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -100,7 +103,8 @@ def cmd_calibrate(args) -> int:
         rmt=tuple(args.rmt), rmt_modes=tuple(args.rmt_mode), permute=(args.permute,), model=args.model,
         epochs=args.epochs, batch_size=args.batch_size, validation_fraction=args.validation_fraction,
         limit=args.limit, seed=args.seed, ks=tuple(args.ks), attack_images=args.attack_images,
-        key_agnostic=args.key_agnostic, key_agnostic_keys=args.key_agnostic_keys, resume=args.resume,
+        key_agnostic=args.key_agnostic, key_agnostic_keys=args.key_agnostic_keys,
+        key_agnostic_images=args.key_agnostic_images, resume=args.resume,
     )
     calibrate(config, log=lambda msg: print(msg, flush=True))
     return 0
@@ -184,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-images", type=int, default=500)
     p.add_argument("--key-agnostic", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--key-agnostic-keys", type=int, default=16)
+    p.add_argument("--key-agnostic-images", type=int, default=None, help="attacker's training images (default: all)")
     p.add_argument("--resume", action="store_true", help="reuse finished settings in --out")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_calibrate)

@@ -167,7 +167,9 @@ def _image_quality(reference, estimate) -> tuple[float, float]:
     a = tf.convert_to_tensor(np.asarray(reference, np.float32))
     b = tf.convert_to_tensor(np.asarray(estimate, np.float32))
     psnr = tf.image.psnr(a, b, max_val=255.0).numpy()
-    ssim = tf.image.ssim(a, b, max_val=255.0).numpy()
+    # The standard 11x11 window, shrunk for images smaller than that.
+    size = min(11, int(a.shape[1]), int(a.shape[2]))
+    ssim = tf.image.ssim(a, b, max_val=255.0, filter_size=size, filter_sigma=1.5 * size / 11).numpy()
     return float(np.mean(np.minimum(psnr, 100.0))), float(np.mean(ssim))
 
 

@@ -57,6 +57,7 @@ class CalibrationConfig:
     attack_images: int = 500
     key_agnostic: bool = True
     key_agnostic_keys: int = 16
+    key_agnostic_images: int | None = None
     resume: bool = False
 
     def train_config(self) -> TrainConfig:
@@ -121,7 +122,8 @@ def _run_setting(name, spec, data, examiner, baseline, config, log) -> dict:
     report.block_norm = bn.to_dict()
     if config.key_agnostic:
         log(f"[{name}] key-agnostic examiner ({config.key_agnostic_keys} random keys)")
-        ka = attacks.key_agnostic_attack(x_tr, y_tr, dis_va, y_va, spec, num_classes=num_classes,
+        n_ka = config.key_agnostic_images or len(x_tr)
+        ka = attacks.key_agnostic_attack(x_tr[:n_ka], y_tr[:n_ka], dis_va, y_va, spec, num_classes=num_classes,
                                          num_keys=config.key_agnostic_keys, config=config.train_config(), setting=name)
         report.key_agnostic = ka.to_dict()
     from tfdisguise.plots import image_grid, save_figure
