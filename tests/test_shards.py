@@ -91,7 +91,7 @@ def test_directory_without_manifest_is_refused(tmp_path):
 def test_wrong_key_is_refused(key, pairs, tmp_path):
     out = str(tmp_path / "upload")
     export_disguised(pairs, key, out, progress=False)
-    with pytest.raises(KeyMismatchError, match=f"disguised with key {key.fingerprint}"):
+    with pytest.raises(KeyMismatchError, match=f"belongs to key {key.fingerprint}"):
         load_disguised(out, key=make_key(seed=9, image_shape=(14, 14, 1), block_size=7))
 
 

@@ -110,6 +110,34 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from tfdisguise.export import export_trained
+
+    path = export_trained(args.model, args.base, args.name, version=args.version, key_path=args.key,
+                          manifest=args.manifest)
+    print(f"exported {args.model} to {path} (signature serving_default: image -> probabilities, class_id)")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from tfdisguise.key import Key
+    from tfdisguise.serving.client import DisguisedClient, read_images
+
+    key = Key.load(args.key)
+    names, images = read_images(args.images, key.spec.image_shape)
+    target = f"http://{args.server}" if args.rest and "://" not in args.server else args.server
+    with DisguisedClient(target, args.model, key, version=args.version, timeout=args.timeout) as client:
+        out = client.predict(images)
+    probs = out.get("probabilities")
+    for i, name in enumerate(names):
+        cls = int(out["class_id"][i]) if "class_id" in out else int(np.argmax(probs[i]))
+        conf = f" (p={float(probs[i][cls]):.3f})" if probs is not None else ""
+        print(f"{name}\tclass {cls}{conf}")
+    return 0
+
+
 # ---- parser ----------------------------------------------------------------------
 
 
@@ -192,10 +220,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="reuse finished settings in --out")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("export", help="export a trained model as a SavedModel for TF Serving")
+    p.add_argument("--model", required=True, help="a .keras file from `tfdisguise train`")
+    p.add_argument("--base", default="saved_models", help="base directory (default saved_models)")
+    p.add_argument("--name", required=True, help="the served model's name")
+    p.add_argument("--version", type=int, default=None, help="default: the next integer")
+    ident = p.add_mutually_exclusive_group()
+    ident.add_argument("--key", help="owner's key file (only its spec and fingerprint are recorded)")
+    ident.add_argument("--manifest", help="the shards' manifest.json the model was trained on")
+    p.set_defaults(func=cmd_export)
+
+    sub.add_parser("serve", add_help=False,
+                   help="serve saved_models over TF Serving's gRPC/REST APIs (tensorflow_model_server's flags)")
+
+    p = sub.add_parser("predict", help="disguise images locally and query a served model")
+    p.add_argument("--key", required=True)
+    p.add_argument("--server", required=True, help="HOST:PORT (gRPC) or http://HOST:PORT (REST)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--version", type=int, default=None)
+    p.add_argument("--rest", action="store_true", help="use the REST API")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("images", nargs="+", help="image files (.png/.jpg), .npy, or .npz with x")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        # serve takes tensorflow_model_server's own flags; its parser lives with the server.
+        from tfdisguise.serving.server import main as serve_main
+
+        try:
+            return serve_main(argv[1:])
+        except (ValueError, OSError) as e:
+            print(f"tfdisguise serve: error: {e}", file=sys.stderr)
+            return 1
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -122,8 +122,8 @@ class Key:
         """Raises KeyMismatchError unless `what` was made with this key and spec."""
         if fingerprint != self.fingerprint:
             raise KeyMismatchError(
-                f"{what} was disguised with key {fingerprint}, but the key given is {self.fingerprint}. "
-                "Use the key file that disguised it."
+                f"{what} belongs to key {fingerprint}, but the key given is {self.fingerprint}. "
+                "Use the key file it was made with."
             )
         if spec is not None:
             spec = Spec.from_dict(spec) if isinstance(spec, dict) else spec

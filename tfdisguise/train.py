@@ -185,7 +185,8 @@ def train_and_save(
     validation_fraction: float = 0.2,
     limit: int | None = None,
 ) -> TrainResult:
-    """The `tfdisguise train` job: trains, then writes model.keras, history.json and history.png to `out`.
+    """The `tfdisguise train` job: trains, then writes model.keras, history.json and history.png to `out`
+    (plus disguise.json, the public spec and fingerprint, when the data was disguised).
 
     Plain (`source`), on the fly (`source` + `key_path`), or from disguised
     shards (`shards`, split by `validation_fraction` in shard order).
@@ -214,6 +215,7 @@ def train_and_save(
         model, history = fit(train_ds.prefetch(tf.data.AUTOTUNE), val_ds, input_shape=manifest["image_shape"],
                              num_classes=max(2, manifest["labels"]["num_classes"]), adapt_data=adapt, config=config,
                              steps_per_epoch=-(-(n - n_val) // config.batch_size))
+        identity = {"spec": manifest["spec"], "fingerprint": manifest["fingerprint"]}
         result = TrainResult(model=config.model, epochs=config.epochs, train_images=n - n_val, val_images=n_val,
                              val_accuracy=float(history.get("val_accuracy", [float("nan")])[-1]),
                              seconds=time.time() - started, history=history, disguised=True,
@@ -224,7 +226,12 @@ def train_and_save(
         val = datasets.load(source, "validation", validation_fraction=validation_fraction, seed=config.seed)
         model, result = train_classifier(train.x, train.y, (val.x, val.y) if len(val) else None, key=key,
                                          config=config, num_classes=max(train.num_classes, 2))
+        identity = {"spec": key.spec.to_dict(), "fingerprint": key.fingerprint} if key else None
     os.makedirs(out, exist_ok=True)
+    if identity:
+        # Public identity of the disguise (no key material), read by `tfdisguise export`.
+        with open(os.path.join(out, "disguise.json"), "w") as f:
+            json.dump(identity, f, indent=2)
     model.save(os.path.join(out, "model.keras"))
     with open(os.path.join(out, "history.json"), "w") as f:
         f.write(result.to_json())

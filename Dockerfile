@@ -1,0 +1,14 @@
+# TF Serving with the exported disguised-image models baked in.
+# The serving image must be at least as new as the TensorFlow that exported the
+# models: tensorflow==2.21.0 is pinned in setup.cfg, so is the image.
+FROM tensorflow/serving:2.21.0
+
+COPY saved_models/ /models/
+COPY serving/models.config serving/batching_parameters.txt serving/monitoring.config /config/
+
+EXPOSE 8500 8501
+ENTRYPOINT ["tensorflow_model_server"]
+CMD ["--port=8500", "--rest_api_port=8501", \
+     "--model_config_file=/config/models.config", \
+     "--enable_batching", "--batching_parameters_file=/config/batching_parameters.txt", \
+     "--monitoring_config_file=/config/monitoring.config"]

@@ -1,0 +1,182 @@
+"""SavedModel export for TF Serving: `saved_models/<name>/<version>/`.
+
+The exported model takes *disguised* images and holds no key material. It
+records the public spec and the key fingerprint twice: in
+`assets.extra/tfdisguise.json`, and in a `tfdisguise_info` signature that any
+TF Serving client can query, so that the owner's client can refuse a model made
+for another key.
+
+Signatures:
+    serving_default: image float32 [None, H, W, C] (disguised)
+                     -> probabilities float32 [None, K], class_id int64 [None]
+    tfdisguise_info: dummy int32 [None] -> fingerprint string [], spec string []
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfdisguise.key import Key
+from tfdisguise.layer import Disguise
+from tfdisguise.spec import Spec
+
+__all__ = ["export", "export_trained", "read_export_info", "INFO_FILE", "INFO_SIGNATURE", "ExportError"]
+
+INFO_FILE = "tfdisguise.json"
+INFO_SIGNATURE = "tfdisguise_info"
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+class ExportError(ValueError):
+    """A model cannot be exported for serving as asked."""
+
+
+def _layers(model):
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        yield layer
+
+
+def _next_version(model_dir: str) -> int:
+    versions = [int(n) for n in tf.io.gfile.listdir(model_dir) if re.fullmatch(r"\d+/?", n)] if tf.io.gfile.exists(model_dir) else []
+    return max(versions, default=0) + 1
+
+
+def _warmup_record(name: str, shape) -> bytes:
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=name, signature_name="serving_default"))
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(np.zeros((1,) + tuple(shape), np.float32)))
+    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    return log.SerializeToString()
+
+
+def export(
+    model: keras.Model,
+    base_dir: str,
+    name: str,
+    *,
+    key: Key | None = None,
+    spec: Spec | dict | None = None,
+    fingerprint: str | None = None,
+    version: int | None = None,
+    class_names: list[str] | None = None,
+) -> str:
+    """Exports `model` to `base_dir/name/version` for TF Serving and returns that path.
+
+    Give the disguise's public identity as `key` (only its spec and fingerprint
+    are read) or as `spec` + `fingerprint` (for example from a shards manifest,
+    which is what the cloud holds). With no `version`, the next integer is used.
+    The export is written to a temporary directory and renamed into place, so
+    TF Serving never sees a half-written version.
+
+    Raises ExportError for a model that contains a `Disguise` layer: it would
+    carry the key to the cloud.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
+        raise ExportError(f"`name` must be letters, digits, '_', '-' or '.'. Received: name={name!r}")
+    if any(isinstance(layer, Disguise) for layer in _layers(model)):
+        raise ExportError(
+            "This model contains a Disguise layer, which holds the secret key; exporting it would send the key "
+            "to the server. Export the classifier that takes disguised images instead."
+        )
+    if key is not None:
+        spec, fingerprint = key.spec, key.fingerprint
+    if spec is None or fingerprint is None:
+        raise ExportError("Pass `key`, or both `spec` and `fingerprint`, to record which disguise the model expects.")
+    spec = Spec.from_dict(spec) if isinstance(spec, dict) else spec
+    shape = tuple(int(v) for v in model.input_shape[1:])
+    if shape != spec.image_shape:
+        raise ExportError(f"The model takes images of shape {shape}, but the disguise spec is for {spec.image_shape}.")
+    model_dir = os.path.join(base_dir, name)
+    version = _next_version(model_dir) if version is None else int(version)
+    if version < 1:
+        raise ExportError(f"`version` must be a positive integer. Received: version={version}")
+    final = os.path.join(model_dir, str(version))
+    if tf.io.gfile.exists(final):
+        raise ExportError(f"{final} already exists; versions are immutable, pick another.")
+
+    info = {
+        "format": "tfdisguise.export",
+        "version": 1,
+        "fingerprint": fingerprint,
+        "spec": spec.to_dict(),
+        "input": {"name": "image", "dtype": "float32", "shape": [None, *spec.image_shape]},
+        "outputs": {"probabilities": "float32", "class_id": "int64"},
+        "num_classes": int(model.output_shape[-1]),
+        "class_names": list(class_names) if class_names else None,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+    info_json = tf.constant(json.dumps(info["spec"], sort_keys=True))
+    fp = tf.constant(fingerprint)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(image):
+        probabilities = model(image, training=False)
+        return {"probabilities": probabilities, "class_id": tf.argmax(probabilities, axis=-1)}
+
+    def describe(dummy):
+        del dummy  # TF Serving requests need an input; the answer is constant
+        return {"fingerprint": fp, "spec": info_json}
+
+    archive.add_endpoint("serving_default", serve,
+                         input_signature=[tf.TensorSpec((None,) + shape, tf.float32, name="image")])
+    archive.add_endpoint(INFO_SIGNATURE, describe, input_signature=[tf.TensorSpec((None,), tf.int32, name="dummy")])
+
+    tf.io.gfile.makedirs(model_dir)
+    tmp = os.path.join(model_dir, f".tmp-{version}-{secrets.token_hex(4)}")
+    try:
+        archive.write_out(tmp, verbose=False)
+        extra = os.path.join(tmp, "assets.extra")
+        tf.io.gfile.makedirs(extra)
+        with tf.io.gfile.GFile(os.path.join(extra, INFO_FILE), "w") as f:
+            f.write(json.dumps(info, indent=2) + "\n")
+        with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
+            writer.write(_warmup_record(name, shape))
+        tf.io.gfile.rename(tmp, final)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True) if "://" not in tmp else tf.io.gfile.rmtree(tmp)
+        raise
+    return final
+
+
+def read_export_info(version_dir: str) -> dict:
+    """The public spec and fingerprint recorded in an export."""
+    path = os.path.join(version_dir, "assets.extra", INFO_FILE)
+    if not tf.io.gfile.exists(path):
+        raise ExportError(f"{version_dir} has no assets.extra/{INFO_FILE}: it was not exported by tfdisguise.")
+    with tf.io.gfile.GFile(path) as f:
+        return json.loads(f.read())
+
+
+def export_trained(model_path: str, base_dir: str, name: str, *, version: int | None = None,
+                   key_path: str | None = None, manifest: str | None = None) -> str:
+    """The `tfdisguise export` job: loads a `.keras` model and exports it.
+
+    The disguise identity comes from `key_path`, from a shards `manifest`, or
+    from the `disguise.json` that `tfdisguise train` writes beside the model.
+    """
+    if key_path:
+        key = Key.load(key_path)
+        spec, fingerprint = key.spec, key.fingerprint
+    else:
+        path = manifest or os.path.join(os.path.dirname(os.path.abspath(model_path)), "disguise.json")
+        if not os.path.exists(path):
+            raise ExportError(f"No disguise identity for {model_path}: pass --key or --manifest "
+                              f"(looked for {path}).")
+        with open(path) as f:
+            info = json.load(f)
+        spec, fingerprint = info["spec"], info["fingerprint"]
+    model = keras.models.load_model(model_path)
+    return export(model, base_dir, name, spec=spec, fingerprint=fingerprint, version=version)

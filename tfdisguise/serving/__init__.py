@@ -1,0 +1,1 @@
+"""TF-Serving-compatible embedded server and the owner's disguising client."""

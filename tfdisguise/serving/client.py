@@ -1,0 +1,263 @@
+"""The owner's client: disguises images locally, then queries TF Serving (gRPC or REST).
+
+It works unchanged against `tensorflow_model_server` and the embedded server:
+input and output names come from the model's metadata, and the model's
+disguise fingerprint comes from its `tfdisguise_info` signature.
+
+Example (against a running server):
+
+    with DisguisedClient("localhost:8500", "mnist", Key.load("owner/key.json")) as client:
+        out = client.predict(images)          # uint8 [N, 28, 28, 1]
+        out["class_id"], out["probabilities"]
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from tfdisguise.data import batch_disguiser
+from tfdisguise.export import INFO_SIGNATURE
+from tfdisguise.key import Key, KeyMismatchError
+
+__all__ = ["DisguisedClient", "ServingClientError"]
+
+
+class ServingClientError(RuntimeError):
+    """A request failed for good (after retries, or with a non-retryable error)."""
+
+    def __init__(self, message: str, code=None):
+        super().__init__(message)
+        self.code = code
+
+
+class DisguisedClient:
+    """Disguises with `key`, then calls `model_name` at `target`.
+
+    Args:
+        target: "host:port" for gRPC, or "http://host:port" for REST.
+        model_name: the served model's name.
+        key: the owner's `tfdisguise.Key`; it never leaves this process.
+        version: a model version; None means the latest.
+        timeout: the deadline of each call, in seconds, retries included.
+        max_retries: retries of an UNAVAILABLE server, with exponential backoff.
+        credentials: `grpc.ssl_channel_credentials(...)` for TLS.
+        batch_size: images per request; larger inputs are split.
+        max_message_bytes: gRPC message size limit.
+    """
+
+    def __init__(self, target: str, model_name: str, key: Key, *, version: int | None = None, timeout: float = 10.0,
+                 max_retries: int = 8, backoff: float = 0.05, credentials=None, batch_size: int = 64,
+                 max_message_bytes: int = 64 << 20):
+        if not isinstance(key, Key):
+            raise TypeError(f"`key` must be a tfdisguise.Key. Received: key={type(key).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
+        self.target, self.model_name, self.key, self.version = target, model_name, key, version
+        self.timeout, self.max_retries, self.backoff, self.batch_size = timeout, max_retries, backoff, batch_size
+        self.rest = target.startswith(("http://", "https://"))
+        self._disguise = tf.function(batch_disguiser(key))  # the same ops as wrap() in training
+        self._metadata = None
+        if self.rest:
+            import requests
+
+            self._http = requests.Session()
+        else:
+            options = [("grpc.max_send_message_length", max_message_bytes),
+                       ("grpc.max_receive_message_length", max_message_bytes)]
+            self._channel = (grpc.secure_channel(target, credentials, options) if credentials
+                             else grpc.insecure_channel(target, options))
+            self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    # ---- transport with deadline and retries ------------------------------------
+
+    def _retrying(self, call):
+        deadline = time.monotonic() + self.timeout
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return call(max(remaining, 0.001))
+            except grpc.RpcError as e:
+                code, detail = e.code(), e.details()
+                retryable = code == grpc.StatusCode.UNAVAILABLE
+            except _rest_errors() as e:
+                code, detail, retryable = grpc.StatusCode.UNAVAILABLE, str(e), True
+            except _RestStatus as e:
+                code, detail, retryable = e.code, e.message, e.code == grpc.StatusCode.UNAVAILABLE
+            delay = min(self.backoff * 2**attempt, 1.0) * (0.5 + random.random())
+            if not retryable or attempt >= self.max_retries or time.monotonic() + delay >= deadline:
+                raise ServingClientError(f"{self.model_name} at {self.target}: {code.name}: {detail}", code) from None
+            attempt += 1
+            time.sleep(delay)
+
+    def _version_path(self) -> str:
+        return f"/versions/{self.version}" if self.version else ""
+
+    def _rest(self, method, suffix, payload=None):
+        def call(timeout):
+            url = f"{self.target}/v1/models/{self.model_name}{self._version_path()}{suffix}"
+            r = self._http.request(method, url, json=payload, timeout=timeout)
+            if r.status_code != 200:
+                code = {404: grpc.StatusCode.NOT_FOUND, 400: grpc.StatusCode.INVALID_ARGUMENT,
+                        503: grpc.StatusCode.UNAVAILABLE}.get(r.status_code, grpc.StatusCode.INTERNAL)
+                try:
+                    message = r.json().get("error", r.text)
+                except ValueError:
+                    message = r.text
+                raise _RestStatus(code, message)
+            return r.json()
+
+        return self._retrying(call)
+
+    def _model_spec(self, spec, signature_name="serving_default"):
+        spec.name = self.model_name
+        spec.signature_name = signature_name
+        if self.version:
+            spec.version.value = self.version
+
+    def _predict_raw(self, inputs: dict[str, np.ndarray], signature_name="serving_default") -> dict[str, np.ndarray]:
+        if self.rest:
+            body = {"signature_name": signature_name, "inputs": {k: v.tolist() for k, v in inputs.items()}}
+            out = self._rest("POST", ":predict", body)["outputs"]
+            if not isinstance(out, dict):
+                out = {self.metadata["outputs"][0]: out}
+            return {k: np.asarray(v) for k, v in out.items()}
+        request = predict_pb2.PredictRequest()
+        self._model_spec(request.model_spec, signature_name)
+        for k, v in inputs.items():
+            request.inputs[k].CopyFrom(tf.make_tensor_proto(v))
+        response = self._retrying(lambda t: self._stub.Predict(request, timeout=t))
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    # ---- metadata and key check ------------------------------------------------------
+
+    @property
+    def metadata(self) -> dict:
+        """Input name, output names and the model's disguise fingerprint (checked against the key)."""
+        if self._metadata is None:
+            if self.rest:
+                sigs = self._rest("GET", "/metadata")["metadata"]["signature_def"]["signatureDef"]
+                default = sigs["serving_default"]
+                inputs, outputs = list(default["inputs"]), sorted(default["outputs"])
+                shape = [int(d.get("size", -1)) for d in default["inputs"][inputs[0]]["tensorShape"].get("dim", [])]
+                names = set(sigs)
+            else:
+                request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+                self._model_spec(request.model_spec, "")
+                response = self._retrying(lambda t: self._stub.GetModelMetadata(request, timeout=t))
+                sig_map = get_model_metadata_pb2.SignatureDefMap()
+                response.metadata["signature_def"].Unpack(sig_map)
+                default = sig_map.signature_def["serving_default"]
+                inputs, outputs = list(default.inputs), sorted(default.outputs)
+                shape = [d.size for d in default.inputs[inputs[0]].tensor_shape.dim]
+                names = set(sig_map.signature_def)
+            if len(inputs) != 1:
+                raise ServingClientError(f"{self.model_name}: expected one image input, found {inputs}.")
+            if INFO_SIGNATURE not in names:
+                raise KeyMismatchError(f"Model {self.model_name} at {self.target} records no disguise fingerprint "
+                                       f"(no '{INFO_SIGNATURE}' signature); refusing to send it disguised data.")
+            info = self._predict_raw({"dummy": np.zeros([1], np.int32)}, INFO_SIGNATURE)
+            fingerprint = _as_text(info["fingerprint"])
+            spec = _as_text(info["spec"])
+            import json
+
+            self.key.check_matches(fingerprint, json.loads(spec), f"Model {self.model_name} at {self.target}")
+            self._metadata = {"input": inputs[0], "outputs": outputs, "input_shape": shape, "fingerprint": fingerprint}
+        return self._metadata
+
+    # ---- predictions ---------------------------------------------------------------------
+
+    def _check_images(self, images) -> np.ndarray:
+        images = np.asarray(images)
+        expected = self.key.spec.image_shape
+        if images.ndim == 3:
+            images = images[np.newaxis]
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(f"`images` must be [N, {', '.join(map(str, expected))}] (or one image). "
+                             f"Received: shape={images.shape}")
+        return images
+
+    def predict_disguised(self, disguised) -> dict[str, np.ndarray]:
+        """Sends already disguised float32 images, in batches; returns outputs by name."""
+        disguised = np.asarray(disguised, np.float32)
+        name = self.metadata["input"]
+        parts = [self._predict_raw({name: disguised[i:i + self.batch_size]})
+                 for i in range(0, len(disguised), self.batch_size)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def predict(self, images) -> dict[str, np.ndarray]:
+        """Disguises `images` (uint8 or 0..255 float, [N,H,W,C] or one image) and returns the model's outputs."""
+        images = self._check_images(images)
+        self.metadata  # noqa: B018 - check the key before any data leaves
+        out = {}
+        for i in range(0, len(images), self.batch_size):
+            disguised = self._disguise(tf.constant(images[i:i + self.batch_size])).numpy()
+            for k, v in self.predict_disguised(disguised).items():
+                out.setdefault(k, []).append(v)
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    def close(self) -> None:
+        if self.rest:
+            self._http.close()
+        else:
+            self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _RestStatus(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _rest_errors():
+    import requests
+
+    return (requests.ConnectionError, requests.Timeout)
+
+
+def _as_text(value) -> str:
+    value = np.asarray(value).reshape(-1)[0] if np.asarray(value).ndim else np.asarray(value).item()
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_images(paths, image_shape) -> tuple[list[str], np.ndarray]:
+    """Images for `tfdisguise predict`: image files, .npy arrays, or .npz files with `x`."""
+    from PIL import Image
+
+    names, arrays = [], []
+    for path in paths:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as d:
+                x = d["x"]
+        elif path.endswith(".npy"):
+            x = np.load(path, allow_pickle=False)
+        else:
+            with Image.open(path) as im:
+                x = np.asarray(im.convert("L" if image_shape[2] == 1 else "RGB"))
+        x, shape = np.asarray(x), tuple(image_shape)
+        if shape[2] == 1 and x.shape[-2:] == shape[:2]:
+            x = x[..., np.newaxis]  # grayscale without a channel axis
+        if x.shape == shape:
+            x = x[np.newaxis]
+        if x.ndim != 4 or x.shape[1:] != tuple(image_shape):
+            raise ValueError(f"{path}: images of shape {x.shape[1:] if x.ndim == 4 else x.shape} do not match the key's "
+                             f"image shape {tuple(image_shape)}.")
+        names += [path] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))]
+        arrays.append(x)
+    return names, np.concatenate(arrays)
