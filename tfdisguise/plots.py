@@ -13,13 +13,19 @@ from __future__ import annotations
 import os
 import tempfile
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+__all__ = ["new_figure", "preview_grid", "image_grid", "save_figure", "to_display"]
 
-__all__ = ["preview_grid", "image_grid", "save_figure", "to_display"]
+
+def new_figure(nrows=1, ncols=1, figsize=(6, 4), squeeze=True):
+    """(Figure, axes) without pyplot: no GUI backend, no global figure registry to leak into.
+
+    Notebooks still show the Figure inline.
+    """
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def to_display(image: np.ndarray) -> np.ndarray:
@@ -33,7 +39,7 @@ def to_display(image: np.ndarray) -> np.ndarray:
 def image_grid(rows: list[np.ndarray], row_titles: list[str], title: str | None = None):
     """A Figure with one row per array of images, each image min-max scaled."""
     n = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 1.2, 1.4 * len(rows) + 0.4), squeeze=False)
+    fig, axes = new_figure(len(rows), n, figsize=(1.3 * n + 1.2, 1.4 * len(rows) + 0.4), squeeze=False)
     for i, (images, label) in enumerate(zip(rows, row_titles)):
         for j in range(n):
             ax = axes[i][j]
@@ -56,7 +62,7 @@ def preview_grid(originals: np.ndarray, disguised: np.ndarray, title: str | None
 
 
 def save_figure(fig, path: str, dpi: int = 110) -> str:
-    """Writes `fig` to `path` atomically (PNG unless the suffix says otherwise) and closes it."""
+    """Writes `fig` to `path` atomically (PNG unless the suffix says otherwise)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     suffix = os.path.splitext(path)[1] or ".png"
@@ -66,7 +72,6 @@ def save_figure(fig, path: str, dpi: int = 110) -> str:
         fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)
     finally:
-        plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path

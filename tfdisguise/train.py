@@ -157,9 +157,9 @@ def train_classifier(
 
 def history_figure(history: dict[str, Any], title: str = ""):
     """Training curves (loss and accuracy per epoch) as a matplotlib Figure."""
-    from tfdisguise.plots import plt
+    from tfdisguise.plots import new_figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = new_figure(1, 2, figsize=(9, 3.2))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):
             values = history.get(prefix + metric)

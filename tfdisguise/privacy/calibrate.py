@@ -238,9 +238,9 @@ def report_markdown(report: dict) -> str:
 
 
 def tradeoff_figure(report: dict):
-    from tfdisguise.plots import plt
+    from tfdisguise.plots import new_figure
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = new_figure(figsize=(6, 4.2))
     for r in report["settings"]:
         ax.scatter(100 * r["visual_privacy"], 100 * r["disguised_accuracy"])
         ax.annotate(r["setting"], (100 * r["visual_privacy"], 100 * r["disguised_accuracy"]), fontsize=7,
@@ -256,9 +256,9 @@ def tradeoff_figure(report: dict):
 
 
 def kpa_figure(report: dict):
-    from tfdisguise.plots import plt
+    from tfdisguise.plots import new_figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     for r in report["settings"]:
         by_k = r.get("known_plaintext", {}).get("by_k", {})
         if by_k:
