@@ -15,13 +15,18 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfdisguise import datasets
+from tfdisguise import models
+from tfdisguise import privacy
 from tfdisguise.data import wrap
+from tfdisguise.export import ExportError
+from tfdisguise.export import export
 from tfdisguise.key import Key
 from tfdisguise.key import KeyFileError
 from tfdisguise.key import KeyMismatchError
 from tfdisguise.layer import Disguise
 from tfdisguise.mechanisms import disguise
 from tfdisguise.mechanisms import undisguise
+from tfdisguise.serving.client import DisguisedClient
 from tfdisguise.shards import ShardError
 from tfdisguise.shards import export_disguised
 from tfdisguise.shards import load_disguised
@@ -35,6 +40,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Disguise",
+    "DisguisedClient",
+    "ExportError",
     "Key",
     "KeyFileError",
     "KeyMismatchError",
@@ -45,8 +52,11 @@ __all__ = [
     "Spec",
     "datasets",
     "disguise",
+    "export",
     "export_disguised",
     "load_disguised",
+    "models",
+    "privacy",
     "read_manifest",
     "undisguise",
     "wrap",

@@ -65,7 +65,11 @@ class DisguisedClient:
         self.target, self.model_name, self.key, self.version = target, model_name, key, version
         self.timeout, self.max_retries, self.backoff, self.batch_size = timeout, max_retries, backoff, batch_size
         self.rest = target.startswith(("http://", "https://"))
-        self._disguise = tf.function(batch_disguiser(key))  # the same ops as wrap() in training
+        # The same ops as wrap() in training, as concrete graphs: calling those directly
+        # skips tf.function's argument dispatch, about 0.1 ms of a batch-1 query.
+        fn = tf.function(batch_disguiser(key))
+        self._disguisers = {dtype: fn.get_concrete_function(tf.TensorSpec((None,) + key.spec.image_shape, dtype))
+                            for dtype in (tf.uint8, tf.float32)}
         self._metadata = None
         if self.rest:
             import requests
@@ -199,12 +203,13 @@ class DisguisedClient:
         """Disguises `images` (uint8 or 0..255 float, [N,H,W,C] or one image) and returns the model's outputs."""
         images = self._check_images(images)
         self.metadata  # noqa: B018 - check the key before any data leaves
-        out = {}
-        for i in range(0, len(images), self.batch_size):
-            disguised = self._disguise(tf.constant(images[i:i + self.batch_size])).numpy()
-            for k, v in self.predict_disguised(disguised).items():
-                out.setdefault(k, []).append(v)
-        return {k: np.concatenate(v) for k, v in out.items()}
+        if images.dtype != np.uint8:
+            images = images.astype(np.float32)
+        disguise = self._disguisers[tf.uint8 if images.dtype == np.uint8 else tf.float32]
+        name = self.metadata["input"]
+        parts = [self._predict_raw({name: disguise(tf.constant(images[i:i + self.batch_size])).numpy()})
+                 for i in range(0, len(images), self.batch_size)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def close(self) -> None:
         if self.rest:
