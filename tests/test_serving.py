@@ -358,3 +358,17 @@ def test_tls(served, tmp_path):
         with DisguisedClient(f"localhost:{server.port}", "tiny", served["key"], timeout=2) as plain:
             with pytest.raises(ServingClientError):
                 plain.predict(served["x"][:2])
+
+
+def test_serve_runs_tensorflow_model_server_when_on_path(tmp_path):
+    # A stand-in binary records the flags it was given: scripts must move between the two unchanged.
+    fake = tmp_path / "bin" / "tensorflow_model_server"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'args.txt'}\n")
+    fake.chmod(0o755)
+    exe = os.path.join(os.path.dirname(sys.executable), "tfdisguise")
+    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
+    flags = ["--port=8500", "--rest_api_port=8501", "--model_name=mnist", "--model_base_path=/models/mnist"]
+    done = subprocess.run([exe, "serve", *flags], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "args.txt").read_text().split() == flags
