@@ -18,7 +18,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 
 import keras
 import numpy as np
@@ -146,7 +145,7 @@ def export(
         tf.io.gfile.rename(tmp, final)
     except BaseException:
         if tf.io.gfile.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True) if "://" not in tmp else tf.io.gfile.rmtree(tmp)
+            tf.io.gfile.rmtree(tmp)
         raise
     return final
 

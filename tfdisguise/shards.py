@@ -64,7 +64,8 @@ def _as_pairs(ds: tf.data.Dataset) -> tuple[tf.data.Dataset, bool]:
         return ds.map(lambda *e: (e[0], tf.cast(e[1], tf.int64))), True
     if isinstance(spec, dict) and "label" in spec:
         return ds.map(lambda e: (e["image"], tf.cast(e["label"], tf.int64))), True
-    return ds.map(lambda *e: (get_image(e[0] if len(e) == 1 else e), tf.constant(-1, tf.int64))), False
+    is_tuple = isinstance(spec, tuple)  # tf.data unpacks tuples into arguments
+    return ds.map(lambda *e: (get_image(e if is_tuple else e[0]), tf.constant(-1, tf.int64))), False
 
 
 def _example(image: np.ndarray, label: int) -> bytes:
