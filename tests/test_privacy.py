@@ -149,3 +149,9 @@ def test_calibration_two_settings_end_to_end_and_resume(rng, tmp_path):
     assert any("skipped (resume)" in m and names[0] in m for m in messages)
     assert not any("skipped" in m and names[1] in m for m in messages) and os.path.exists(second)
     assert any("resume: plain baseline" in m for m in messages)
+
+    # A changed recipe is not silently mixed with old results.
+    messages.clear()
+    calibrate(CalibrationConfig(**{**config.__dict__, "resume": True, "ks": (1, 5)}), log=messages.append)
+    assert any("recipe changed" in m for m in messages) and not any("skipped" in m for m in messages)
+    assert set(json.load(open(first))["known_plaintext"]["by_k"]) == {"1", "5"}

@@ -60,6 +60,14 @@ class CalibrationConfig:
     key_agnostic_images: int | None = None
     resume: bool = False
 
+    def recipe(self) -> dict:
+        """What a finished result depends on; `resume` reuses a result only if this matches."""
+        return {"source": self.source, "validation_fraction": self.validation_fraction, "limit": self.limit,
+                "seed": self.seed, "model": self.model, "epochs": self.epochs, "batch_size": self.batch_size,
+                "learning_rate": self.learning_rate, "ks": list(self.ks), "attack_images": self.attack_images,
+                "key_agnostic": self.key_agnostic, "key_agnostic_keys": self.key_agnostic_keys,
+                "key_agnostic_images": self.key_agnostic_images}
+
     def train_config(self) -> TrainConfig:
         return TrainConfig(model=self.model, epochs=self.epochs, batch_size=self.batch_size,
                            learning_rate=self.learning_rate, seed=self.seed)
@@ -156,16 +164,22 @@ def calibrate(config: CalibrationConfig, log: Callable[[str], None] = print) -> 
     examiner_path = os.path.join(config.out, "examiner.keras")
     import keras
 
+    recipe = config.recipe()
+    baseline = None
     if config.resume and os.path.exists(baseline_path) and os.path.exists(examiner_path):
         baseline = json.load(open(baseline_path))
-        examiner = keras.models.load_model(examiner_path)
-        log(f"resume: plain baseline {baseline['val_accuracy']:.4f} (from {baseline_path})")
-    else:
+        if baseline.get("recipe") == recipe:
+            examiner = keras.models.load_model(examiner_path)
+            log(f"resume: plain baseline {baseline['val_accuracy']:.4f} (from {baseline_path})")
+        else:
+            log("resume: the recipe changed since the plain baseline was trained; training it again")
+            baseline = None
+    if baseline is None:
         log(f"training the plain baseline / examiner: {config.model}, {config.epochs} epochs")
         examiner, result = train_classifier(train.x, train.y, (val.x, val.y), config=config.train_config(),
                                             progress=False)
         examiner.save(examiner_path)
-        baseline = dataclasses.asdict(result)
+        baseline = dict(dataclasses.asdict(result), recipe=recipe)
         _write_json(baseline_path, baseline)
         log(f"plain baseline: {result.summary()}")
 
@@ -173,11 +187,14 @@ def calibrate(config: CalibrationConfig, log: Callable[[str], None] = print) -> 
     for i, (name, spec) in enumerate(grid, 1):
         path = os.path.join(config.out, "results", f"{name}.json")
         if config.resume and os.path.exists(path):
-            log(f"({i}/{len(grid)}) {name}: done before, skipped (resume)")
-            rows.append(json.load(open(path)))
-            continue
+            row = json.load(open(path))
+            if row.get("recipe") == recipe and row.get("baseline_accuracy") == baseline["val_accuracy"]:
+                log(f"({i}/{len(grid)}) {name}: done before, skipped (resume)")
+                rows.append(row)
+                continue
         log(f"({i}/{len(grid)}) {name}: {spec.describe()}")
-        row = _run_setting(name, spec, data, examiner, baseline, config, log)
+        row = dict(_run_setting(name, spec, data, examiner, baseline, config, log), recipe=recipe,
+                   baseline_accuracy=baseline["val_accuracy"])
         _write_json(path, row)
         rows.append(row)
     report = {
