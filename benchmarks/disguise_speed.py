@@ -149,6 +149,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fit-images", type=int, default=8000)
     parser.add_argument("--fit-epochs", type=int, default=5)
     parser.add_argument("--fit-batch", type=int, default=128)
+    parser.add_argument("--only", choices=("disguise", "fit"), help="run one part of the benchmark")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -164,16 +165,17 @@ def main(argv=None) -> int:
     results = {
         "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores, TF {tf.__version__}, Keras {keras.__version__}",
         "data": {"cifar": args.cifar or "random", "mnist": args.mnist or "random"},
-        "disguise": [
+    }
+    if args.only in (None, "disguise"):
+        results["disguise"] = [
             bench_disguise("cifar", cifar, tfdisguise.Spec.create((32, 32, 3), 4, rmt="orthogonal", rmt_mode="vector",
                                                                   permute=True, noise=25),
                            args.batch, args.repeats, args.ref_images),
             bench_disguise("mnist", mx, tfdisguise.Spec.create((28, 28, 1), 7, rmt="orthogonal", rmt_mode="matrix",
                                                                permute=True, noise=100),
                            min(args.batch, len(mx)), args.repeats, args.ref_images),
-        ],
-    }
-    for r in results["disguise"]:
+        ]
+    for r in results.get("disguise", []):
         print(f"[{r['setting']}] {r['spec']}, batch {r['batch']}: "
               f"(a) ours {r['a_ours_img_per_s']:,.0f} img/s | (b) per-image numpy {r['b_numpy_per_image_img_per_s']:,.0f} img/s "
               f"({r['ms_per_image_numpy']:.2f} ms/img) | (c) bare matmul {r['c_bare_matmul_img_per_s']:,.0f} img/s "
@@ -181,13 +183,15 @@ def main(argv=None) -> int:
         print(f"    breakdown: ours without the noise step {r['a_without_noise_img_per_s']:,.0f} img/s "
               f"(= {r['a_without_noise_over_c']:.2f} x bare matmul); drawing the noise alone {r['noise_draw_only_img_per_s']:,.0f} img/s",
               flush=True)
-    fit = bench_fit(mx, my, args.fit_epochs, args.fit_batch)
-    results["fit"] = fit
-    med = fit["epoch_s_median"]
-    print(f"[fit] simple_cnn, {fit['images']} MNIST-size images, batch {fit['batch_size']}, medians of "
-          f"{fit['epochs_timed']} interleaved epochs: plain {med['plain']:.2f} s, pre-disguised {med['pre-disguised']:.2f} s, "
-          f"through wrap {med['wrap']:.2f} s => wrap adds {fit['wrap_vs_pre_disguised_pct']:+.1f}% vs pre-disguised "
-          f"(target <= 5%), {fit['wrap_vs_plain_pct']:+.1f}% vs plain")
+    if args.only in (None, "fit"):
+        fit = bench_fit(mx, my, args.fit_epochs, args.fit_batch)
+        results["fit"] = fit
+        med = fit["epoch_s_median"]
+        print(f"[fit] simple_cnn, {fit['images']} MNIST-size images, batch {fit['batch_size']}, medians of "
+              f"{fit['epochs_timed']} interleaved epochs: plain {med['plain']:.2f} s, pre-disguised {med['pre-disguised']:.2f} s, "
+              f"through wrap {med['wrap']:.2f} s => wrap adds {fit['wrap_vs_pre_disguised_pct']:+.1f}% vs pre-disguised "
+              f"(target <= 5%), {fit['wrap_vs_plain_pct']:+.1f}% vs plain")
+        print("    every epoch (s): " + "; ".join(f"{k} {[round(t, 2) for t in v]}" for k, v in fit["epoch_s_all"].items()))
     print(results["hardware"])
     if args.json:
         with open(args.json, "w") as f:
