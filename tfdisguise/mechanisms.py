@@ -3,11 +3,12 @@
 Everything here is written with `keras.ops`, so the same code runs on the
 TensorFlow backend inside `tf.data` and as a model layer on any backend.
 
-Images are moved once into a *block layout* `[t, N, d]` (block position, image,
-flattened block of length d = bh*bw*C), every step runs there, and they are moved
-back once. In that layout a run of linear steps (RMT, permutation) fuses into one
-gather plus one batched matmul `[t, N, d] @ [t, d, d]`, which is as fast as the
-bare matmul it contains.
+Consecutive linear steps (RMT, permutation) are fused at compile time into one
+op. That op moves images into a *block layout* `[t, N, d]` (block position,
+image, flattened block of length d = bh*bw*C), runs one gather plus one batched
+matmul `[t, N, d] @ [t, d, d]`, and moves them back; under XLA (as in `wrap`) the
+whole op is one fused kernel. Noise is i.i.d. per element, so it is added in image
+layout between linear ops.
 
 Example (noise-free round trip):
 

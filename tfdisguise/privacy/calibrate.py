@@ -88,13 +88,18 @@ def setting_grid(config: CalibrationConfig, image_shape) -> list[tuple[str, Spec
     return out
 
 
-def _write_json(path: str, obj) -> None:
+def _write_text(path: str, text: str) -> None:
+    """Temp file + rename: an interrupted run never leaves a half-written result."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: str, obj) -> None:
+    _write_text(path, json.dumps(obj, indent=2))
 
 
 def _true_perm(key: Key):
@@ -296,9 +301,6 @@ def write_report(report: dict, out: str) -> None:
     from tfdisguise.plots import save_figure
 
     _write_json(os.path.join(out, "report.json"), report)
-    path = os.path.join(out, "report.md")
-    with open(path + ".tmp", "w") as f:
-        f.write(report_markdown(report))
-    os.replace(path + ".tmp", path)
+    _write_text(os.path.join(out, "report.md"), report_markdown(report))
     save_figure(tradeoff_figure(report), os.path.join(out, "tradeoff.png"))
     save_figure(kpa_figure(report), os.path.join(out, "kpa_curve.png"))
