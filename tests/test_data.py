@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from tfdisguise import disguise, wrap
 
-from conftest import make_key
+from helpers import make_key
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tfdisguise import Disguise, disguise
 
-from conftest import make_key
+from helpers import make_key
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from tfdisguise import Disguise, export_disguised
 
-from conftest import make_key
+from helpers import make_key
 
 
 def secret_patterns(key):

@@ -5,7 +5,7 @@ import tfdisguise
 from tfdisguise import Spec, disguise, undisguise
 from tfdisguise.mechanisms import apply
 
-from conftest import make_key
+from helpers import make_key
 from reference import disguise_batch, split_blocks
 
 

@@ -17,7 +17,7 @@ from tfdisguise.privacy import (
 )
 from tfdisguise.privacy.calibrate import CalibrationConfig, calibrate
 
-from conftest import make_key
+from helpers import make_key
 from reference import split_blocks
 
 

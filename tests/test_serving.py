@@ -31,7 +31,7 @@ from tfdisguise.serving.registry import ModelRegistry, parse_model_config
 from tfdisguise.serving.server import ModelServer
 from tfdisguise.train import TrainConfig, train_classifier
 
-from conftest import make_key
+from helpers import make_key
 from test_leaks import leaks
 from test_privacy import synthetic_classes
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tfdisguise import KeyMismatchError, ShardError, disguise, export_disguised, load_disguised, read_manifest
 
-from conftest import make_key
+from helpers import make_key
 
 
 @pytest.fixture

@@ -23,9 +23,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfdisguise.identity import FILE_NAME as IDENTITY_FILE
+from tfdisguise.identity import Identity
 from tfdisguise.key import Key
 from tfdisguise.layer import Disguise
-from tfdisguise.spec import Spec
 
 __all__ = ["export", "export_trained", "read_export_info", "INFO_FILE", "INFO_SIGNATURE", "ExportError"]
 
@@ -63,16 +64,15 @@ def export(
     name: str,
     *,
     key: Key | None = None,
-    spec: Spec | dict | None = None,
-    fingerprint: str | None = None,
+    identity: Identity | None = None,
     version: int | None = None,
     class_names: list[str] | None = None,
 ) -> str:
     """Exports `model` to `base_dir/name/version` for TF Serving and returns that path.
 
-    Give the disguise's public identity as `key` (only its spec and fingerprint
-    are read) or as `spec` + `fingerprint` (for example from a shards manifest,
-    which is what the cloud holds). With no `version`, the next integer is used.
+    Give the disguise's public identity as `identity` (for example from a shards
+    manifest or a run's `disguise.json`, which is what the cloud holds) or as
+    `key` (only its identity is read). With no `version`, the next integer is used.
     The export is written to a temporary directory and renamed into place, so
     TF Serving never sees a half-written version.
 
@@ -87,10 +87,12 @@ def export(
             "to the server. Export the classifier that takes disguised images instead."
         )
     if key is not None:
-        spec, fingerprint = key.spec, key.fingerprint
-    if spec is None or fingerprint is None:
-        raise ExportError("Pass `key`, or both `spec` and `fingerprint`, to record which disguise the model expects.")
-    spec = Spec.from_dict(spec) if isinstance(spec, dict) else spec
+        if identity is not None and identity != key.identity:
+            raise ExportError(f"`key` ({key.fingerprint}) and `identity` ({identity.fingerprint}) disagree.")
+        identity = key.identity
+    if identity is None:
+        raise ExportError("Pass `identity` (or `key`) to record which disguise the model expects.")
+    spec, fingerprint = identity.spec, identity.fingerprint
     shape = tuple(int(v) for v in model.input_shape[1:])
     if shape != spec.image_shape:
         raise ExportError(f"The model takes images of shape {shape}, but the disguise spec is for {spec.image_shape}.")
@@ -151,7 +153,7 @@ def export(
 
 
 def read_export_info(version_dir: str) -> dict:
-    """The public spec and fingerprint recorded in an export."""
+    """The export's info (its `identity` fields plus input/outputs), as recorded."""
     path = os.path.join(version_dir, "assets.extra", INFO_FILE)
     if not tf.io.gfile.exists(path):
         raise ExportError(f"{version_dir} has no assets.extra/{INFO_FILE}: it was not exported by tfdisguise.")
@@ -167,15 +169,17 @@ def export_trained(model_path: str, base_dir: str, name: str, *, version: int | 
     from the `disguise.json` that `tfdisguise train` writes beside the model.
     """
     if key_path:
-        key = Key.load(key_path)
-        spec, fingerprint = key.spec, key.fingerprint
+        identity = Key.load(key_path).identity
+    elif manifest:
+        from tfdisguise.shards import manifest_identity, read_manifest
+
+        identity = manifest_identity(read_manifest(os.path.dirname(os.path.abspath(manifest))
+                                                   if os.path.isfile(manifest) else manifest))
     else:
-        path = manifest or os.path.join(os.path.dirname(os.path.abspath(model_path)), "disguise.json")
+        path = os.path.join(os.path.dirname(os.path.abspath(model_path)), IDENTITY_FILE)
         if not os.path.exists(path):
             raise ExportError(f"No disguise identity for {model_path}: pass --key or --manifest "
                               f"(looked for {path}).")
-        with open(path) as f:
-            info = json.load(f)
-        spec, fingerprint = info["spec"], info["fingerprint"]
+        identity = Identity.load(path)
     model = keras.models.load_model(model_path)
-    return export(model, base_dir, name, spec=spec, fingerprint=fingerprint, version=version)
+    return export(model, base_dir, name, identity=identity, version=version)

@@ -30,11 +30,12 @@ import json
 import os
 import secrets
 import stat
-import tempfile
 from typing import Any
 
 import numpy as np
 
+from tfdisguise import io
+from tfdisguise.identity import Identity, KeyMismatchError
 from tfdisguise.spec import Spec
 
 __all__ = ["Key", "KeyFileError", "KeyMismatchError"]
@@ -46,10 +47,6 @@ SECRET_BYTES = 32
 
 class KeyFileError(ValueError):
     """A key file is missing, corrupt, tampered with, or unsafe to use."""
-
-
-class KeyMismatchError(ValueError):
-    """Data or a model was disguised with a different key or spec than the one given."""
 
 
 def _hmac(secret: bytes, label: str) -> bytes:
@@ -93,6 +90,15 @@ class Key:
     def fingerprint(self) -> str:
         return _hmac(self._secret, "fingerprint").hex()[:16]
 
+    @functools.cached_property
+    def identity(self) -> Identity:
+        """The public part of this key (spec + fingerprint): safe to record anywhere."""
+        return Identity(spec=self._spec, fingerprint=self.fingerprint)
+
+    def secret_bytes(self) -> bytes:
+        """The raw secret. Owner-side only (the `Disguise` layer saves it as its weight)."""
+        return self._secret
+
     def derive(self, label: str) -> np.random.Generator:
         """A numpy Generator seeded by HMAC-SHA256(secret, label)."""
         seed = int.from_bytes(_hmac(self._secret, "tfdisguise/v1/" + label), "big")
@@ -118,20 +124,9 @@ class Key:
         ops = [step.build(m, self._spec) for step, m in zip(self._spec.steps, self.materials)]
         return Plan.compile(self._spec, ops)
 
-    def check_matches(self, fingerprint: str, spec: Spec | dict | None, what: str) -> None:
-        """Raises KeyMismatchError unless `what` was made with this key and spec."""
-        if fingerprint != self.fingerprint:
-            raise KeyMismatchError(
-                f"{what} belongs to key {fingerprint}, but the key given is {self.fingerprint}. "
-                "Use the key file it was made with."
-            )
-        if spec is not None:
-            spec = Spec.from_dict(spec) if isinstance(spec, dict) else spec
-            if spec != self._spec:
-                raise KeyMismatchError(
-                    f"{what} records spec '{spec.describe()}' {spec.image_shape}, but the key's spec is "
-                    f"'{self._spec.describe()}' {self._spec.image_shape}."
-                )
+    def check_matches(self, identity: Identity, what: str) -> None:
+        """Raises KeyMismatchError unless `what` (recorded as `identity`) was made with this key."""
+        identity.check(self, what)
 
     # ---- key files -------------------------------------------------------------
 
@@ -151,24 +146,13 @@ class Key:
         """Writes the key file atomically (temp file + rename) with mode 0600.
 
         Refuses to replace an existing file unless `overwrite=True`: losing a key
-        makes everything disguised with it unusable.
+        makes everything disguised with it unusable. Missing parent directories
+        are created with mode 0700.
         """
         path = os.fspath(path)
-        if os.path.exists(path) and not overwrite:
+        if os.path.lexists(path) and not overwrite:
             raise FileExistsError(f"Key file {path} already exists; refusing to overwrite it (pass overwrite=True).")
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".key-", suffix=".partial", dir=directory)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        io.write_text(path, self.to_json(), mode=0o600, dir_mode=0o700)
 
     @classmethod
     def load(cls, path: str) -> "Key":

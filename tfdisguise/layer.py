@@ -87,7 +87,7 @@ class Disguise(keras.layers.Layer):
     # out of config.json; restoring it re-derives the material and checks it.
     def save_own_variables(self, store):
         if self._key is not None:
-            store["secret"] = np.frombuffer(self._key._secret, dtype=np.uint8).copy()
+            store["secret"] = np.frombuffer(self._key.secret_bytes(), dtype=np.uint8).copy()
 
     def load_own_variables(self, store):
         if "secret" not in store:

@@ -11,7 +11,6 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -63,15 +62,9 @@ def preview_grid(originals: np.ndarray, disguised: np.ndarray, title: str | None
 
 def save_figure(fig, path: str, dpi: int = 110) -> str:
     """Writes `fig` to `path` atomically (PNG unless the suffix says otherwise)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(prefix=".fig-", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from tfdisguise import io
+
+    fmt = (os.path.splitext(path)[1] or ".png").lstrip(".")
+    with io.atomic_file(path, binary=True) as f:
+        fig.savefig(f, dpi=dpi, format=fmt)
     return path

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfdisguise.data import image_spec_of, wrap
+from tfdisguise.identity import Identity
 from tfdisguise.key import Key
 from tfdisguise.spec import Spec
 
@@ -143,8 +144,7 @@ def export_disguised(
         manifest = {
             "format": FORMAT,
             "version": VERSION,
-            "fingerprint": key.fingerprint,
-            "spec": key.spec.to_dict(),
+            **key.identity.to_dict(),
             "image_shape": list(key.spec.image_shape),
             "dtype": "float32",
             "count": count,
@@ -200,6 +200,11 @@ def read_manifest(out_dir: str) -> dict[str, Any]:
     return manifest
 
 
+def manifest_identity(manifest: dict) -> Identity:
+    """The public identity (spec + fingerprint) a manifest records."""
+    return Identity.from_dict(manifest, source="the shards manifest")
+
+
 def load_disguised(out_dir: str, *, key: Key | None = None, verify: bool = True) -> tf.data.Dataset:
     """A dataset of `(image, label)` from `export_disguised` output.
 
@@ -208,7 +213,7 @@ def load_disguised(out_dir: str, *, key: Key | None = None, verify: bool = True)
     """
     manifest = read_manifest(out_dir)
     if key is not None:
-        key.check_matches(manifest["fingerprint"], manifest["spec"], f"The data set in {out_dir}")
+        key.check_matches(manifest_identity(manifest), f"The data set in {out_dir}")
     paths = []
     for shard in manifest["shards"]:
         path = os.path.join(out_dir, shard["file"])

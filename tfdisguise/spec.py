@@ -45,9 +45,17 @@ class Step:
     name: ClassVar[str] = ""
     # Steps that need secret material get their own HMAC-derived generator.
     keyed: ClassVar[bool] = True
+    # True when the step is affine in the image (up to additive noise): what a
+    # linear (known-plaintext) attacker can model exactly.
+    linear: ClassVar[bool] = True
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self)}
+
+    def describe(self) -> str:
+        """Short text for logs and reports, e.g. 'rmt(orthogonal,matrix)'; params in field order."""
+        params = [f"{v:g}" if isinstance(v, float) else str(v) for v in dataclasses.astuple(self)]
+        return f"{self.name}({','.join(params)})" if params else self.name
 
     def validate(self, spec: "Spec") -> None:
         """Raises ValueError when the step cannot run on `spec`'s geometry."""
@@ -259,7 +267,35 @@ class Spec:
 
     @property
     def noise_level(self) -> float:
-        return sum(s.level for s in self.steps if isinstance(s, Noise))
+        """Total noise level of the pipeline's noise steps (0 when noise-free)."""
+        return sum(s.level for s in self.steps_of(Noise))
+
+    def steps_of(self, step_type) -> tuple[Step, ...]:
+        """The steps of `step_type` (a Step class or a registered name), in order."""
+        if isinstance(step_type, str):
+            return tuple(s for s in self.steps if s.name == step_type)
+        return tuple(s for s in self.steps if isinstance(s, step_type))
+
+    def has(self, step_type) -> bool:
+        """True if any step is of `step_type` (a Step class or a registered name)."""
+        return bool(self.steps_of(step_type))
+
+    @property
+    def is_linear(self) -> bool:
+        """True when the disguise is affine in the image up to additive noise."""
+        return all(s.linear for s in self.steps)
+
+    @property
+    def is_noise_free(self) -> bool:
+        return self.noise_level == 0
+
+    def without_noise(self) -> "Spec":
+        """The same geometry and steps, noise steps left out."""
+        return dataclasses.replace(self, steps=tuple(s for s in self.steps if not isinstance(s, Noise)))
+
+    def plain(self) -> "Spec":
+        """The same geometry with no steps (the identity disguise)."""
+        return dataclasses.replace(self, steps=())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -279,12 +315,5 @@ class Spec:
 
     def describe(self) -> str:
         """One line for logs and reports, e.g. 'block 7x7: rmt(orthogonal,matrix) > permute > noise(100)'."""
-        parts = []
-        for s in self.steps:
-            if isinstance(s, RMT):
-                parts.append(f"rmt({s.kind},{s.mode})")
-            elif isinstance(s, Noise):
-                parts.append(f"noise({s.level:g})")
-            else:
-                parts.append(s.name)
+        parts = [s.describe() for s in self.steps]
         return f"block {self.block_size[0]}x{self.block_size[1]}: " + " > ".join(parts or ["identity"])

@@ -195,7 +195,8 @@ def train_and_save(
 
     from tfdisguise import datasets
     from tfdisguise.plots import save_figure
-    from tfdisguise.shards import load_disguised, read_manifest
+    from tfdisguise import io
+    from tfdisguise.shards import load_disguised, manifest_identity, read_manifest
 
     if (source is None) == (shards is None):
         raise ValueError("Give exactly one of `source` and `shards`.")
@@ -215,7 +216,7 @@ def train_and_save(
         model, history = fit(train_ds.prefetch(tf.data.AUTOTUNE), val_ds, input_shape=manifest["image_shape"],
                              num_classes=max(2, manifest["labels"]["num_classes"]), adapt_data=adapt, config=config,
                              steps_per_epoch=-(-(n - n_val) // config.batch_size))
-        identity = {"spec": manifest["spec"], "fingerprint": manifest["fingerprint"]}
+        identity = manifest_identity(manifest)
         result = TrainResult(model=config.model, epochs=config.epochs, train_images=n - n_val, val_images=n_val,
                              val_accuracy=float(history.get("val_accuracy", [float("nan")])[-1]),
                              seconds=time.time() - started, history=history, disguised=True,
@@ -226,14 +227,12 @@ def train_and_save(
         val = datasets.load(source, "validation", validation_fraction=validation_fraction, seed=config.seed)
         model, result = train_classifier(train.x, train.y, (val.x, val.y) if len(val) else None, key=key,
                                          config=config, num_classes=max(train.num_classes, 2))
-        identity = {"spec": key.spec.to_dict(), "fingerprint": key.fingerprint} if key else None
+        identity = key.identity if key else None
     os.makedirs(out, exist_ok=True)
     if identity:
         # Public identity of the disguise (no key material), read by `tfdisguise export`.
-        with open(os.path.join(out, "disguise.json"), "w") as f:
-            json.dump(identity, f, indent=2)
+        identity.save(out)
     model.save(os.path.join(out, "model.keras"))
-    with open(os.path.join(out, "history.json"), "w") as f:
-        f.write(result.to_json())
+    io.write_text(os.path.join(out, "history.json"), result.to_json())
     save_figure(history_figure(result.history, result.summary()), os.path.join(out, "history.png"))
     return result

@@ -18,13 +18,12 @@ import dataclasses
 import itertools
 import json
 import os
-import tempfile
 import time
 from typing import Callable
 
 import numpy as np
 
-from tfdisguise import datasets
+from tfdisguise import datasets, io
 from tfdisguise.key import Key
 from tfdisguise.mechanisms import disguise
 from tfdisguise.privacy import attacks
@@ -88,18 +87,9 @@ def setting_grid(config: CalibrationConfig, image_shape) -> list[tuple[str, Spec
     return out
 
 
-def _write_text(path: str, text: str) -> None:
-    """Temp file + rename: an interrupted run never leaves a half-written result."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: str, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=2))
+# An interrupted run never leaves a half-written result.
+_write_text = io.write_text
+_write_json = io.write_json
 
 
 def _true_perm(key: Key):
@@ -172,7 +162,7 @@ def calibrate(config: CalibrationConfig, log: Callable[[str], None] = print) -> 
     recipe = config.recipe()
     baseline = None
     if config.resume and os.path.exists(baseline_path) and os.path.exists(examiner_path):
-        baseline = json.load(open(baseline_path))
+        baseline = io.read_json(baseline_path)
         if baseline.get("recipe") == recipe:
             examiner = keras.models.load_model(examiner_path)
             log(f"resume: plain baseline {baseline['val_accuracy']:.4f} (from {baseline_path})")
@@ -192,7 +182,7 @@ def calibrate(config: CalibrationConfig, log: Callable[[str], None] = print) -> 
     for i, (name, spec) in enumerate(grid, 1):
         path = os.path.join(config.out, "results", f"{name}.json")
         if config.resume and os.path.exists(path):
-            row = json.load(open(path))
+            row = io.read_json(path)
             if row.get("recipe") == recipe and row.get("baseline_accuracy") == baseline["val_accuracy"]:
                 log(f"({i}/{len(grid)}) {name}: done before, skipped (resume)")
                 rows.append(row)

@@ -27,6 +27,7 @@ from tensorflow_serving.apis import (
 
 from tfdisguise.data import batch_disguiser
 from tfdisguise.export import INFO_SIGNATURE
+from tfdisguise.identity import Identity
 from tfdisguise.key import Key, KeyMismatchError
 
 __all__ = ["DisguisedClient", "ServingClientError"]
@@ -175,7 +176,8 @@ class DisguisedClient:
             spec = _as_text(info["spec"])
             import json
 
-            self.key.check_matches(fingerprint, json.loads(spec), f"Model {self.model_name} at {self.target}")
+            self.key.check_matches(Identity(spec=json.loads(spec), fingerprint=fingerprint),
+                                   f"Model {self.model_name} at {self.target}")
             self._metadata = {"input": inputs[0], "outputs": outputs, "input_shape": shape, "fingerprint": fingerprint}
         return self._metadata
 
