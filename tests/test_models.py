@@ -42,7 +42,34 @@ def test_normalization_is_adapted_and_floored():
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="`name` must be one of"):
+    with pytest.raises(ValueError, match=r"`name` \(--model\) must be one of"):
         models.build("vgg", (8, 8, 1), 2)
     with pytest.raises(ValueError, match="Unknown Keras application 'Nope'"):
         models.build("keras.applications.Nope", (32, 32, 3), 2)
+
+
+def test_a_new_family_is_one_registered_function():
+    @models.register_model("toy_linear")
+    def toy_linear(x, num_classes, *, input_shape, spec=None, units=3):
+        x = keras.layers.Flatten()(x)
+        x = keras.layers.Dense(units, activation="relu")(x)
+        return keras.layers.Dense(num_classes, activation="softmax")(x)
+
+    try:
+        assert "toy_linear" in models.MODEL_NAMES
+        model = models.build("toy_linear", (4, 4, 1), 3, units=5)
+        assert isinstance(model, keras.Model) and model.name == "toy_linear"
+        assert model.output_shape == (None, 3)
+        assert [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)] == [5, 3]
+    finally:
+        del models.MODELS["toy_linear"]
+
+
+@pytest.mark.parametrize("name", ["simple_cnn", "resnet20"])
+def test_every_family_takes_the_same_arguments(name):
+    from tfdisguise import Spec
+
+    spec = Spec.create((8, 8, 1), block_size=4)
+    model = models.build(name, (8, 8, 1), 3, adapt_data=None, spec=spec)
+    assert isinstance(model, keras.Model) and model.input_shape == (None, 8, 8, 1)
+    assert model.output_shape == (None, 3)

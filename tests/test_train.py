@@ -60,4 +60,4 @@ def test_train_errors(npz, key_path, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--shards", shards, "--input", npz, "--out", str(tmp_path / "x")])
     assert cli.main(["train", "--input", npz, "--model", "vgg", "--out", str(tmp_path / "y")]) == 1
-    assert "`name` must be one of" in capsys.readouterr().err
+    assert "`name` (--model) must be one of" in capsys.readouterr().err

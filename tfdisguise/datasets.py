@@ -57,7 +57,7 @@ class ImageData:
             return len(self.class_names)
         return int(self.y.max()) + 1 if len(self.y) else 0
 
-    def take(self, n: int) -> "ImageData":
+    def take(self, n: int) -> ImageData:
         return dataclasses.replace(self, x=self.x[:n], y=self.y[:n])
 
     def to_dataset(self):

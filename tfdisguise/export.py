@@ -40,8 +40,21 @@ class ExportError(ValueError):
 
 
 def _layers(model):
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        yield layer
+    """Every layer inside `model`, nested models and layers held as attributes included."""
+    seen, stack = set(), [model]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if layer is not model:
+            yield layer
+        children = list(getattr(layer, "layers", None) or [])
+        children += [v for v in vars(layer).values() if isinstance(v, keras.layers.Layer)]
+        for v in vars(layer).values():
+            if isinstance(v, (list, tuple)):
+                children += [item for item in v if isinstance(item, keras.layers.Layer)]
+        stack.extend(children)
 
 
 def _next_version(model_dir: str) -> int:

@@ -73,7 +73,7 @@ class Identity:
         return {"fingerprint": self.fingerprint, "spec": self.spec.to_dict()}
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = "identity") -> "Identity":
+    def from_dict(cls, d: Any, source: str = "identity") -> Identity:
         if not isinstance(d, dict) or "fingerprint" not in d or "spec" not in d:
             raise IdentityError(f"{source} must hold 'fingerprint' and 'spec'. Received: {str(d)[:200]}")
         try:
@@ -111,7 +111,7 @@ class Identity:
         return path
 
     @classmethod
-    def load(cls, path: str) -> "Identity":
+    def load(cls, path: str) -> Identity:
         """Reads `disguise.json`, given the file or the directory that holds it."""
         from tfdisguise import io
 

@@ -26,7 +26,8 @@ import json
 import os
 import secrets
 import tempfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = [
     "atomic_dir",

@@ -74,7 +74,7 @@ class Key:
         self._spec = spec
 
     @classmethod
-    def generate(cls, spec: Spec | None = None, **spec_kwargs) -> "Key":
+    def generate(cls, spec: Spec | None = None, **spec_kwargs) -> Key:
         """A fresh key from the OS's CSPRNG. Pass a `Spec`, or `Spec.create` arguments."""
         if spec is None:
             spec = Spec.create(**spec_kwargs)
@@ -155,7 +155,7 @@ class Key:
         io.write_text(path, self.to_json(), mode=0o600, dir_mode=0o700)
 
     @classmethod
-    def load(cls, path: str) -> "Key":
+    def load(cls, path: str) -> Key:
         """Reads and verifies a key file; refuses unsafe, corrupt or tampered files."""
         path = os.fspath(path)
         try:
@@ -172,7 +172,7 @@ class Key:
         return cls.from_json(raw, source=path)
 
     @classmethod
-    def from_json(cls, raw: bytes | str, source: str = "key") -> "Key":
+    def from_json(cls, raw: bytes | str, source: str = "key") -> Key:
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from typing import Any
 
@@ -80,6 +81,16 @@ class TrainResult:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
 
+def verbosity(progress: bool) -> int:
+    """Keras `verbose`: a live bar on a terminal, one line per epoch in logs, nothing when off.
+
+    A bar written to a file or pipe turns into hundreds of carriage-return updates.
+    """
+    if not progress:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
 def _compile(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(1, steps_per_epoch * config.epochs))
     model.compile(
@@ -100,13 +111,17 @@ def fit(
     steps_per_epoch: int,
     progress: bool = True,
     callbacks=(),
+    spec=None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Builds `config.model` and fits it on batched `(image, label)` datasets."""
+    """Builds `config.model` and fits it on batched `(image, label)` datasets.
+
+    `spec` (the disguise's public spec, None for plain data) goes to block-aware models.
+    """
     keras.utils.set_random_seed(config.seed)
-    model = models.build(config.model, input_shape, num_classes, adapt_data=adapt_data)
+    model = models.build(config.model, input_shape, num_classes, adapt_data=adapt_data, spec=spec)
     _compile(model, config, steps_per_epoch)
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                        verbose=1 if progress else 0, callbacks=list(callbacks))
+                        verbose=verbosity(progress), callbacks=list(callbacks))
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
@@ -144,7 +159,8 @@ def train_classifier(
         val_ds = tf.data.Dataset.from_tensor_slices(validation).batch(512)
     steps = -(-len(x) // config.batch_size)
     model, history = fit(train, val_ds, input_shape=x.shape[1:], num_classes=num_classes, adapt_data=adapt,
-                         config=config, steps_per_epoch=steps, progress=progress)
+                         config=config, steps_per_epoch=steps, progress=progress,
+                         spec=None if key is None else key.spec)
     val_acc = float(history["val_accuracy"][-1]) if "val_accuracy" in history else float("nan")
     result = TrainResult(
         model=config.model, epochs=config.epochs, train_images=len(x),
@@ -193,9 +209,8 @@ def train_and_save(
     """
     import os
 
-    from tfdisguise import datasets
+    from tfdisguise import datasets, io
     from tfdisguise.plots import save_figure
-    from tfdisguise import io
     from tfdisguise.shards import load_disguised, manifest_identity, read_manifest
 
     if (source is None) == (shards is None):
@@ -212,11 +227,11 @@ def train_and_save(
         train_ds = ds.take(n - n_val).shuffle(min(n, 20000), seed=config.seed).batch(config.batch_size)
         val_ds = ds.skip(n - n_val).batch(512) if n_val else None
         adapt = np.stack([x for x, _ in ds.take(ADAPT_IMAGES).as_numpy_iterator()])
+        identity = manifest_identity(manifest)
         started = time.time()
         model, history = fit(train_ds.prefetch(tf.data.AUTOTUNE), val_ds, input_shape=manifest["image_shape"],
                              num_classes=max(2, manifest["labels"]["num_classes"]), adapt_data=adapt, config=config,
-                             steps_per_epoch=-(-(n - n_val) // config.batch_size))
-        identity = manifest_identity(manifest)
+                             steps_per_epoch=-(-(n - n_val) // config.batch_size), spec=identity.spec)
         result = TrainResult(model=config.model, epochs=config.epochs, train_images=n - n_val, val_images=n_val,
                              val_accuracy=float(history.get("val_accuracy", [float("nan")])[-1]),
                              seconds=time.time() - started, history=history, disguised=True,
