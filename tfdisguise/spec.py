@@ -5,6 +5,10 @@ with which public parameters); only the key's secret says *with which* matrices
 and permutation. Specs travel with disguised shards and exported models so that a
 client can check that its key matches.
 
+The steps are registered classes (`register_step`): the built-in `RMT`,
+`Permute` and `Noise` live with their ops in `tfdisguise.mechanisms`, and a
+user's own step module works the same way.
+
 Example:
 
 >>> spec = Spec.create((28, 28, 1), block_size=7, rmt="orthogonal", noise=100)
@@ -102,13 +106,24 @@ class Step:
     `tfdisguise.mechanisms.op`); the pipeline code does not change. The
     dataclass fields are the public parameters that travel in the spec JSON.
 
-    A subclass sets `name` and overrides:
+    A subclass declares (class attributes):
+        name: the registered name, as written in spec JSON and key files.
+        keyed: whether it draws secret material from the key (default True).
+        linear: whether it is affine in the image up to additive noise, which
+            is what attacks ask through `Spec.is_linear` (default True).
+        adds_noise: whether it adds fresh noise at every call; such a step
+            reports its public level in the `noise_level` property.
+    and overrides:
         material(rng, spec): its secret material, drawn from `rng` (a numpy
             Generator derived from the key for this step; None when not `keyed`).
-        build(material, spec): the op that carries out the step.
+        build(material, spec): the op that carries out the step. An op that
+            cannot be written in `keras.ops` (a block cipher) declares
+            `backend = "numpy"`; see `tfdisguise.mechanisms.numpy_bridge`.
         reference(image, material, spec, rng): optional, an independent
             per-image numpy implementation that tests compare against.
         validate(spec): optional, raises ValueError for a geometry it cannot run on.
+        describe(): optional; the default lists the parameters in field order.
+    See `register_step` for a complete example.
     """
 
     name: ClassVar[str] = ""
@@ -264,7 +279,7 @@ class Spec:
     @property
     def noise_level(self) -> float:
         """Total noise level of the pipeline's noise steps (0 when noise-free)."""
-        return sum(s.noise_level for s in self.steps)
+        return sum(s.noise_level for s in self.steps if s.adds_noise)
 
     def steps_of(self, step_type) -> tuple[Step, ...]:
         """The steps of `step_type` (a Step class or a registered name), in order."""
