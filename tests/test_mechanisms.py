@@ -199,6 +199,18 @@ def test_plan_checks_op_declarations_and_geometry():
 
     with pytest.raises(ValueError, match="declares `linear`, so it must be an affine block op"):
         Plan.compile(spec, [NumpyLinear()])
+    with pytest.raises(TypeError, match="must build an op with __call__"):
+        Plan.compile(spec, [None])
+
+    class Bare:
+        def __call__(self, x, uniform=None, dtype="float32"):
+            return x
+
+        def inverse(self):
+            return self
+
+    with pytest.raises(TypeError, match="Op Bare must declare \\['layout', 'backend', 'linear'"):
+        Plan.compile(spec, [Bare()])
     with pytest.raises(NotImplementedError, match="Sideways declares no inverse"):
         Sideways().inverse()
 

@@ -82,6 +82,11 @@ def check_op(op) -> None:
     name = type(op).__name__
     if not callable(op) or not hasattr(op, "inverse"):
         raise TypeError(f"A step must build an op with __call__(x, uniform, dtype) and inverse(). Received: {name}")
+    missing = [a for a in ("layout", "backend", "linear", "stochastic", "exact_inverse") if not hasattr(op, a)]
+    if missing:
+        raise TypeError(
+            f"Op {name} must declare {missing}; subclass tfdisguise.mechanisms.Op for the defaults."
+        )
     layout = getattr(op, "layout", None)
     if layout not in LAYOUTS:
         raise ValueError(f"Op {name} must declare `layout` as one of {LAYOUTS}. Received: layout={layout!r}")
