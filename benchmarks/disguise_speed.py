@@ -31,16 +31,14 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from reference import disguise_batch  # noqa: E402
-
-import tfdisguise  # noqa: E402
-from tfdisguise import datasets, mechanisms, models  # noqa: E402
-from tfdisguise.data import _tf_uniform, batch_disguiser  # noqa: E402
+import tfdisguise
+from tfdisguise import datasets, mechanisms, models
+from tfdisguise.data import _tf_uniform, batch_disguiser
+from tfdisguise.mechanisms.reference import disguise_batch
 
 
 def timeit(fn, repeats: int) -> list[float]:
@@ -68,8 +66,7 @@ def bench_disguise(name, x, spec, batch, repeats, ref_images):
     t_c = statistics.median(timeit(lambda: bare(blocks).numpy(), repeats))
 
     # Breakdown: the same path without its noise step, and the noise draw alone.
-    noiseless = tfdisguise.Key.generate(tfdisguise.Spec(spec.image_shape, spec.block_size,
-                                                        tuple(s for s in spec.steps if s.name != "noise")))
+    noiseless = tfdisguise.Key.generate(spec.without_noise())
     ours_linear = tf.function(batch_disguiser(noiseless))
     t_lin = statistics.median(timeit(lambda: ours_linear(images).numpy(), repeats))
     noise_only = tf.function(lambda im: _tf_uniform(tf.shape(im), spec.noise_level))
@@ -154,7 +151,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(0)
-    cifar = datasets.load(args.cifar).x[: args.batch] if args.cifar else rng.integers(0, 256, (args.batch, 32, 32, 3), np.uint8)
+    if args.cifar:
+        cifar = datasets.load(args.cifar).x[: args.batch]
+    else:
+        cifar = rng.integers(0, 256, (args.batch, 32, 32, 3), np.uint8)
     if args.mnist:
         mnist = datasets.load(args.mnist, limit=args.fit_images)
         mx, my = mnist.x, mnist.y
@@ -177,21 +177,27 @@ def main(argv=None) -> int:
         ]
     for r in results.get("disguise", []):
         print(f"[{r['setting']}] {r['spec']}, batch {r['batch']}: "
-              f"(a) ours {r['a_ours_img_per_s']:,.0f} img/s | (b) per-image numpy {r['b_numpy_per_image_img_per_s']:,.0f} img/s "
+              f"(a) ours {r['a_ours_img_per_s']:,.0f} img/s | "
+              f"(b) per-image numpy {r['b_numpy_per_image_img_per_s']:,.0f} img/s "
               f"({r['ms_per_image_numpy']:.2f} ms/img) | (c) bare matmul {r['c_bare_matmul_img_per_s']:,.0f} img/s "
-              f"=> (a)/(c) = {r['a_over_c']:.2f} (target >= 0.5), (a)/(b) = {r['a_over_b']:.0f} (target >= 50)", flush=True)
+              f"=> (a)/(c) = {r['a_over_c']:.2f} (target >= 0.5), "
+              f"(a)/(b) = {r['a_over_b']:.0f} (target >= 50)", flush=True)
         print(f"    breakdown: ours without the noise step {r['a_without_noise_img_per_s']:,.0f} img/s "
-              f"(= {r['a_without_noise_over_c']:.2f} x bare matmul); drawing the noise alone {r['noise_draw_only_img_per_s']:,.0f} img/s",
+              f"(= {r['a_without_noise_over_c']:.2f} x bare matmul); "
+              f"drawing the noise alone {r['noise_draw_only_img_per_s']:,.0f} img/s",
               flush=True)
     if args.only in (None, "fit"):
         fit = bench_fit(mx, my, args.fit_epochs, args.fit_batch)
         results["fit"] = fit
         med = fit["epoch_s_median"]
         print(f"[fit] simple_cnn, {fit['images']} MNIST-size images, batch {fit['batch_size']}, medians of "
-              f"{fit['epochs_timed']} interleaved epochs: plain {med['plain']:.2f} s, pre-disguised {med['pre-disguised']:.2f} s, "
-              f"through wrap {med['wrap']:.2f} s => wrap adds {fit['wrap_vs_pre_disguised_pct']:+.1f}% vs pre-disguised "
+              f"{fit['epochs_timed']} interleaved epochs: plain {med['plain']:.2f} s, "
+              f"pre-disguised {med['pre-disguised']:.2f} s, "
+              f"through wrap {med['wrap']:.2f} s => wrap adds {fit['wrap_vs_pre_disguised_pct']:+.1f}% "
+              "vs pre-disguised "
               f"(target <= 5%), {fit['wrap_vs_plain_pct']:+.1f}% vs plain")
-        print("    every epoch (s): " + "; ".join(f"{k} {[round(t, 2) for t in v]}" for k, v in fit["epoch_s_all"].items()))
+        every = "; ".join(f"{k} {[round(t, 2) for t in v]}" for k, v in fit["epoch_s_all"].items())
+        print("    every epoch (s): " + every)
     print(results["hardware"])
     if args.json:
         with open(args.json, "w") as f:

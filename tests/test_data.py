@@ -2,10 +2,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import make_key
 
 from tfdisguise import disguise, wrap
-
-from helpers import make_key
 
 
 @pytest.fixture

@@ -4,10 +4,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import make_key
 
 from tfdisguise import Disguise, disguise
-
-from helpers import make_key
 
 
 @pytest.fixture
@@ -16,7 +15,8 @@ def key():
 
 
 def test_layer_matches_functional_disguise(key, mnist_like):
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(Disguise(key)(mnist_like)), disguise(mnist_like, key), atol=1e-4)
+    got = keras.ops.convert_to_numpy(Disguise(key)(mnist_like))
+    np.testing.assert_allclose(got, disguise(mnist_like, key), atol=1e-4)
 
 
 def test_config_round_trip_holds_no_secret(key):

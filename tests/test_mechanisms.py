@@ -1,12 +1,13 @@
+import keras
 import numpy as np
 import pytest
+from helpers import make_key
 
 import tfdisguise
 from tfdisguise import Spec, disguise, undisguise
-from tfdisguise.mechanisms import apply
-
-from helpers import make_key
-from reference import disguise_batch, split_blocks
+from tfdisguise.mechanisms import BlockLinear, Op, Plan, apply, invert
+from tfdisguise.mechanisms.reference import disguise_batch, split_blocks
+from tfdisguise.spec import registered_steps
 
 
 @pytest.mark.parametrize("shape,block", [((8, 8, 3), 2), ((14, 14, 1), 7), ((8, 8, 3), (4, 2))])
@@ -43,7 +44,8 @@ def test_permutation_before_rmt_matches_reference(mnist_like):
 def test_whole_image_rmt_is_one_block(mnist_like):
     key = make_key(image_shape=(14, 14, 1), block_size=None, rmt="orthogonal", rmt_mode="vector", permute=False)
     assert key.spec.num_blocks == 1 and key.materials[0].shape == (1, 196, 196)
-    np.testing.assert_allclose(disguise(mnist_like, key), disguise_batch(mnist_like, key.spec, key.materials), atol=1e-3)
+    want = disguise_batch(mnist_like, key.spec, key.materials)
+    np.testing.assert_allclose(disguise(mnist_like, key), want, atol=1e-3)
 
 
 @pytest.mark.parametrize("mode", ["matrix", "vector"])
@@ -142,3 +144,88 @@ def test_apply_requires_noise_source_for_noisy_plans(mnist_like):
     key = make_key(image_shape=(14, 14, 1), block_size=7, noise=10)
     with pytest.raises(ValueError, match="`uniform`"):
         apply(mnist_like, key.plan)
+
+
+def _affine_numpy(blocks, op):
+    """out[j] = in[perm[j]] @ M[j] + b[j], written directly on [t, N, d]."""
+    x = blocks if op.perm is None else blocks[op.perm]
+    if op.matrices is not None:
+        x = np.einsum("tnd,tde->tne", x, op.matrices)
+    return x if op.bias is None else x + op.bias[:, None, :]
+
+
+def test_affine_block_ops_compose_and_invert_with_bias(rng):
+    t, d = 4, 3
+    a = BlockLinear(perm=rng.permutation(t), matrices=rng.normal(size=(t, d, d)), bias=rng.normal(size=(t, d)))
+    b = BlockLinear(perm=rng.permutation(t), bias=rng.normal(size=(t, d)))
+    c = BlockLinear(matrices=rng.normal(size=(t, d, d)))
+    x = rng.normal(size=(t, 2, d))
+    for first, second in [(a, b), (b, a), (a, c), (c, b), (b, b)]:
+        fused = BlockLinear.compose(first, second)
+        want = _affine_numpy(_affine_numpy(x, first), second)
+        np.testing.assert_allclose(_affine_numpy(x, fused), want, atol=1e-9)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(fused(x, dtype="float64")), want, atol=1e-9)
+        np.testing.assert_allclose(_affine_numpy(want, fused.inverse()), x, atol=1e-9)
+
+
+def test_negative_positive_fuses_with_rmt_and_permutation(cifar_like):
+    key = make_key(image_shape=(8, 8, 3), block_size=4, rmt="orthogonal", rmt_mode="vector")
+    d = key.spec.block_dim
+    negpos = BlockLinear(matrices=-np.tile(np.eye(d), (4, 1, 1)), bias=np.full((4, d), 255.0))
+    plan = Plan.compile(key.spec, [negpos, *key.plan.ops])
+    assert len(plan.ops) == 1
+    got = keras.ops.convert_to_numpy(apply(cifar_like, plan))
+    np.testing.assert_allclose(got, disguise(255 - cifar_like, key), atol=1e-3)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(invert(got, plan)), cifar_like, atol=1e-3)
+
+
+def test_plan_checks_op_declarations_and_geometry():
+    spec = Spec.create((8, 8, 1), 4)
+    with pytest.raises(ValueError, match="`perm` covers 3 blocks but the spec has t = 4"):
+        Plan.compile(spec, [BlockLinear(perm=np.arange(3))])
+    with pytest.raises(ValueError, match="d = bh\\*bw\\*C = 16"):
+        Plan.compile(spec, [BlockLinear(bias=np.zeros((4, 5)))])
+    with pytest.raises(ValueError, match="`perm` must be a permutation"):
+        BlockLinear(perm=np.array([0, 0, 1]))
+
+    class Sideways(Op):
+        layout = "columns"
+
+    with pytest.raises(ValueError, match="`layout` as one of \\('image', 'blocks'\\). Received: layout='columns'"):
+        Plan.compile(spec, [Sideways()])
+
+    class NumpyLinear(BlockLinear):
+        backend = "numpy"
+
+    with pytest.raises(ValueError, match="declares `linear`, so it must be an affine block op"):
+        Plan.compile(spec, [NumpyLinear()])
+    with pytest.raises(TypeError, match="must build an op with __call__"):
+        Plan.compile(spec, [None])
+
+    class Bare:
+        def __call__(self, x, uniform=None, dtype="float32"):
+            return x
+
+        def inverse(self):
+            return self
+
+    with pytest.raises(TypeError, match="Op Bare must declare \\['layout', 'backend', 'linear'"):
+        Plan.compile(spec, [Bare()])
+    with pytest.raises(NotImplementedError, match="Sideways declares no inverse"):
+        Sideways().inverse()
+
+
+def test_steps_live_with_their_ops_and_keep_their_public_names():
+    from tfdisguise.mechanisms import noise, permute, rmt
+
+    assert tfdisguise.RMT is tfdisguise.spec.RMT is rmt.RMT
+    assert tfdisguise.Permute is permute.Permute and tfdisguise.Noise is noise.Noise
+    assert {"noise", "permute", "rmt"} <= set(registered_steps())
+    with pytest.raises(NotImplementedError, match="has no per-image numpy reference"):
+        tfdisguise.spec.Step().reference(np.zeros((2, 2, 1)), None, None, None)
+
+
+def test_op_repr_holds_no_key_material():
+    key = make_key(image_shape=(8, 8, 1), block_size=4, noise=10)
+    text = " ".join(repr(op) for op in key.plan.ops)
+    assert text == "BlockLinear(layout='blocks', backend='keras') AddNoise(level=10.0)"

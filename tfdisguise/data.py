@@ -97,6 +97,11 @@ def wrap(
 
     `model.fit(tfdisguise.wrap(ds, key))` works as written for a batched `ds`.
     `jit_compile=False` runs the linear ops op by op instead of through XLA.
+
+    A step whose op runs in numpy (`key.plan.runs_numpy`, the escape hatch for
+    mechanisms such as a block cipher) runs through `tf.numpy_function`: such a
+    pipeline works locally but cannot be sent to the tf.data service (see
+    `tfdisguise.mechanisms.numpy_bridge`).
     """
     if not isinstance(key, Key):
         raise TypeError(f"`key` must be a tfdisguise.Key. Received: key={type(key).__name__}")

@@ -16,7 +16,7 @@ __all__ = ["Disguise"]
 
 @keras.saving.register_keras_serializable(package="tfdisguise")
 class Disguise(keras.layers.Layer):
-    """Applies a keyed disguise (block RMT, permutation, noise) to images.
+    """Applies a keyed disguise (block RMT, permutation, noise, ...) to images.
 
     **A model that contains this layer contains the key.** Its weights hold the
     secret, so such a model must stay with the data owner: `tfdisguise.export`
@@ -26,6 +26,12 @@ class Disguise(keras.layers.Layer):
 
     Noise is fresh at every call, in training and in inference alike: the owner's
     client disguises queries the same way the training data was disguised.
+
+    Every registered step works here. A step whose op runs in numpy (the escape
+    hatch for mechanisms that `keras.ops` cannot express, see
+    `tfdisguise.mechanisms.numpy_bridge`) runs through `tf.numpy_function` on the
+    TensorFlow backend, eagerly on concrete arrays on other backends, and raises
+    a clear error inside a compiled non-TensorFlow function.
 
     Args:
         key: a `tfdisguise.Key`.
@@ -61,10 +67,18 @@ class Disguise(keras.layers.Layer):
             raise ValueError("`key` is required. Received: key=None")
         self.spec = Spec.from_dict(spec) if isinstance(spec, dict) else spec
         self.fingerprint = str(fingerprint)
-        self._key = key
+        self._key = None
         self._seed_generator = (
             keras.random.SeedGenerator(secrets.randbits(31)) if self.spec.noise_level > 0 else None
         )
+        if key is not None:
+            self._set_key(key)
+
+    def _set_key(self, key: Key) -> None:
+        self._key = key
+        # A step that runs through the numpy escape hatch (tf.numpy_function)
+        # cannot be compiled by XLA: this keeps Keras's automatic jit_compile off.
+        self.supports_jit = not key.plan.runs_numpy
 
     def call(self, inputs):
         if self._key is None:
@@ -98,7 +112,7 @@ class Disguise(keras.layers.Layer):
                 f"The secret in the saved weights has fingerprint {key.fingerprint}, but the config says "
                 f"{self.fingerprint}: the file is corrupt or was tampered with."
             )
-        self._key = key
+        self._set_key(key)
 
     @property
     def key(self) -> Key | None:

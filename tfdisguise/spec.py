@@ -5,6 +5,10 @@ with which public parameters); only the key's secret says *with which* matrices
 and permutation. Specs travel with disguised shards and exported models so that a
 client can check that its key matches.
 
+The steps are registered classes (`register_step`): the built-in `RMT`,
+`Permute` and `Noise` live with their ops in `tfdisguise.mechanisms`, and a
+user's own step module works the same way.
+
 Example:
 
 >>> spec = Spec.create((28, 28, 1), block_size=7, rmt="orthogonal", noise=100)
@@ -23,23 +27,103 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["Spec", "Step", "RMT", "Permute", "Noise", "step_from_dict"]
+__all__ = ["Noise", "Permute", "RMT", "Spec", "Step", "register_step", "registered_steps", "step_from_dict"]
 
-_STEPS: dict[str, type["Step"]] = {}
+_STEPS: dict[str, type[Step]] = {}
 
 
-def _register(cls):
-    _STEPS[cls.name] = cls
+def register_step(cls: type[Step]) -> type[Step]:
+    """Class decorator: registers a `Step` subclass under its `name`.
+
+    A step defined in the user's own module then works everywhere a spec goes:
+    spec JSON, key files, `wrap`, the `Disguise` layer, `undisguise`, shards and
+    exports (import the module before loading a spec or key that names it). Put
+    it above `@dataclasses.dataclass(frozen=True)`.
+
+    Example: the keyed negative-positive transform of Kiya et al. (each block is
+    either kept or replaced by 255 - block), an affine block op that fuses with
+    RMT and permutation.
+
+    >>> import dataclasses, numpy as np
+    >>> from typing import ClassVar
+    >>> from tfdisguise.mechanisms import BlockLinear, disguise, undisguise
+    >>> from tfdisguise.key import Key
+    >>> @register_step
+    ... @dataclasses.dataclass(frozen=True)
+    ... class NegPosExample(Step):
+    ...     name: ClassVar[str] = "negpos_example"
+    ...     def material(self, rng, spec):
+    ...         return rng.integers(0, 2, spec.num_blocks).astype(bool)
+    ...     def build(self, flip, spec):
+    ...         sign = np.where(flip, -1.0, 1.0)[:, None] * np.ones(spec.block_dim)
+    ...         return BlockLinear(matrices=sign[:, :, None] * np.eye(spec.block_dim), bias=255.0 * (sign < 0))
+    >>> spec = Spec((4, 4, 1), 2, steps=[{"name": "negpos_example"}, {"name": "permute"}])
+    >>> key = Key.generate(spec)
+    >>> len(key.plan.ops)  # fused with the permutation
+    1
+    >>> x = np.arange(16, dtype="uint8").reshape(1, 4, 4, 1)
+    >>> bool(np.allclose(undisguise(disguise(x, key), key), x, atol=1e-4))
+    True
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Step)):
+        raise TypeError(f"`register_step` registers subclasses of tfdisguise.spec.Step. Received: {cls!r}")
+    name = cls.name
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            "A step class must set `name: ClassVar[str]` to a non-empty string. "
+            f"Received: {cls.__qualname__}.name={name!r}"
+        )
+    if "__dataclass_fields__" not in vars(cls):
+        raise TypeError(
+            f"Step class {cls.__qualname__} must be a frozen dataclass: put @register_step above "
+            "@dataclasses.dataclass(frozen=True)."
+        )
+    existing = _STEPS.get(name)
+    # The same class defined again (a re-run notebook cell, a reloaded module) replaces itself.
+    if existing is not None and _qualified(existing) != _qualified(cls):
+        raise ValueError(
+            f"Step name {name!r} is already registered by {_qualified(existing)}. Received: {_qualified(cls)}"
+        )
+    _STEPS[name] = cls
     return cls
+
+
+def _qualified(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def registered_steps() -> dict[str, type[Step]]:
+    """The registered step classes by name (a copy)."""
+    return dict(_STEPS)
 
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """One stage of a disguise pipeline.
+    """One stage of a disguise pipeline: its public parameters and what it declares.
 
-    A new mechanism (block AES, pixel shuffle, ...) is a new subclass registered
-    here plus the op it compiles to in `mechanisms`; the pipeline code does not
-    change.
+    A new mechanism (block AES, pixel shuffle, ...) is one new module holding a
+    subclass registered with `register_step` and the op it builds (see
+    `tfdisguise.mechanisms.op`); the pipeline code does not change. The
+    dataclass fields are the public parameters that travel in the spec JSON.
+
+    A subclass declares (class attributes):
+        name: the registered name, as written in spec JSON and key files.
+        keyed: whether it draws secret material from the key (default True).
+        linear: whether it is affine in the image up to additive noise, which
+            is what attacks ask through `Spec.is_linear` (default True).
+        adds_noise: whether it adds fresh noise at every call; such a step
+            reports its public level in the `noise_level` property.
+    and overrides:
+        material(rng, spec): its secret material, drawn from `rng` (a numpy
+            Generator derived from the key for this step; None when not `keyed`).
+        build(material, spec): the op that carries out the step. An op that
+            cannot be written in `keras.ops` (a block cipher) declares
+            `backend = "numpy"`; see `tfdisguise.mechanisms.numpy_bridge`.
+        reference(image, material, spec, rng): optional, an independent
+            per-image numpy implementation that tests compare against.
+        validate(spec): optional, raises ValueError for a geometry it cannot run on.
+        describe(): optional; the default lists the parameters in field order.
+    See `register_step` for a complete example.
     """
 
     name: ClassVar[str] = ""
@@ -48,6 +132,8 @@ class Step:
     # True when the step is affine in the image (up to additive noise): what a
     # linear (known-plaintext) attacker can model exactly.
     linear: ClassVar[bool] = True
+    # True for steps that add fresh random noise at every call (level: `noise_level`).
+    adds_noise: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self)}
@@ -57,107 +143,25 @@ class Step:
         params = [f"{v:g}" if isinstance(v, float) else str(v) for v in dataclasses.astuple(self)]
         return f"{self.name}({','.join(params)})" if params else self.name
 
-    def validate(self, spec: "Spec") -> None:
+    @property
+    def noise_level(self) -> float:
+        """The public level of the fresh noise this step adds, on the 0..255 scale (0 for most steps)."""
+        return 0.0
+
+    def validate(self, spec: Spec) -> None:
         """Raises ValueError when the step cannot run on `spec`'s geometry."""
 
-    def material(self, rng: np.random.Generator | None, spec: "Spec"):
+    def material(self, rng: np.random.Generator | None, spec: Spec):
         """The step's secret material, drawn from `rng` (None for unkeyed steps)."""
         return None
 
-    def build(self, material, spec: "Spec"):
-        """Returns the `mechanisms` op that carries out this step with `material`."""
-        raise NotImplementedError
+    def build(self, material, spec: Spec):
+        """Returns the op (see `tfdisguise.mechanisms.op`) that carries out this step with `material`."""
+        raise NotImplementedError(f"Step {self.name!r} must implement build(material, spec).")
 
-
-@_register
-@dataclasses.dataclass(frozen=True)
-class Permute(Step):
-    """Keyed permutation of block positions: output block j is input block pi(j)."""
-
-    name: ClassVar[str] = "permute"
-
-    def material(self, rng, spec):
-        return rng.permutation(spec.num_blocks).astype(np.int32)
-
-    def build(self, material, spec):
-        from tfdisguise import mechanisms
-
-        return mechanisms.BlockLinear(perm=material, matrices=None)
-
-
-@_register
-@dataclasses.dataclass(frozen=True)
-class RMT(Step):
-    """Block-wise randomized multidimensional transform, one matrix per block.
-
-    Args:
-        kind: "orthogonal" (Haar-random) or "projection" (Gaussian, N(0, 1/n)).
-        mode: "matrix" (each channel's bh x bw block B becomes B @ R_i, R_i is
-            bw x bw, as in the authors' code) or "vector" (the block flattened
-            over pixels and channels, v @ R_i with R_i of size d x d).
-    """
-
-    name: ClassVar[str] = "rmt"
-    kind: str = "orthogonal"
-    mode: str = "matrix"
-
-    KINDS: ClassVar[tuple[str, ...]] = ("orthogonal", "projection")
-    MODES: ClassVar[tuple[str, ...]] = ("matrix", "vector")
-
-    def __post_init__(self):
-        if self.kind not in self.KINDS:
-            raise ValueError(
-                f"`kind` must be one of {self.KINDS}. Received: kind={self.kind!r}"
-            )
-        if self.mode not in self.MODES:
-            raise ValueError(
-                f"`mode` must be one of {self.MODES}. Received: mode={self.mode!r}"
-            )
-
-    def matrix_size(self, spec: "Spec") -> int:
-        return spec.block_size[1] if self.mode == "matrix" else spec.block_dim
-
-    def material(self, rng, spec):
-        """[t, n, n] float64: R_i for each block position i (n = bw or d)."""
-        n = self.matrix_size(spec)
-        return np.stack([_random_matrix(rng, n, self.kind) for _ in range(spec.num_blocks)])
-
-    def build(self, material, spec):
-        from tfdisguise import mechanisms
-
-        if self.mode == "matrix":
-            material = mechanisms.expand_matrix_mode(material, spec.block_size[0], spec.image_shape[2])
-        return mechanisms.BlockLinear(perm=None, matrices=material)
-
-
-@_register
-@dataclasses.dataclass(frozen=True)
-class Noise(Step):
-    """Fresh uniform noise U[0, level] per element, on the 0..255 scale."""
-
-    name: ClassVar[str] = "noise"
-    keyed: ClassVar[bool] = False
-    level: float = 0.0
-
-    def __post_init__(self):
-        level = float(self.level)
-        if not np.isfinite(level) or level < 0:
-            raise ValueError(f"`level` must be a finite number >= 0. Received: level={self.level!r}")
-        object.__setattr__(self, "level", level)
-
-    def build(self, material, spec):
-        from tfdisguise import mechanisms
-
-        return mechanisms.AddNoise(level=self.level)
-
-
-def _random_matrix(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
-    g = rng.standard_normal((n, n))
-    if kind == "projection":
-        return g / np.sqrt(n)
-    # Haar measure needs the sign fix: plain QR output is biased.
-    q, r = np.linalg.qr(g)
-    return q * np.sign(np.diag(r))[np.newaxis, :]
+    def reference(self, image: np.ndarray, material, spec: Spec, rng: np.random.Generator | None) -> np.ndarray:
+        """This step on one float64 image [H, W, C], written plainly in numpy, for tests."""
+        raise NotImplementedError(f"Step {self.name!r} has no per-image numpy reference.")
 
 
 def step_from_dict(d: dict[str, Any]) -> Step:
@@ -166,7 +170,10 @@ def step_from_dict(d: dict[str, Any]) -> Step:
     params = dict(d)
     name = params.pop("name")
     if name not in _STEPS:
-        raise ValueError(f"Unknown step {name!r}; known steps: {sorted(_STEPS)}.")
+        raise ValueError(
+            f"Unknown step {name!r}; known steps: {sorted(_STEPS)}. A step defined in your own module is "
+            "known once that module (with its @register_step class) has been imported."
+        )
     try:
         return _STEPS[name](**params)
     except TypeError as e:
@@ -205,7 +212,9 @@ class Spec:
         except (TypeError, ValueError):
             raise ValueError(f"`image_shape` must be (H, W, C). Received: image_shape={self.image_shape!r}") from None
         if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"`image_shape` must be three positive ints (H, W, C). Received: image_shape={self.image_shape!r}")
+            raise ValueError(
+                f"`image_shape` must be three positive ints (H, W, C). Received: image_shape={self.image_shape!r}"
+            )
         block = _as_pair(self.block_size, "block_size")
         if shape[0] % block[0] or shape[1] % block[1]:
             raise ValueError(
@@ -230,7 +239,7 @@ class Spec:
         permute: bool = True,
         noise: float = 0.0,
         noise_position: str = "after",
-    ) -> "Spec":
+    ) -> Spec:
         """The usual pipeline: RMT, then permutation, then noise.
 
         `block_size=None` means one block covering the whole image (whole-image
@@ -241,7 +250,9 @@ class Spec:
         if block_size is None:
             block_size = image_shape[:2]
         if noise_position not in ("after", "before"):
-            raise ValueError(f"`noise_position` must be 'after' or 'before'. Received: noise_position={noise_position!r}")
+            raise ValueError(
+                f"`noise_position` must be 'after' or 'before'. Received: noise_position={noise_position!r}"
+            )
         steps: list[Step] = []
         if rmt not in (None, "none"):
             steps.append(RMT(kind=rmt, mode=rmt_mode))
@@ -268,7 +279,7 @@ class Spec:
     @property
     def noise_level(self) -> float:
         """Total noise level of the pipeline's noise steps (0 when noise-free)."""
-        return sum(s.level for s in self.steps_of(Noise))
+        return sum(s.noise_level for s in self.steps if s.adds_noise)
 
     def steps_of(self, step_type) -> tuple[Step, ...]:
         """The steps of `step_type` (a Step class or a registered name), in order."""
@@ -289,11 +300,11 @@ class Spec:
     def is_noise_free(self) -> bool:
         return self.noise_level == 0
 
-    def without_noise(self) -> "Spec":
+    def without_noise(self) -> Spec:
         """The same geometry and steps, noise steps left out."""
-        return dataclasses.replace(self, steps=tuple(s for s in self.steps if not isinstance(s, Noise)))
+        return dataclasses.replace(self, steps=tuple(s for s in self.steps if not s.adds_noise))
 
-    def plain(self) -> "Spec":
+    def plain(self) -> Spec:
         """The same geometry with no steps (the identity disguise)."""
         return dataclasses.replace(self, steps=())
 
@@ -305,7 +316,7 @@ class Spec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Spec":
+    def from_dict(cls, d: dict[str, Any]) -> Spec:
         if not isinstance(d, dict):
             raise ValueError(f"A spec must be a dict. Received: {d!r}")
         missing = {"image_shape", "block_size", "steps"} - set(d)
@@ -317,3 +328,11 @@ class Spec:
         """One line for logs and reports, e.g. 'block 7x7: rmt(orthogonal,matrix) > permute > noise(100)'."""
         parts = [s.describe() for s in self.steps]
         return f"block {self.block_size[0]}x{self.block_size[1]}: " + " > ".join(parts or ["identity"])
+
+
+# The built-in steps live with their ops in `tfdisguise.mechanisms`; they subclass
+# `Step`, so they are imported here, after it is defined. Importing them keeps
+# `from tfdisguise.spec import RMT` working and registers them before any spec is read.
+from tfdisguise.mechanisms.noise import Noise  # noqa: E402
+from tfdisguise.mechanisms.permute import Permute  # noqa: E402
+from tfdisguise.mechanisms.rmt import RMT  # noqa: E402

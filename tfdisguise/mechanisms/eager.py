@@ -1,0 +1,46 @@
+"""`disguise` and `undisguise`: the owner's eager numpy entry points.
+
+>>> import numpy as np
+>>> from tfdisguise.key import Key
+>>> from tfdisguise.spec import Spec
+>>> key = Key.generate(Spec.create((8, 8, 1), block_size=4))
+>>> x = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
+>>> y = disguise(x, key)
+>>> y.dtype.name, bool(np.allclose(undisguise(y, key), x, atol=1e-3))
+('float32', True)
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfdisguise.mechanisms.plan import apply, invert, uniform_source
+
+__all__ = ["disguise", "undisguise"]
+
+
+def disguise(images, key):
+    """Disguises `images` with `key`, eagerly, and returns a float32 numpy array.
+
+    For data pipelines use `tfdisguise.wrap`; inside a model use the `Disguise`
+    layer. Noise is fresh at every call, seeded from the OS's CSPRNG.
+    """
+    seed = keras.random.SeedGenerator(secrets.randbits(31)) if key.plan.has_noise else None
+    return ops.convert_to_numpy(apply(images, key.plan, uniform_source(seed) if seed else None))
+
+
+def undisguise(disguised, key):
+    """The owner's inverse of `disguise`, as a float32 numpy array.
+
+    Exact (up to float error) when every step's op has an exact inverse
+    (`key.plan.exact_inverse`), as for noise-free RMT and permutation pipelines:
+    the inverse permutation and the inverse of each R_i (its transpose when
+    orthogonal). With noise it is the least-squares estimate: the noise mean N/2
+    is removed and the linear steps are inverted, so the zero-mean part of the
+    noise remains in the result.
+    """
+    return ops.convert_to_numpy(invert(disguised, key.plan)).astype(np.float32)
