@@ -341,7 +341,7 @@ def test_predict_and_export_commands(served, tmp_path, capsys):
 
 
 def test_tls(served, tmp_path):
-    from tfdisguise.serving.server import _read_ssl_config
+    from tfdisguise.serving.tls import read_ssl_config
 
     key_file, cert_file = tmp_path / "server.key", tmp_path / "server.crt"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
@@ -349,7 +349,7 @@ def test_tls(served, tmp_path):
                    check=True, capture_output=True)
     ssl_config = tmp_path / "ssl.config"
     ssl_config.write_text(f'server_key: "{key_file.read_text()}"\nserver_cert: "{cert_file.read_text()}"\n')
-    ssl = _read_ssl_config(str(ssl_config))
+    ssl = read_ssl_config(str(ssl_config))
     with ModelServer(ModelRegistry.from_flags("tiny", str(served["base"] / "tiny")), port=0, host="127.0.0.1",
                      ssl=ssl) as server:
         creds = grpc.ssl_channel_credentials(root_certificates=cert_file.read_bytes())
