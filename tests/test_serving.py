@@ -365,33 +365,30 @@ def test_tls(served, tmp_path):
             plain.predict(served["x"][:2])
 
 
-def test_serve_runs_tensorflow_model_server_when_on_path(tmp_path):
-    # A stand-in binary records the flags it was given: scripts must move between the two unchanged.
+def _flags_handed_over(tmp_path, flags) -> list[str]:
+    """Runs `tfdisguise serve *flags` with a stand-in tensorflow_model_server on PATH; returns what it was given."""
     fake = tmp_path / "bin" / "tensorflow_model_server"
     fake.parent.mkdir()
     fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'args.txt'}\n")
     fake.chmod(0o755)
     exe = os.path.join(os.path.dirname(sys.executable), "tfdisguise")
     env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
-    flags = ["--port=8500", "--rest_api_port=8501", "--model_name=mnist", "--model_base_path=/models/mnist"]
     done = subprocess.run([exe, "serve", *flags], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "args.txt").read_text().split() == flags
+    return (tmp_path / "args.txt").read_text().split()
+
+
+def test_serve_runs_tensorflow_model_server_when_on_path(tmp_path):
+    # Scripts must move between the two unchanged.
+    flags = ["--port=8500", "--rest_api_port=8501", "--model_name=mnist", "--model_base_path=/models/mnist"]
+    assert _flags_handed_over(tmp_path, flags) == flags
 
 
 def test_serve_hands_unknown_flags_to_tensorflow_model_server(tmp_path):
-    fake = tmp_path / "bin" / "tensorflow_model_server"
-    fake.parent.mkdir()
-    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'args.txt'}\n")
-    fake.chmod(0o755)
-    exe = os.path.join(os.path.dirname(sys.executable), "tfdisguise")
-    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
     # --host is the embedded server's alone; "--port 8500" is handed over as TF Serving spells it.
     given = ["--port", "8500", "--host", "127.0.0.1", "--model_config_file=/models/models.config",
              "--enable_batching=true", "--batching_parameters_file=/models/batching.config"]
-    done = subprocess.run([exe, "serve", *given], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "args.txt").read_text().split() == [
+    assert _flags_handed_over(tmp_path, given) == [
         "--port=8500", "--model_config_file=/models/models.config", "--enable_batching=true",
         "--batching_parameters_file=/models/batching.config"]
 

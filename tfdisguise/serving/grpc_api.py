@@ -52,6 +52,11 @@ def _servable(registry: ModelRegistry, model_spec) -> Servable:
     return registry.get(model_spec.name, *_version(model_spec))
 
 
+def _answered_by(model_spec, servable: Servable) -> None:
+    model_spec.name = servable.name
+    model_spec.version.value = servable.version
+
+
 def signature_def_map(servable: Servable) -> get_model_metadata_pb2.SignatureDefMap:
     """The servable's signatures, as GetModelMetadata reports them."""
     sig_map = get_model_metadata_pb2.SignatureDefMap()
@@ -87,8 +92,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature = request.model_spec.signature_name or "serving_default"
         outputs = servable.run(signature, inputs, tuple(request.output_filter))
         response = predict_pb2.PredictResponse()
-        response.model_spec.name = servable.name
-        response.model_spec.version.value = servable.version
+        _answered_by(response.model_spec, servable)
         response.model_spec.signature_name = signature
         for key, value in outputs.items():
             response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
@@ -100,8 +104,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, 'Metadata field(s) must be exactly ["signature_def"]')
         servable = _servable(self.registry, request.model_spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = servable.name
-        response.model_spec.version.value = servable.version
+        _answered_by(response.model_spec, servable)
         response.metadata["signature_def"].Pack(signature_def_map(servable))
         return response
 
