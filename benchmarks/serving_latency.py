@@ -17,21 +17,18 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tfdisguise  # noqa: E402
-from tfdisguise import datasets, models  # noqa: E402
-from tfdisguise.export import export  # noqa: E402
-from tfdisguise.serving.client import DisguisedClient  # noqa: E402
+import tfdisguise
+from tfdisguise import datasets, models
+from tfdisguise.export import export
+from tfdisguise.serving.client import DisguisedClient
 
 
 def percentile(values, q):
@@ -87,13 +84,14 @@ def main(argv=None) -> int:
                 for kind, values in lat.items():
                     row[kind] = {"p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99),
                                  "images_per_s": batch * len(values) / sum(values), "requests": len(values)}
-                row["p50_overhead_pct"] = 100 * (row["client_disguises"]["p50_ms"] / row["raw_pre_disguised"]["p50_ms"] - 1)
-                results["batches"][str(batch)] = row
                 c, r = row["client_disguises"], row["raw_pre_disguised"]
+                row["p50_overhead_pct"] = 100 * (c["p50_ms"] / r["p50_ms"] - 1)
+                results["batches"][str(batch)] = row
                 print(f"[batch {batch}] client disguising: p50 {c['p50_ms']:.2f} ms, p99 {c['p99_ms']:.2f} ms, "
                       f"{c['images_per_s']:,.0f} img/s | raw pre-disguised: p50 {r['p50_ms']:.2f} ms, "
                       f"p99 {r['p99_ms']:.2f} ms, {r['images_per_s']:,.0f} img/s => disguising adds "
-                      f"{row['p50_overhead_pct']:+.1f}% to p50" + (" (target <= 10%)" if batch == 1 else ""), flush=True)
+                      f"{row['p50_overhead_pct']:+.1f}% to p50" + (" (target <= 10%)" if batch == 1 else ""),
+                      flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

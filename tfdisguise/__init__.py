@@ -8,56 +8,67 @@ trains and serves ordinary Keras models on the disguised images.
 >>> key = tfdisguise.Key.generate(image_shape=(28, 28, 1), block_size=7, noise=100)
 >>> key.spec.describe()
 'block 7x7: rmt(orthogonal,matrix) > permute > noise(100)'
+
+The public names load on first use: `import tfdisguise` stays light (the
+`tfdisguise` command answers `--help` without starting TensorFlow), and grpc
+and tensorflow_serving load only when serving is used.
 """
 
-import os as _os
-
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from tfdisguise import datasets
-from tfdisguise import models
-from tfdisguise import privacy
-from tfdisguise.data import wrap
-from tfdisguise.export import ExportError
-from tfdisguise.export import export
-from tfdisguise.key import Key
-from tfdisguise.key import KeyFileError
-from tfdisguise.key import KeyMismatchError
-from tfdisguise.layer import Disguise
-from tfdisguise.mechanisms import disguise
-from tfdisguise.mechanisms import undisguise
-from tfdisguise.serving.client import DisguisedClient
-from tfdisguise.shards import ShardError
-from tfdisguise.shards import export_disguised
-from tfdisguise.shards import load_disguised
-from tfdisguise.shards import read_manifest
-from tfdisguise.spec import Noise
-from tfdisguise.spec import Permute
-from tfdisguise.spec import RMT
-from tfdisguise.spec import Spec
+import importlib as _importlib
+import sys as _sys
+import types as _types
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Disguise",
-    "DisguisedClient",
-    "ExportError",
-    "Key",
-    "KeyFileError",
-    "KeyMismatchError",
-    "Noise",
-    "Permute",
-    "RMT",
-    "ShardError",
-    "Spec",
-    "datasets",
-    "disguise",
-    "export",
-    "export_disguised",
-    "load_disguised",
-    "models",
-    "privacy",
-    "read_manifest",
-    "undisguise",
-    "wrap",
-]
+# Public name -> the module that defines it; a module maps to itself (its own name, None here).
+_EXPORTS = {
+    "Disguise": "tfdisguise.layer",
+    "DisguisedClient": "tfdisguise.serving.client",
+    "ExportError": "tfdisguise.export",
+    "Key": "tfdisguise.key",
+    "KeyFileError": "tfdisguise.key",
+    "KeyMismatchError": "tfdisguise.key",
+    "Noise": "tfdisguise.spec",
+    "Permute": "tfdisguise.spec",
+    "RMT": "tfdisguise.spec",
+    "ShardError": "tfdisguise.shards",
+    "Spec": "tfdisguise.spec",
+    "datasets": None,
+    "disguise": "tfdisguise.mechanisms",
+    "export": "tfdisguise.export",
+    "export_disguised": "tfdisguise.shards",
+    "load_disguised": "tfdisguise.shards",
+    "models": None,
+    "privacy": None,
+    "read_manifest": "tfdisguise.shards",
+    "undisguise": "tfdisguise.mechanisms",
+    "wrap": "tfdisguise.data",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tfdisguise' has no attribute {name!r}")
+    module = _EXPORTS[name]
+    value = _importlib.import_module(f"tfdisguise.{name}") if module is None else getattr(
+        _importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(_types.ModuleType):
+    def __setattr__(self, name, value):
+        # Loading the submodule `tfdisguise.export` binds the package's `export` to the module; the public
+        # `tfdisguise.export` is the function, so that binding is skipped and `__getattr__` answers instead.
+        if isinstance(value, _types.ModuleType) and value.__name__ == _EXPORTS.get(name) == f"tfdisguise.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package

@@ -69,7 +69,8 @@ def run(out: str, epochs: int) -> int:
     _cli(["calibrate", "--input", SOURCE, "--limit", "2000", "--block-sizes", "7", "--noise-levels", "100",
           "--rmt", "orthogonal", "--rmt-mode", "matrix", "--permute", "--model", "simple_cnn", "--epochs", "3",
           "--ks", "1,10,100", "--attack-images", "300", "--key-agnostic-keys", "8", "--out", report_dir])
-    report = json.load(open(os.path.join(report_dir, "report.json")))["settings"][0]
+    with open(os.path.join(report_dir, "report.json")) as f:
+        report = json.load(f)["settings"][0]
 
     _step("7. cloud: serve it (embedded TF-Serving-compatible server: gRPC + REST on loopback)")
     from tfdisguise import datasets
@@ -108,9 +109,12 @@ def run(out: str, epochs: int) -> int:
           f"{100 * report['block_norm']['examiner_accuracy']:.1f}%; key-agnostic examiner "
           f"{100 * report['key_agnostic']['accuracy']:.1f}%")
     print(f"\nDone in {time.time() - started:.0f}s. Outputs:")
-    for label, path in [("key (stays with the owner)", key_path), ("disguised shards (uploaded)", upload),
-                        ("preview", os.path.join(out, "preview.png")), ("training curve", os.path.join(cloud, "run", "history.png")),
-                        ("SavedModel", os.path.join(saved, "mnist", "1")), ("calibration report", os.path.join(report_dir, "report.md"))]:
+    outputs = [("key (stays with the owner)", key_path), ("disguised shards (uploaded)", upload),
+               ("preview", os.path.join(out, "preview.png")),
+               ("training curve", os.path.join(cloud, "run", "history.png")),
+               ("SavedModel", os.path.join(saved, "mnist", "1")),
+               ("calibration report", os.path.join(report_dir, "report.md"))]
+    for label, path in outputs:
         print(f"  {label:30s} {path}")
     return 0
 

@@ -13,28 +13,25 @@ Example (against a running server):
 
 from __future__ import annotations
 
+import json
 import random
 import time
 
-import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
 
 from tfdisguise.data import batch_disguiser
 from tfdisguise.export import INFO_SIGNATURE
 from tfdisguise.identity import Identity
 from tfdisguise.key import Key, KeyMismatchError
+from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES
+from tfdisguise.serving.transports import TransportError, transport_for
 
-__all__ = ["DisguisedClient", "ServingClientError"]
+__all__ = ["DisguisedClient", "ServingClientError", "read_images"]
 
 
 class ServingClientError(RuntimeError):
-    """A request failed for good (after retries, or with a non-retryable error)."""
+    """A request failed for good (after retries, or with a non-retryable error); `code` is its gRPC status."""
 
     def __init__(self, message: str, code=None):
         super().__init__(message)
@@ -51,6 +48,7 @@ class DisguisedClient:
         version: a model version; None means the latest.
         timeout: the deadline of each call, in seconds, retries included.
         max_retries: retries of an UNAVAILABLE server, with exponential backoff.
+        backoff: the first retry's delay, in seconds; it doubles up to 1 s, with jitter.
         credentials: `grpc.ssl_channel_credentials(...)` for TLS.
         batch_size: images per request; larger inputs are split.
         max_message_bytes: gRPC message size limit.
@@ -58,91 +56,39 @@ class DisguisedClient:
 
     def __init__(self, target: str, model_name: str, key: Key, *, version: int | None = None, timeout: float = 10.0,
                  max_retries: int = 8, backoff: float = 0.05, credentials=None, batch_size: int = 64,
-                 max_message_bytes: int = 64 << 20):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         if not isinstance(key, Key):
             raise TypeError(f"`key` must be a tfdisguise.Key. Received: key={type(key).__name__}")
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
         self.target, self.model_name, self.key, self.version = target, model_name, key, version
         self.timeout, self.max_retries, self.backoff, self.batch_size = timeout, max_retries, backoff, batch_size
-        self.rest = target.startswith(("http://", "https://"))
         # The same ops as wrap() in training, as concrete graphs: calling those directly
         # skips tf.function's argument dispatch, about 0.1 ms of a batch-1 query.
         fn = tf.function(batch_disguiser(key))
         self._disguisers = {dtype: fn.get_concrete_function(tf.TensorSpec((None,) + key.spec.image_shape, dtype))
                             for dtype in (tf.uint8, tf.float32)}
         self._metadata = None
-        if self.rest:
-            import requests
-
-            self._http = requests.Session()
-        else:
-            options = [("grpc.max_send_message_length", max_message_bytes),
-                       ("grpc.max_receive_message_length", max_message_bytes)]
-            self._channel = (grpc.secure_channel(target, credentials, options) if credentials
-                             else grpc.insecure_channel(target, options))
-            self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-
-    # ---- transport with deadline and retries ------------------------------------
+        self._transport = transport_for(target, model_name, version, credentials=credentials,
+                                        max_message_bytes=max_message_bytes)
 
     def _retrying(self, call):
+        """`call(timeout)` until it succeeds, fails for good, or the deadline (`self.timeout`) passes."""
         deadline = time.monotonic() + self.timeout
         attempt = 0
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                return call(max(remaining, 0.001))
-            except grpc.RpcError as e:
-                code, detail = e.code(), e.details()
-                retryable = code == grpc.StatusCode.UNAVAILABLE
-            except _rest_errors() as e:
-                code, detail, retryable = grpc.StatusCode.UNAVAILABLE, str(e), True
-            except _RestStatus as e:
-                code, detail, retryable = e.code, e.message, e.code == grpc.StatusCode.UNAVAILABLE
-            delay = min(self.backoff * 2**attempt, 1.0) * (0.5 + random.random())
-            if not retryable or attempt >= self.max_retries or time.monotonic() + delay >= deadline:
-                raise ServingClientError(f"{self.model_name} at {self.target}: {code.name}: {detail}", code) from None
+                return call(max(deadline - time.monotonic(), 0.001))
+            except TransportError as e:
+                delay = min(self.backoff * 2**attempt, 1.0) * (0.5 + random.random())
+                if not e.retryable or attempt >= self.max_retries or time.monotonic() + delay >= deadline:
+                    raise ServingClientError(f"{self.model_name} at {self.target}: {e.code.name}: {e.message}",
+                                             e.code) from None
             attempt += 1
             time.sleep(delay)
 
-    def _version_path(self) -> str:
-        return f"/versions/{self.version}" if self.version else ""
-
-    def _rest(self, method, suffix, payload=None):
-        def call(timeout):
-            url = f"{self.target}/v1/models/{self.model_name}{self._version_path()}{suffix}"
-            r = self._http.request(method, url, json=payload, timeout=timeout)
-            if r.status_code != 200:
-                code = {404: grpc.StatusCode.NOT_FOUND, 400: grpc.StatusCode.INVALID_ARGUMENT,
-                        503: grpc.StatusCode.UNAVAILABLE}.get(r.status_code, grpc.StatusCode.INTERNAL)
-                try:
-                    message = r.json().get("error", r.text)
-                except ValueError:
-                    message = r.text
-                raise _RestStatus(code, message)
-            return r.json()
-
-        return self._retrying(call)
-
-    def _model_spec(self, spec, signature_name="serving_default"):
-        spec.name = self.model_name
-        spec.signature_name = signature_name
-        if self.version:
-            spec.version.value = self.version
-
     def _predict_raw(self, inputs: dict[str, np.ndarray], signature_name="serving_default") -> dict[str, np.ndarray]:
-        if self.rest:
-            body = {"signature_name": signature_name, "inputs": {k: v.tolist() for k, v in inputs.items()}}
-            out = self._rest("POST", ":predict", body)["outputs"]
-            if not isinstance(out, dict):
-                out = {self.metadata["outputs"][0]: out}
-            return {k: np.asarray(v) for k, v in out.items()}
-        request = predict_pb2.PredictRequest()
-        self._model_spec(request.model_spec, signature_name)
-        for k, v in inputs.items():
-            request.inputs[k].CopyFrom(tf.make_tensor_proto(v))
-        response = self._retrying(lambda t: self._stub.Predict(request, timeout=t))
-        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        return self._retrying(lambda timeout: self._transport.predict(inputs, signature_name, timeout))
 
     # ---- metadata and key check ------------------------------------------------------
 
@@ -150,35 +96,20 @@ class DisguisedClient:
     def metadata(self) -> dict:
         """Input name, output names and the model's disguise fingerprint (checked against the key)."""
         if self._metadata is None:
-            if self.rest:
-                sigs = self._rest("GET", "/metadata")["metadata"]["signature_def"]["signatureDef"]
-                default = sigs["serving_default"]
-                inputs, outputs = list(default["inputs"]), sorted(default["outputs"])
-                shape = [int(d.get("size", -1)) for d in default["inputs"][inputs[0]]["tensorShape"].get("dim", [])]
-                names = set(sigs)
-            else:
-                request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-                self._model_spec(request.model_spec, "")
-                response = self._retrying(lambda t: self._stub.GetModelMetadata(request, timeout=t))
-                sig_map = get_model_metadata_pb2.SignatureDefMap()
-                response.metadata["signature_def"].Unpack(sig_map)
-                default = sig_map.signature_def["serving_default"]
-                inputs, outputs = list(default.inputs), sorted(default.outputs)
-                shape = [d.size for d in default.inputs[inputs[0]].tensor_shape.dim]
-                names = set(sig_map.signature_def)
+            signatures = self._retrying(self._transport.signatures)
+            default = signatures["serving_default"]
+            inputs = list(default.inputs)
             if len(inputs) != 1:
                 raise ServingClientError(f"{self.model_name}: expected one image input, found {inputs}.")
-            if INFO_SIGNATURE not in names:
+            if INFO_SIGNATURE not in signatures:
                 raise KeyMismatchError(f"Model {self.model_name} at {self.target} records no disguise fingerprint "
                                        f"(no '{INFO_SIGNATURE}' signature); refusing to send it disguised data.")
             info = self._predict_raw({"dummy": np.zeros([1], np.int32)}, INFO_SIGNATURE)
             fingerprint = _as_text(info["fingerprint"])
-            spec = _as_text(info["spec"])
-            import json
-
-            self.key.check_matches(Identity(spec=json.loads(spec), fingerprint=fingerprint),
+            self.key.check_matches(Identity(spec=json.loads(_as_text(info["spec"])), fingerprint=fingerprint),
                                    f"Model {self.model_name} at {self.target}")
-            self._metadata = {"input": inputs[0], "outputs": outputs, "input_shape": shape, "fingerprint": fingerprint}
+            self._metadata = {"input": inputs[0], "outputs": list(default.outputs),
+                              "input_shape": list(default.inputs[inputs[0]]), "fingerprint": fingerprint}
         return self._metadata
 
     # ---- predictions ---------------------------------------------------------------------
@@ -204,38 +135,22 @@ class DisguisedClient:
     def predict(self, images) -> dict[str, np.ndarray]:
         """Disguises `images` (uint8 or 0..255 float, [N,H,W,C] or one image) and returns the model's outputs."""
         images = self._check_images(images)
-        self.metadata  # noqa: B018 - check the key before any data leaves
+        name = self.metadata["input"]  # checks the key before any data leaves
         if images.dtype != np.uint8:
             images = images.astype(np.float32)
         disguise = self._disguisers[tf.uint8 if images.dtype == np.uint8 else tf.float32]
-        name = self.metadata["input"]
         parts = [self._predict_raw({name: disguise(tf.constant(images[i:i + self.batch_size])).numpy()})
                  for i in range(0, len(images), self.batch_size)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def close(self) -> None:
-        if self.rest:
-            self._http.close()
-        else:
-            self._channel.close()
+        self._transport.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
-
-
-class _RestStatus(Exception):
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def _rest_errors():
-    import requests
-
-    return (requests.ConnectionError, requests.Timeout)
 
 
 def _as_text(value) -> str:
@@ -263,8 +178,8 @@ def read_images(paths, image_shape) -> tuple[list[str], np.ndarray]:
         if x.shape == shape:
             x = x[np.newaxis]
         if x.ndim != 4 or x.shape[1:] != tuple(image_shape):
-            raise ValueError(f"{path}: images of shape {x.shape[1:] if x.ndim == 4 else x.shape} do not match the key's "
-                             f"image shape {tuple(image_shape)}.")
+            raise ValueError(f"{path}: images of shape {x.shape[1:] if x.ndim == 4 else x.shape} do not match the "
+                             f"key's image shape {tuple(image_shape)}.")
         names += [path] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))]
         arrays.append(x)
     return names, np.concatenate(arrays)

@@ -119,7 +119,7 @@ class ModelRegistry:
             self._load(mc)
 
     @classmethod
-    def from_flags(cls, model_name=None, model_base_path=None, model_config_file=None) -> "ModelRegistry":
+    def from_flags(cls, model_name=None, model_base_path=None, model_config_file=None) -> ModelRegistry:
         if model_config_file:
             return cls(parse_model_config(model_config_file))
         if not model_base_path:

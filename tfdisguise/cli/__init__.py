@@ -1,0 +1,64 @@
+"""The `tfdisguise` command.
+
+Each subcommand is one module with `register_subparser(subparsers)` and
+`run(args) -> int`; it parses its arguments and calls the library. Modules load
+TensorFlow, Keras and grpc only inside `run`, so `tfdisguise --help` is quick.
+
+>>> args = build_parser().parse_args(["keygen", "--image-shape", "28,28,1", "--block-size", "7", "--out", "k.json"])
+>>> args.command, args.image_shape, args.block_size
+('keygen', (28, 28, 1), 7)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tfdisguise import __version__
+from tfdisguise.cli import (
+    calibrate,
+    console,
+    disguise,
+    export,
+    keygen,
+    predict,
+    preview,
+    serve,
+    train,
+)
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+# In the order of the workflow, which is the order of `tfdisguise --help`.
+COMMANDS = (keygen, disguise, preview, train, calibrate, export, serve, predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfdisguise",
+                                     description="Disguise images with a secret key for private deep learning.")
+    parser.add_argument("--version", action="version", version=f"tfdisguise {__version__}")
+    parser.add_argument("--log-level", choices=console.LOG_LEVELS, default="info",
+                        help="tfdisguise's log messages (default info); 'debug' also shows TensorFlow's")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register_subparser(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Runs `tfdisguise` with `argv` (default: the command line) and returns the exit status."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    if unknown:
+        if not getattr(args, "takes_unknown_flags", False):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.unknown_flags = tuple(unknown)
+    console.configure_logging(args.log_level)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("tfdisguise: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        print(f"tfdisguise {args.command}: error: {e}", file=sys.stderr)
+        return 1

