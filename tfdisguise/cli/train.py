@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
-from tfdisguise.cli import console
-
 
 def register_subparser(subparsers) -> None:
     p = subparsers.add_parser("train",
@@ -30,12 +26,9 @@ def run(args) -> int:
 
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, seed=args.seed)
-    progress = {}
-    if "verbose" in inspect.signature(train_and_save).parameters:
-        # A bar on a terminal, one line per epoch in a log; older train_and_save cannot be told and draws the bar.
-        progress["verbose"] = console.keras_verbosity()
+    # train_and_save draws a bar on a terminal and one line per epoch in a log (train.verbosity).
     result = train_and_save(args.out, config, source=args.input, key_path=args.key, shards=args.shards,
-                            validation_fraction=args.validation_fraction, limit=args.limit, **progress)
+                            validation_fraction=args.validation_fraction, limit=args.limit)
     print(result.summary())
     print(f"wrote {args.out}/model.keras, history.json, history.png")
     return 0
