@@ -4,8 +4,10 @@ import os
 import keras
 import numpy as np
 import pytest
+from helpers import make_key
+from reference import split_blocks
 
-from tfdisguise import Key, Spec, disguise
+from tfdisguise import disguise
 from tfdisguise.privacy import (
     attack_success,
     block_norm_thumbnails,
@@ -16,9 +18,6 @@ from tfdisguise.privacy import (
     visual_privacy,
 )
 from tfdisguise.privacy.calibrate import CalibrationConfig, calibrate
-
-from helpers import make_key
-from reference import split_blocks
 
 
 @pytest.fixture
@@ -129,14 +128,22 @@ def test_calibration_two_settings_end_to_end_and_resume(rng, tmp_path):
     for r in report["settings"]:
         for field in ("disguised_accuracy", "visual_privacy", "misusability"):
             assert 0.0 <= r[field] <= 1.0
-        assert set(r["known_plaintext"]["by_k"]) == {"1", "10"}
-        assert 0.0 <= r["key_agnostic"]["accuracy"] <= 1.0
+        attacks = r["attacks"]
+        assert list(attacks)[:3] == ["known_plaintext", "block_norm", "key_agnostic"]  # all registered, in order
+        assert set(attacks["known_plaintext"]["by_k"]) == {"1", "10"}
+        assert 0.0 <= attacks["key_agnostic"]["accuracy"] <= 1.0
+        for result in attacks.values():
+            assert 0.0 <= result["success"] <= 1.0 and result["headline"]
     files = set(os.listdir(out))
     assert {"report.json", "report.md", "tradeoff.png", "kpa_curve.png", "baseline.json"} <= files
     assert {f"samples_{n}.png" for n in names} <= files
-    table = open(os.path.join(out, "report.md")).read()
+    with open(os.path.join(out, "report.md")) as f:
+        table = f.read()
     assert all(f"| {n} |" in table for n in names)
-    assert "secret" not in open(os.path.join(out, "report.json")).read()
+    assert all(title in table for title in ("KPA success k=10", "block-norm examiner accuracy",
+                                            "key-agnostic examiner accuracy"))
+    with open(os.path.join(out, "report.json")) as f:
+        assert "secret" not in f.read()
 
     # Resume: finished settings are skipped; a missing one is redone.
     first = os.path.join(out, "results", names[0] + ".json")
@@ -154,4 +161,5 @@ def test_calibration_two_settings_end_to_end_and_resume(rng, tmp_path):
     messages.clear()
     calibrate(CalibrationConfig(**{**config.__dict__, "resume": True, "ks": (1, 5)}), log=messages.append)
     assert any("recipe changed" in m for m in messages) and not any("skipped" in m for m in messages)
-    assert set(json.load(open(first))["known_plaintext"]["by_k"]) == {"1", "5"}
+    with open(first) as f:
+        assert set(json.load(f)["attacks"]["known_plaintext"]["by_k"]) == {"1", "5"}

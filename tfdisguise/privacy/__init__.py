@@ -1,32 +1,53 @@
 """How private and how useful is a disguise setting: metrics, attacks, calibration.
 
 Inputs and results are dataclasses; results have `summary()` and `to_json()`.
+Attacks live one per module in `tfdisguise/privacy/attacks/`, registered in
+`ATTACKS` with `register_attack`; `run_attacks` runs a selection on one
+`AttackInput`. Calibration (`calibrate.py`) runs them over a grid of settings and
+`report.py` writes the report.
 """
 
-from tfdisguise.privacy.attacks import BlockNormResult
-from tfdisguise.privacy.attacks import KeyAgnosticResult
-from tfdisguise.privacy.attacks import KnownPlaintextResult
-from tfdisguise.privacy.attacks import block_norm_thumbnails
-from tfdisguise.privacy.attacks import block_norm_attack
-from tfdisguise.privacy.attacks import key_agnostic_attack
-from tfdisguise.privacy.attacks import known_plaintext_attack
-from tfdisguise.privacy.attacks import fit_block_linear
-from tfdisguise.privacy.metrics import FanoResult
-from tfdisguise.privacy.metrics import PrivacyReport
-from tfdisguise.privacy.metrics import accuracy
-from tfdisguise.privacy.metrics import attack_success
-from tfdisguise.privacy.metrics import class_membership_test
-from tfdisguise.privacy.metrics import fano_factor
-from tfdisguise.privacy.metrics import misusability
-from tfdisguise.privacy.metrics import visual_privacy
+from tfdisguise.privacy.attacks import (
+    ATTACKS,
+    Attack,
+    AttackInput,
+    AttackResult,
+    attack_names,
+    register_attack,
+    run_attacks,
+)
+from tfdisguise.privacy.attacks.block_norm import BlockNormResult, block_norm_attack, block_norm_thumbnails
+from tfdisguise.privacy.attacks.key_agnostic import KeyAgnosticResult, key_agnostic_attack
+from tfdisguise.privacy.attacks.kpa import (
+    BlockLinearEstimate,
+    KnownPlaintextResult,
+    fit_block_linear,
+    known_plaintext_attack,
+)
+from tfdisguise.privacy.metrics import (
+    FanoResult,
+    PrivacyReport,
+    accuracy,
+    attack_success,
+    class_membership_test,
+    fano_factor,
+    misusability,
+    visual_privacy,
+)
 
 __all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackInput",
+    "AttackResult",
+    "BlockLinearEstimate",
     "BlockNormResult",
     "FanoResult",
     "KeyAgnosticResult",
     "KnownPlaintextResult",
     "PrivacyReport",
     "accuracy",
+    "attack_names",
     "attack_success",
     "block_norm_attack",
     "block_norm_thumbnails",
@@ -36,5 +57,7 @@ __all__ = [
     "key_agnostic_attack",
     "known_plaintext_attack",
     "misusability",
+    "register_attack",
+    "run_attacks",
     "visual_privacy",
 ]

@@ -1,42 +1,65 @@
 """`calibrate`: a grid of disguise settings, each trained, measured and attacked.
 
-Writes a report directory:
+The runner: it builds the settings (the flag grid, or explicit named specs),
+trains the plain baseline and one model per setting, measures quality, visual
+privacy and misusability (`metrics`), runs the selected attacks from the registry
+(`attacks`) and hands the rows to `report` for the report directory:
 
-    report.json, report.md        one row per setting
+    report.json, report.md        one row per setting; one column per attack headline
     tradeoff.png                  accuracy versus visual privacy
-    kpa_curve.png                 known-plaintext attack success versus k
-    samples_<setting>.png         plain, disguised, reconstructions, block-norm thumbnails
+    kpa_curve.png                 known-plaintext attack success versus k (when that attack ran)
+    samples_<setting>.png         plain, disguised and each attack's pictures
     baseline.json, results/*.json per-run results, which `resume` reuses
 
 The plain baseline (same model, same recipe and budget) doubles as the
 examiner: a DNN trained on plain images.
+
+Example (the settings the flags describe; nothing is trained here):
+
+>>> config = CalibrationConfig(source="data.npz", out="report", block_sizes=(4,), noise_levels=(0.0, 30.0))
+>>> [name for name, _ in setting_grid(config, (8, 8, 1))]
+['b4x4-n0-orthogonal-matrix-perm', 'b4x4-n30-orthogonal-matrix-perm']
+>>> config.selected_attacks()[:3]
+('known_plaintext', 'block_norm', 'key_agnostic')
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
+import re
 import time
-from typing import Callable
-
-import numpy as np
+from collections.abc import Callable
 
 from tfdisguise import datasets, io
 from tfdisguise.key import Key
 from tfdisguise.mechanisms import disguise
-from tfdisguise.privacy import attacks
-from tfdisguise.privacy.metrics import PrivacyReport, accuracy
+from tfdisguise.privacy.attacks import AttackInput, attack_names, run_attacks
+from tfdisguise.privacy.metrics import PrivacyReport, accuracy, misusability, visual_privacy
+from tfdisguise.privacy.report import samples_figure, write_report
 from tfdisguise.spec import Permute, Spec
 from tfdisguise.train import TrainConfig, train_classifier
 
-__all__ = ["CalibrationConfig", "calibrate", "setting_grid", "write_report"]
+__all__ = ["CalibrationConfig", "calibrate", "setting_grid"]
+
+_SETTING_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # it names a file in results/
 
 
 @dataclasses.dataclass
 class CalibrationConfig:
-    """What to sweep and how to measure it."""
+    """What to sweep and how to measure it.
+
+    The settings are the product of `block_sizes`, `noise_levels`, `rmt`,
+    `rmt_modes` and `permute`, unless `specs` names them explicitly
+    ({setting name: Spec}, for example a user's own registered mechanism).
+
+    `attacks` selects registered attacks by name (None: all of them);
+    `key_agnostic=False` leaves that one out. `ks` and `attack_images` configure
+    the known-plaintext attack (and `max(ks)` is the number of leaked pairs a
+    level-2 attacker holds); `key_agnostic_keys` and `key_agnostic_images` the
+    key-agnostic examiner.
+    """
 
     source: str
     out: str
@@ -58,42 +81,94 @@ class CalibrationConfig:
     key_agnostic_keys: int = 16
     key_agnostic_images: int | None = None
     resume: bool = False
+    attacks: tuple[str, ...] | None = None
+    specs: dict[str, Spec] | None = None
 
-    def recipe(self) -> dict:
-        """What a finished result depends on; `resume` reuses a result only if this matches."""
+    def __post_init__(self):
+        if self.attacks is not None:
+            self.attacks = attack_names(self.attacks)
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"`ks` must hold at least one positive number of leaked pairs. Received: ks={self.ks!r}")
+        if self.specs is not None:
+            if not isinstance(self.specs, dict) or not self.specs:
+                raise ValueError(f"`specs` must be a non-empty dict of setting name -> Spec. Received: {self.specs!r}")
+            for name, spec in self.specs.items():
+                if not isinstance(name, str) or not _SETTING_NAME.match(name):
+                    raise ValueError("`specs` names must be file-name safe (letters, digits, '.', '_', '+', '-'). "
+                                     f"Received: {name!r}")
+                if not isinstance(spec, Spec):
+                    raise ValueError(f"`specs[{name!r}]` must be a Spec. Received: {type(spec).__name__}")
+
+    def selected_attacks(self) -> tuple[str, ...]:
+        """The attacks to run, in registration order for the default; unknown names raise ValueError."""
+        names = attack_names(self.attacks)
+        return tuple(n for n in names if self.key_agnostic or n != "key_agnostic")
+
+    def attack_options(self) -> dict[str, dict]:
+        """Keyword options for the selected attacks that take some from this config."""
+        options = {
+            "known_plaintext": {"ks": list(self.ks), "max_images": self.attack_images},
+            "key_agnostic": {"num_keys": self.key_agnostic_keys, "max_images": self.key_agnostic_images},
+        }
+        return {name: options[name] for name in self.selected_attacks() if name in options}
+
+    def training_recipe(self) -> dict:
+        """What the plain baseline depends on; `resume` reuses it only if this matches."""
         return {"source": self.source, "validation_fraction": self.validation_fraction, "limit": self.limit,
                 "seed": self.seed, "model": self.model, "epochs": self.epochs, "batch_size": self.batch_size,
-                "learning_rate": self.learning_rate, "ks": list(self.ks), "attack_images": self.attack_images,
-                "key_agnostic": self.key_agnostic, "key_agnostic_keys": self.key_agnostic_keys,
-                "key_agnostic_images": self.key_agnostic_images}
+                "learning_rate": self.learning_rate}
+
+    def recipe(self) -> dict:
+        """What a setting's result depends on; `resume` reuses a result only if this matches."""
+        return dict(self.training_recipe(), attacks=list(self.selected_attacks()),
+                    attack_options=self.attack_options())
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(model=self.model, epochs=self.epochs, batch_size=self.batch_size,
                            learning_rate=self.learning_rate, seed=self.seed)
 
+    def to_dict(self) -> dict:
+        """JSON-safe: tuples as lists, specs as their dicts."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "specs" and value is not None:
+                value = {name: spec.to_dict() for name, spec in value.items()}
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
 
 def setting_grid(config: CalibrationConfig, image_shape) -> list[tuple[str, Spec]]:
-    """(name, spec) for every combination; invalid block sizes are reported, not skipped."""
+    """(name, spec) for each setting: `config.specs` when given, else every flag combination.
+
+    Invalid block sizes are reported, not skipped.
+    """
+    if config.specs is not None:
+        for name, spec in config.specs.items():
+            if spec.image_shape != tuple(image_shape):
+                raise ValueError(f"`specs[{name!r}]` is for images of shape {spec.image_shape}, but the data's "
+                                 f"images are {tuple(image_shape)}.")
+        return list(config.specs.items())
     out = []
     for block, noise, rmt, mode, permute in itertools.product(
         config.block_sizes, config.noise_levels, config.rmt, config.rmt_modes, config.permute
     ):
-        if rmt in (None, "none") and mode != config.rmt_modes[0]:
+        has_rmt = rmt not in (None, "none")
+        if not has_rmt and mode != config.rmt_modes[0]:
             continue  # the mode is irrelevant without RMT
         spec = Spec.create(image_shape, block, rmt=rmt, rmt_mode=mode, permute=permute, noise=noise)
         bh, bw = spec.block_size
-        name = f"b{bh}x{bw}-n{noise:g}-{rmt or 'none'}{'-' + mode if rmt not in (None, 'none') else ''}{'-perm' if permute else ''}"
+        name = f"b{bh}x{bw}-n{noise:g}-{rmt or 'none'}{'-' + mode if has_rmt else ''}{'-perm' if permute else ''}"
         out.append((name, spec))
     return out
 
 
-# An interrupted run never leaves a half-written result.
-_write_text = io.write_text
-_write_json = io.write_json
-
-
 def _true_perm(key: Key):
-    return key.plan.linear.perm if any(isinstance(s, Permute) for s in key.spec.steps) else None
+    """The key's block permutation, to score an attack's estimate of it (None unless the spec permutes once)."""
+    steps = key.spec.steps_of(Permute)
+    if len(steps) != 1:
+        return None
+    return key.materials[key.spec.steps.index(steps[0])]
 
 
 def _run_setting(name, spec, data, examiner, baseline, config, log) -> dict:
@@ -108,93 +183,99 @@ def _run_setting(name, spec, data, examiner, baseline, config, log) -> dict:
         setting=name, spec=spec.to_dict(), fingerprint=key.fingerprint,
         plain_accuracy=baseline["val_accuracy"],
         disguised_accuracy=accuracy(model, dis_va, y_va),
-        visual_privacy=1.0 - accuracy(examiner, dis_va, y_va),
-        misusability=accuracy(model, x_va, y_va),
+        visual_privacy=visual_privacy(examiner, dis_va, y_va),
+        misusability=misusability(model, x_va, y_va),
         examiner_accuracy_plain=accuracy(examiner, x_va, y_va),
         train={"epochs": config.epochs, "seconds": train_result.seconds, "history": train_result.history},
     )
-    n_att = min(config.attack_images, len(x_va))
-    log(f"[{name}] known-plaintext attack at k={list(config.ks)}")
     leak = x_tr[: max(config.ks)]
-    kpa = attacks.known_plaintext_attack(leak, disguise(leak, key), x_va[:n_att], dis_va[:n_att], y_va[:n_att], spec,
-                                         examiner, ks=config.ks, setting=name)
-    report.known_plaintext = kpa.to_dict()
-    log(f"[{name}] block-norm thumbnail attack")
-    bn = attacks.block_norm_attack(x_tr, y_tr, dis_va, y_va, x_va, spec, num_classes=num_classes,
-                                   true_perm=_true_perm(key), setting=name, seed=config.seed)
-    report.block_norm = bn.to_dict()
-    if config.key_agnostic:
-        log(f"[{name}] key-agnostic examiner ({config.key_agnostic_keys} random keys)")
-        n_ka = config.key_agnostic_images or len(x_tr)
-        ka = attacks.key_agnostic_attack(x_tr[:n_ka], y_tr[:n_ka], dis_va, y_va, spec, num_classes=num_classes,
-                                         num_keys=config.key_agnostic_keys, config=config.train_config(), setting=name)
-        report.key_agnostic = ka.to_dict()
-    from tfdisguise.plots import image_grid, save_figure
+    attack_input = AttackInput(
+        spec=spec, victim_disguised=dis_va, victim_labels=y_va, victim_plain=x_va, num_classes=num_classes,
+        public_plain=x_tr, public_labels=y_tr, leaked_plain=leak, leaked_disguised=disguise(leak, key),
+        examiner=examiner, true_perm=_true_perm(key), train_config=config.train_config(), seed=config.seed,
+        setting=name,
+    )
+    results = run_attacks(attack_input, config.selected_attacks(), options=config.attack_options(), log=log)
+    report.attacks = {n: r.to_dict() for n, r in results.items()}
+    from tfdisguise.plots import save_figure
 
-    recon = kpa.samples["reconstructed"]
-    rows = [kpa.samples["original"], kpa.samples["disguised"]] + [recon[k] for k in config.ks]
-    titles = ["plain", "disguised"] + [f"KPA k={k}" for k in config.ks]
-    rows.append(bn.samples["thumbnail"][..., np.newaxis])
-    titles.append("block norms")
-    save_figure(image_grid(rows, titles, f"{name}: {spec.describe()}"),
+    save_figure(samples_figure(f"{name}: {spec.describe()}", x_va[:6], dis_va[:6], results.values()),
                 os.path.join(config.out, f"samples_{name}.png"))
     log(report.summary())
     return report.to_dict()
 
 
-def calibrate(config: CalibrationConfig, log: Callable[[str], None] = print) -> dict:
-    """Runs the grid and writes the report directory. Returns the report."""
-    started = time.time()
-    os.makedirs(config.out, exist_ok=True)
+def _same_spec(saved, spec: Spec) -> bool:
+    try:
+        return Spec.from_dict(saved) == spec
+    except ValueError:  # a step this installation does not know
+        return False
+
+
+def _load_data(config: CalibrationConfig):
     train = datasets.load(config.source, "train", validation_fraction=config.validation_fraction,
                           seed=config.seed, limit=config.limit)
     val = datasets.load(config.source, "validation", validation_fraction=config.validation_fraction, seed=config.seed)
     if config.limit:
         val = val.take(max(1, int(config.limit * config.validation_fraction)))
-    data = ((train.x, train.y), (val.x, val.y))
-    grid = setting_grid(config, train.image_shape)
-    log(f"calibrating {len(grid)} setting(s) on {len(train)} train / {len(val)} validation images from {config.source}")
+    return train, val
+
+
+def _baseline(config: CalibrationConfig, train, val, log):
+    """(examiner, baseline dict): reused from `config.out` on resume when its training recipe matches."""
+    import keras
 
     baseline_path = os.path.join(config.out, "baseline.json")
     examiner_path = os.path.join(config.out, "examiner.keras")
-    import keras
-
-    recipe = config.recipe()
-    baseline = None
+    recipe = config.training_recipe()
     if config.resume and os.path.exists(baseline_path) and os.path.exists(examiner_path):
         baseline = io.read_json(baseline_path)
         if baseline.get("recipe") == recipe:
-            examiner = keras.models.load_model(examiner_path)
             log(f"resume: plain baseline {baseline['val_accuracy']:.4f} (from {baseline_path})")
-        else:
-            log("resume: the recipe changed since the plain baseline was trained; training it again")
-            baseline = None
-    if baseline is None:
-        log(f"training the plain baseline / examiner: {config.model}, {config.epochs} epochs")
-        examiner, result = train_classifier(train.x, train.y, (val.x, val.y), config=config.train_config(),
-                                            progress=False)
-        examiner.save(examiner_path)
-        baseline = dict(dataclasses.asdict(result), recipe=recipe)
-        _write_json(baseline_path, baseline)
-        log(f"plain baseline: {result.summary()}")
+            return keras.models.load_model(examiner_path), baseline
+        log("resume: the recipe changed since the plain baseline was trained; training it again")
+    log(f"training the plain baseline / examiner: {config.model}, {config.epochs} epochs")
+    examiner, result = train_classifier(train.x, train.y, (val.x, val.y), config=config.train_config(),
+                                        progress=False)
+    examiner.save(examiner_path)
+    baseline = dict(dataclasses.asdict(result), recipe=recipe)
+    io.write_json(baseline_path, baseline)
+    log(f"plain baseline: {result.summary()}")
+    return examiner, baseline
+
+
+def calibrate(config: CalibrationConfig, log: Callable[[str], None] = print) -> dict:
+    """Runs the settings and writes the report directory. Returns the report."""
+    started = time.time()
+    recipe = config.recipe()  # checks the attack selection against the registry before any training
+    io.makedirs(config.out)
+    train, val = _load_data(config)
+    grid = setting_grid(config, train.image_shape)
+    log(f"calibrating {len(grid)} setting(s) on {len(train)} train / {len(val)} validation images from {config.source}"
+        f"; attacks: {', '.join(recipe['attacks']) or 'none'}")
+    examiner, baseline = _baseline(config, train, val, log)
 
     rows = []
     for i, (name, spec) in enumerate(grid, 1):
         path = os.path.join(config.out, "results", f"{name}.json")
         if config.resume and os.path.exists(path):
             row = io.read_json(path)
-            if row.get("recipe") == recipe and row.get("baseline_accuracy") == baseline["val_accuracy"]:
+            if row.get("recipe") != recipe or row.get("baseline_accuracy") != baseline["val_accuracy"]:
+                log(f"resume: {name}: the recipe changed since it ran; running it again")
+            elif not _same_spec(row.get("spec"), spec):
+                log(f"resume: {name}: the spec changed since it ran; running it again")
+            else:
                 log(f"({i}/{len(grid)}) {name}: done before, skipped (resume)")
                 rows.append(row)
                 continue
         log(f"({i}/{len(grid)}) {name}: {spec.describe()}")
-        row = dict(_run_setting(name, spec, data, examiner, baseline, config, log), recipe=recipe,
-                   baseline_accuracy=baseline["val_accuracy"])
-        _write_json(path, row)
+        row = dict(_run_setting(name, spec, ((train.x, train.y), (val.x, val.y)), examiner, baseline, config, log),
+                   recipe=recipe, baseline_accuracy=baseline["val_accuracy"])
+        io.write_json(path, row)
         rows.append(row)
     report = {
         "source": config.source,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
+        "config": config.to_dict(),
         "train_images": len(train),
         "validation_images": len(val),
         "baseline": {k: baseline[k] for k in ("model", "epochs", "val_accuracy", "seconds")},
@@ -204,93 +285,3 @@ def calibrate(config: CalibrationConfig, log: Callable[[str], None] = print) -> 
     write_report(report, config.out)
     log(f"report written to {config.out} ({time.time() - started:.0f}s)")
     return report
-
-
-def _fmt(v, pct=True):
-    if v is None:
-        return "-"
-    return f"{100 * v:.1f}%" if pct else f"{v:.2f}"
-
-
-def report_markdown(report: dict) -> str:
-    ks = report["config"]["ks"]
-    head = ["setting", "accuracy", "gap to plain", "visual privacy", "misusability"]
-    head += [f"KPA success k={k}" for k in ks] + ["block-norm examiner", "key-agnostic examiner"]
-    lines = [
-        f"# Calibration report: {report['source']}",
-        "",
-        f"{report['train_images']} training / {report['validation_images']} validation images; "
-        f"model {report['baseline']['model']}, {report['baseline']['epochs']} epochs per training; "
-        f"plain baseline accuracy {_fmt(report['baseline']['val_accuracy'])}; total {report['seconds']:.0f}s.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for r in report["settings"]:
-        kpa = r.get("known_plaintext", {}).get("by_k", {})
-        cells = [
-            r["setting"], _fmt(r["disguised_accuracy"]),
-            f"{100 * (r['plain_accuracy'] - r['disguised_accuracy']):.1f} pts",
-            _fmt(r["visual_privacy"]), _fmt(r["misusability"]),
-        ]
-        cells += [_fmt(kpa.get(str(k), {}).get("attack_success"), pct=False) for k in ks]
-        cells += [_fmt(r.get("block_norm", {}).get("examiner_accuracy")),
-                  _fmt(r.get("key_agnostic", {}).get("accuracy"))]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Accuracy: the model trained on disguised images, on disguised validation images. Visual privacy: 1 - the "
-        "plain-trained examiner's accuracy on disguised images. Misusability: the disguised model's accuracy on plain "
-        "images (lower is better). KPA success: examiner accuracy on images reconstructed from k leaked pairs over "
-        "its accuracy on the originals (1.0 = fully broken). Block-norm / key-agnostic: accuracy of level-1 attackers "
-        "(no pairs) on the victim's disguised images.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def tradeoff_figure(report: dict):
-    from tfdisguise.plots import new_figure
-
-    fig, ax = new_figure(figsize=(6, 4.2))
-    for r in report["settings"]:
-        ax.scatter(100 * r["visual_privacy"], 100 * r["disguised_accuracy"])
-        ax.annotate(r["setting"], (100 * r["visual_privacy"], 100 * r["disguised_accuracy"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
-    ax.axhline(100 * report["baseline"]["val_accuracy"], ls="--", color="gray", label="plain baseline")
-    ax.set_xlabel("visual privacy (%)")
-    ax.set_ylabel("accuracy on disguised data (%)")
-    ax.set_title("accuracy versus privacy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def kpa_figure(report: dict):
-    from tfdisguise.plots import new_figure
-
-    fig, ax = new_figure(figsize=(6, 4))
-    for r in report["settings"]:
-        by_k = r.get("known_plaintext", {}).get("by_k", {})
-        if by_k:
-            ks = sorted(by_k, key=int)
-            ax.plot([int(k) for k in ks], [by_k[k]["attack_success"] for k in ks], marker="o", label=r["setting"])
-    ax.set_xscale("log")
-    ax.set_xlabel("leaked plain/disguised pairs k")
-    ax.set_ylabel("attack success")
-    ax.set_ylim(-0.05, 1.1)
-    ax.set_title("known-plaintext regression")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def write_report(report: dict, out: str) -> None:
-    from tfdisguise.plots import save_figure
-
-    _write_json(os.path.join(out, "report.json"), report)
-    _write_text(os.path.join(out, "report.md"), report_markdown(report))
-    save_figure(tradeoff_figure(report), os.path.join(out, "tradeoff.png"))
-    save_figure(kpa_figure(report), os.path.join(out, "kpa_curve.png"))

@@ -119,7 +119,18 @@ def class_membership_test(predicted_in, predicted_out, num_classes: int) -> Fano
 
 @dataclasses.dataclass
 class PrivacyReport(Result):
-    """One setting's quality and privacy figures (the calibration report's row)."""
+    """One setting's quality and privacy figures (the calibration report's row).
+
+    `attacks` maps each attack's name to its result's `to_dict()`.
+
+    Example:
+
+    >>> r = PrivacyReport(setting="s", spec={}, fingerprint="f", plain_accuracy=0.9, disguised_accuracy=0.85,
+    ...                   visual_privacy=0.8, misusability=0.1, examiner_accuracy_plain=0.9,
+    ...                   attacks={"toy": {"success": 0.5, "headline": {"toy success": 0.5}}})
+    >>> r.summary()
+    '[s] accuracy 0.8500 (plain 0.9000, gap 5.00 pts); visual privacy 0.8000; misusability 0.1000; toy success 0.5000'
+    """
 
     setting: str
     spec: dict
@@ -129,9 +140,7 @@ class PrivacyReport(Result):
     visual_privacy: float
     misusability: float
     examiner_accuracy_plain: float
-    known_plaintext: dict = dataclasses.field(default_factory=dict)
-    block_norm: dict = dataclasses.field(default_factory=dict)
-    key_agnostic: dict = dataclasses.field(default_factory=dict)
+    attacks: dict = dataclasses.field(default_factory=dict)
     train: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -139,16 +148,12 @@ class PrivacyReport(Result):
         return self.plain_accuracy - self.disguised_accuracy
 
     def summary(self) -> str:
-        kpa = ", ".join(f"k={k}: {v['attack_success']:.2f}" for k, v in self.known_plaintext.get("by_k", {}).items())
         parts = [
-            f"[{self.setting}] accuracy {self.disguised_accuracy:.4f} (plain {self.plain_accuracy:.4f}, gap {100 * self.gap:.2f} pts)",
+            f"[{self.setting}] accuracy {self.disguised_accuracy:.4f} (plain {self.plain_accuracy:.4f}, "
+            f"gap {100 * self.gap:.2f} pts)",
             f"visual privacy {self.visual_privacy:.4f}",
             f"misusability {self.misusability:.4f}",
         ]
-        if kpa:
-            parts.append(f"known-plaintext success {kpa}")
-        if self.block_norm:
-            parts.append(f"block-norm examiner {self.block_norm.get('examiner_accuracy', float('nan')):.4f}")
-        if self.key_agnostic:
-            parts.append(f"key-agnostic examiner {self.key_agnostic.get('accuracy', float('nan')):.4f}")
+        for result in self.attacks.values():
+            parts += [f"{k} {v:.4f}" if v is not None else f"{k} -" for k, v in result.get("headline", {}).items()]
         return "; ".join(parts)
