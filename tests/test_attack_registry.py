@@ -38,16 +38,6 @@ def toy_attack(inp, *, scale=1.0):
                      details={"saw_leak": inp.leaked_plain is not None, "scale": scale})
 
 
-@pytest.fixture(autouse=True)
-def unset_global_tf_seed():
-    """Training here calls keras.utils.set_random_seed, which also fixes TensorFlow's global seed; with it set,
-    `wrap` draws the same noise on every new iterator, which test_data checks against. Leave it unset."""
-    yield
-    import tensorflow as tf
-
-    tf.random.set_seed(None)
-
-
 @pytest.fixture
 def toy():
     register_attack("toy", level=1)(toy_attack)

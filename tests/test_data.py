@@ -68,3 +68,17 @@ def test_unsupported_structure_is_a_clear_error(key):
         wrap(ds, key)
     with pytest.raises(TypeError, match="tf.data.Dataset"):
         wrap(np.zeros((2, 14, 14, 1)), key)
+
+
+def test_fresh_noise_every_epoch_even_under_a_global_seed(noisy_key, mnist_like):
+    # Seeded training (keras.utils.set_random_seed) must not replay the same noise on every new iterator.
+    keras.utils.set_random_seed(0)
+    try:
+        ds = wrap(tf.data.Dataset.from_tensor_slices(mnist_like).batch(6), noisy_key)
+        first, second = next(iter(ds)).numpy(), next(iter(ds)).numpy()
+        assert not np.allclose(first, second)
+        keras.utils.set_random_seed(0)
+        again = wrap(tf.data.Dataset.from_tensor_slices(mnist_like).batch(6), noisy_key)
+        assert not np.allclose(next(iter(again)).numpy(), first)
+    finally:
+        tf.random.set_seed(None)

@@ -28,13 +28,25 @@ IMAGE_KEY = "image"
 INTERNAL_BATCH = 256
 
 
-def _tf_uniform(shape, maxval):
-    # A small stateful op draws a fresh seed per call (so every batch and every
-    # epoch gets new noise, safely under parallel map calls, where a Keras
-    # SeedGenerator variable would race); the bulk draw is stateless, which is
-    # about 1.5x faster than the stateful kernel on CPU.
-    seed = tf.random.uniform([2], 0, tf.int64.max, dtype=tf.int64)
-    return tf.random.stateless_uniform(shape, seed, 0.0, maxval, dtype=tf.float32)
+def _tf_uniform_source():
+    """A `uniform(shape, maxval)` for tf.data that gives fresh noise at every call, in every process.
+
+    The seed of each bulk draw comes from a `tf.random.Generator` seeded from the
+    OS's entropy. An op-level stateful seed op would not do: once
+    `keras.utils.set_random_seed` (or `tf.random.set_seed`) has run, as in every
+    seeded training, each new iterator of the dataset restarts that op's
+    sequence, so every epoch would get the same noise. The generator is a
+    variable, so its state carries on across iterators and is safe under
+    parallel map calls; the bulk draw is stateless, which is about 1.5x faster
+    than the stateful kernel on CPU.
+    """
+    generator = tf.random.Generator.from_non_deterministic_state()
+
+    def uniform(shape, maxval):
+        seed = generator.uniform_full_int([2], dtype=tf.int64)
+        return tf.random.stateless_uniform(shape, seed, 0.0, maxval, dtype=tf.float32)
+
+    return uniform
 
 
 def image_spec_of(element_spec):
@@ -70,7 +82,7 @@ def _xla(fn):
 def batch_disguiser(key: Key, jit_compile: bool = True):
     """The function `wrap` maps over batches: [N,H,W,C] -> disguised float32 (TensorFlow ops)."""
     plan = key.plan
-    uniform = _tf_uniform if plan.has_noise else None
+    uniform = _tf_uniform_source() if plan.has_noise else None
     compile_fn = _xla if jit_compile else None
 
     def fn(images):

@@ -97,17 +97,16 @@ def run(out: str, epochs: int) -> int:
     finally:
         server.stop(grace=1)
 
-    kpa = report["known_plaintext"]["by_k"]
     print("\n== Summary")
     print(f"  accuracy through the server (gRPC, {len(holdout)} held-out digits): {100 * served_acc:.1f}%"
           f"  [{grpc_s:.1f}s incl. disguising]; REST on 100 of them: {100 * rest_acc:.1f}%")
     print(f"  calibration (2,000 digits, 3 epochs): plain {100 * report['plain_accuracy']:.1f}%, disguised "
           f"{100 * report['disguised_accuracy']:.1f}%, visual privacy {100 * report['visual_privacy']:.1f}%, "
           f"misusability {100 * report['misusability']:.1f}%")
-    print(f"  attacks: known-plaintext success k=1 {kpa['1']['attack_success']:.2f}, k=10 "
-          f"{kpa['10']['attack_success']:.2f}, k=100 {kpa['100']['attack_success']:.2f}; block-norm examiner "
-          f"{100 * report['block_norm']['examiner_accuracy']:.1f}%; key-agnostic examiner "
-          f"{100 * report['key_agnostic']['accuracy']:.1f}%")
+    print("  attacks (success: 0 = resisted, 1 = fully broken):")
+    for name, attack in report["attacks"].items():
+        numbers = ", ".join(f"{k} {v:.2f}" for k, v in attack["headline"].items())
+        print(f"    {name} (level {attack['level']}): success {attack['success']:.2f}; {numbers}")
     print(f"\nDone in {time.time() - started:.0f}s. Outputs:")
     outputs = [("key (stays with the owner)", key_path), ("disguised shards (uploaded)", upload),
                ("preview", os.path.join(out, "preview.png")),
