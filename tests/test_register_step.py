@@ -208,3 +208,23 @@ def test_register_step_refuses_bad_classes():
 def test_unknown_step_names_the_fix():
     with pytest.raises(ValueError, match="Unknown step 'toy_missing'.*@register_step.*imported"):
         Spec.from_dict({"image_shape": list(SHAPE), "block_size": [4, 4], "steps": [{"name": "toy_missing"}]})
+
+
+def test_a_registered_step_is_calibrated_like_a_built_in_one(tmp_path):
+    from tfdisguise.privacy.calibrate import CalibrationConfig, calibrate
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (80, *SHAPE), dtype=np.uint8)
+    y = (x[:, :4].mean(axis=(1, 2, 3)) > x[:, 4:].mean(axis=(1, 2, 3))).astype(np.int64)
+    np.savez(tmp_path / "toy.npz", x=x, y=y)
+    spec = Spec(SHAPE, 4, steps=(ToyNegPos(), Permute()))
+    config = CalibrationConfig(source=str(tmp_path / "toy.npz"), out=str(tmp_path / "report"), epochs=1,
+                               batch_size=16, ks=(1, 4), attack_images=8, key_agnostic=False,
+                               specs={"toy-negpos-perm": spec})
+    report = calibrate(config, log=lambda message: None)
+    (row,) = report["settings"]
+    assert row["setting"] == "toy-negpos-perm" and Spec.from_dict(row["spec"]) == spec
+    assert 0.0 <= row["disguised_accuracy"] <= 1.0
+    assert "known_plaintext" in row["attacks"]
+    with open(tmp_path / "report" / "report.md") as f:
+        assert "toy-negpos-perm" in f.read()
