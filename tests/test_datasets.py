@@ -101,3 +101,17 @@ def test_bad_sources_are_clear_errors(tmp_path):
         datasets.load(str(tmp_path / "missing" / "x.npz"))
     with pytest.raises(ValueError, match="`split` must be one of"):
         datasets.load(str(tmp_path / "bad.npz"), split="test")
+
+
+def test_a_missing_tfds_dependency_is_named_not_blamed_on_the_network(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import raise ImportError
+    with pytest.raises(ValueError, match="tensorflow_datasets does not import") as info:
+        datasets.load("some_tfds_name")
+    assert "network" not in str(info.value)
+
+
+def test_image_data_repr_is_short():
+    data = datasets.ImageData(np.zeros((1000, 28, 28, 1), np.uint8), np.zeros(1000, np.int64), source="s")
+    assert repr(data) == "ImageData(source='s', x=uint8[1000, 28, 28, 1], y=int64[1000], num_classes=1)"

