@@ -178,21 +178,36 @@ def export_trained(model_path: str, base_dir: str, name: str, *, version: int | 
                    key_path: str | None = None, manifest: str | None = None) -> str:
     """The `tfdisguise export` job: loads a `.keras` model and exports it.
 
-    The disguise identity comes from `key_path`, from a shards `manifest`, or
-    from the `disguise.json` that `tfdisguise train` writes beside the model.
+    The disguise identity is the one the run recorded: the `disguise.json` that
+    `tfdisguise train` writes beside the model. A `--key` (`key_path`) or
+    `--manifest` given as well must name the same identity, or the export is
+    refused: a model served under the wrong fingerprint would answer the owner's
+    client with silently wrong predictions. Without a `disguise.json` (a model
+    trained elsewhere), the identity comes from `key_path` or `manifest`.
     """
+    run_file = os.path.join(os.path.dirname(os.path.abspath(model_path)), IDENTITY_FILE)
+    recorded = Identity.load(run_file) if os.path.exists(run_file) else None
+    given = []
     if key_path:
-        identity = Key.load(key_path).identity
-    elif manifest:
+        given.append(("--key " + key_path, Key.load(key_path).identity))
+    if manifest:
         from tfdisguise.shards import manifest_identity, read_manifest
 
-        identity = manifest_identity(read_manifest(os.path.dirname(os.path.abspath(manifest))
-                                                   if os.path.isfile(manifest) else manifest))
-    else:
-        path = os.path.join(os.path.dirname(os.path.abspath(model_path)), IDENTITY_FILE)
-        if not os.path.exists(path):
-            raise ExportError(f"No disguise identity for {model_path}: pass --key or --manifest "
-                              f"(looked for {path}).")
-        identity = Identity.load(path)
+        directory = os.path.dirname(os.path.abspath(manifest)) if os.path.isfile(manifest) else manifest
+        given.append(("--manifest " + manifest, manifest_identity(read_manifest(directory))))
+    for what, identity in given:
+        if recorded is not None and identity != recorded:
+            raise ExportError(
+                f"{what} has key {identity.fingerprint} ({identity.spec.describe()}), but the model was trained "
+                f"under key {recorded.fingerprint} ({recorded.spec.describe()}) according to {run_file}. Export "
+                "with the key or manifest the model was trained with (or leave them out to use the recorded one)."
+            )
+    if len(given) == 2 and given[0][1] != given[1][1]:
+        raise ExportError(f"{given[0][0]} ({given[0][1].fingerprint}) and {given[1][0]} ({given[1][1].fingerprint}) "
+                          "name different keys.")
+    identity = recorded or (given[0][1] if given else None)
+    if identity is None:
+        raise ExportError(f"No disguise identity for {model_path}: pass --key or --manifest "
+                          f"(looked for {run_file}).")
     model = keras.models.load_model(model_path)
     return export(model, base_dir, name, identity=identity, version=version)
