@@ -173,6 +173,8 @@ def train_classifier(
 
 def history_figure(history: dict[str, Any], title: str = ""):
     """Training curves (loss and accuracy per epoch) as a matplotlib Figure."""
+    from matplotlib.ticker import MaxNLocator
+
     from tfdisguise.plots import new_figure
 
     fig, axes = new_figure(1, 2, figsize=(9, 3.2))
@@ -182,6 +184,7 @@ def history_figure(history: dict[str, Any], title: str = ""):
             if values:
                 ax.plot(range(1, len(values) + 1), values, style, marker="o", label=(prefix or "train_") + metric)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()

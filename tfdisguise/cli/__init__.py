@@ -33,13 +33,21 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS = (keygen, disguise, preview, train, calibrate, export, serve, predict)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every subcommand's --help shows each option's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfdisguise",
                                      description="Disguise images with a secret key for private deep learning.")
     parser.add_argument("--version", action="version", version=f"tfdisguise {__version__}")
     parser.add_argument("--log-level", choices=console.LOG_LEVELS, default="info",
                         help="tfdisguise's log messages (default info); 'debug' also shows TensorFlow's")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:
         command.register_subparser(subparsers)
     return parser
