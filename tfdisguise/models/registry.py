@@ -54,7 +54,7 @@ class _Names(tuple):
 MODEL_NAMES = _Names()
 
 
-def build(name: str, input_shape, num_classes: int, *, adapt_data=None, spec=None, **options) -> keras.Model:
+def build(name: str, input_shape, num_classes: int, *, adapt_data, spec=None, **options) -> keras.Model:
     """Builds an uncompiled classifier with softmax output, named `name`.
 
     Args:
@@ -64,7 +64,10 @@ def build(name: str, input_shape, num_classes: int, *, adapt_data=None, spec=Non
         input_shape: (H, W, C) of the (disguised) images.
         num_classes: number of classes.
         adapt_data: images (array or dataset) to adapt the input normalization on;
-            pass the disguised training images when training on disguised data.
+            pass the disguised training images when training on disguised data
+            (a few thousand are plenty). Required: without it the model would
+            see raw 0..255 values (or RMT output on its own scale) and train
+            badly, so `build` refuses rather than guess.
         spec: the disguise's public `Spec`, for models that use its block geometry.
         **options: family-specific options (for example `dropout` for simple_cnn).
     """
@@ -76,6 +79,12 @@ def build(name: str, input_shape, num_classes: int, *, adapt_data=None, spec=Non
         raise ValueError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape}")
     if num_classes < 2:
         raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
+    if adapt_data is None:
+        raise ValueError(
+            "`adapt_data` is required: pass a few thousand training images (disguised ones when the model will "
+            "train on disguised data), e.g. build(..., adapt_data=x_train[:4096]), so that the per-position input "
+            "normalization is adapted. Received: adapt_data=None"
+        )
     if name.startswith(APPLICATIONS_PREFIX):
         family = MODELS["keras.applications"]
         options = dict(options, application=name[len(APPLICATIONS_PREFIX):])
