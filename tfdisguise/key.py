@@ -180,8 +180,8 @@ class Key:
             raise KeyFileError(f"Key file {path} does not exist.") from None
         except OSError as e:
             raise KeyFileError(f"Key file {path} cannot be opened: {e.strerror or e}.") from None
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
+        try:
+            st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise KeyFileError(f"Key file {path} is {_file_kind(st.st_mode)}, not a regular file; pass the path "
                                    f"of the key file that `tfdisguise keygen` wrote.")
@@ -193,6 +193,11 @@ class Key:
             if st.st_size > MAX_KEY_FILE_BYTES:
                 raise KeyFileError(f"Key file {path} is {st.st_size} bytes; a key file is at most "
                                    f"{MAX_KEY_FILE_BYTES} bytes, so this is not one.")
+            f = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
             try:
                 raw = f.read(MAX_KEY_FILE_BYTES + 1)  # the file may have grown since fstat
             except OSError as e:

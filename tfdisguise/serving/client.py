@@ -59,7 +59,7 @@ def check_images(images, image_shape: tuple[int, ...]) -> np.ndarray:
     >>> check_images(np.full((2, 8, 8, 1), 0.5), (8, 8, 1))
     Traceback (most recent call last):
     ...
-    tfdisguise.serving.client.ImagesError: `images` at index 0, 1 look scaled to 0..1 ... Rescale to 0..255 (images * 255).
+    tfdisguise.serving.client.ImagesError: `images` at index 0, 1 look scaled to 0..1 ... (images * 255).
     """
     images = np.asarray(images)
     if images.ndim == 3:

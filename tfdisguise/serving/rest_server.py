@@ -162,15 +162,27 @@ class RestServer:
         self.app, self.host, self.port, self.ssl_context = _InFlight(app), host, port, ssl_context
         self.max_body_bytes, self.read_timeout = max_body_bytes, read_timeout
         self.max_connections, self.max_workers = max_connections, max_workers
-        self._loop = self._thread = self._server = self._executor = None
+        self._loop = self._thread = self._server = self._executor = self._sockets = None
+
+    def bind(self) -> RestServer:
+        """Binds the port, raising OSError at once if it is taken; `start()` then serves on it."""
+        if self._sockets is None:
+            try:
+                self._sockets = netutil.bind_sockets(self.port, address=self.host, reuse_port=False)
+            except OSError as e:
+                raise address_in_use(self.host, self.port, "REST", e) from None
+            self.port = self._sockets[0].getsockname()[1]
+        return self
+
+    def unbind(self) -> None:
+        """Lets go of a port that `bind()` took, for a server that will not start after all."""
+        for sock in self._sockets or ():
+            sock.close()
+        self._sockets = None
 
     def start(self) -> RestServer:
-        """Binds (raising OSError at once if the port is taken), then serves on a background thread."""
-        try:
-            sockets = netutil.bind_sockets(self.port, address=self.host, reuse_port=False)
-        except OSError as e:
-            raise address_in_use(self.host, self.port, "REST", e) from None
-        self.port = sockets[0].getsockname()[1]
+        """Binds (if `bind()` has not), then serves on a background thread."""
+        sockets = self.bind()._sockets
         self._executor = concurrent.futures.ThreadPoolExecutor(self.max_workers, thread_name_prefix="rest")
         self._loop = asyncio.new_event_loop()
         started = concurrent.futures.Future()
@@ -195,6 +207,7 @@ class RestServer:
         self._thread = threading.Thread(target=run, name="rest", daemon=True)
         self._thread.start()
         started.result()
+        self._sockets = None  # the server owns them now
         return self
 
     def stop(self, grace: float = 5.0) -> None:

@@ -101,17 +101,23 @@ class ModelServer:
 
     def start(self) -> ModelServer:
         """Binds both ports, then serves; raises OSError, and serves nothing, if either port is taken."""
-        rest = self._rest_server() if self.enable_rest else None  # a bad SSL config fails before any bind
-        server = self._bind_grpc()
+        rest = self._rest_server().bind() if self.enable_rest else None  # a bad SSL config fails before any bind
+        try:
+            # After REST: a gRPC server that never started keeps its port, so it must be the last to bind.
+            server = self._bind_grpc()
+        except BaseException:
+            if rest is not None:
+                rest.unbind()
+            raise
+        server.start()
+        self._grpc = server
         if rest is not None:
             try:
                 self._http = rest.start()
             except BaseException:
-                server.stop(None)
+                self.stop(grace=0)
                 raise
             self.rest_api_port = rest.port
-        self._grpc = server
-        server.start()
         log.info("serving %s on %s: gRPC port %d%s%s", self.registry.names, self.host, self.port,
                  f", REST port {self.rest_api_port}" if self._http else "", " (TLS)" if self.ssl else "")
         return self

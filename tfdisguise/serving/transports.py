@@ -281,10 +281,11 @@ def _from_json(value) -> np.ndarray:
     """An output as an array; "NaN", "Infinity" and "-Infinity" among numbers are read as those floats."""
     array = np.asarray(value)
     if array.dtype.kind in "UO" and array.size:
-        flat = array.reshape(-1).tolist()
-        if any(isinstance(v, (int, float)) for v in flat) and all(
-                isinstance(v, (int, float)) or v in _NON_FINITE for v in flat):
-            return np.asarray([_NON_FINITE.get(v, v) if isinstance(v, str) else v for v in flat]).reshape(array.shape)
+        objects = np.asarray(value, dtype=object)  # the JSON values as they came, numbers and strings apart
+        flat = objects.reshape(-1).tolist()
+        numbers = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat]
+        if any(numbers) and all(n or (isinstance(v, str) and v in _NON_FINITE) for n, v in zip(numbers, flat)):
+            return np.asarray([v if n else _NON_FINITE[v] for n, v in zip(numbers, flat)]).reshape(objects.shape)
     return array
 
 
