@@ -1,12 +1,14 @@
 """TF Serving's APIs: an embedded server, and the owner's client that disguises before it queries.
 
-registry   loads `<base_path>/<version>/` SavedModels and runs their signatures
-grpc_api   PredictionService and ModelService over a registry
-rest_api   the REST API over a registry (werkzeug)
-tls        --ssl_config_file
-server     the embedded server's lifecycle: start, stop, SIGTERM
-transports gRPC and REST behind one small interface, for the client
-client     `DisguisedClient`
+registry    loads `<base_path>/<version>/` SavedModels and runs their signatures
+limits      what one request may hold, checked before anything is allocated
+grpc_api    PredictionService and ModelService over a registry
+rest_api    the REST API over a registry, as a WSGI app (werkzeug)
+rest_server the HTTP server that hosts it (tornado): TLS, read deadlines, body and connection caps
+tls         --ssl_config_file for both APIs; the client's TLS
+server      the embedded server's lifecycle: start, stop, SIGTERM
+transports  gRPC and REST behind one small interface, for the client
+client      `DisguisedClient`
 
 This package's modules load grpc and tensorflow_serving; `import tfdisguise`
 loads none of them until serving is used.

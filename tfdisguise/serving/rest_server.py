@@ -135,7 +135,12 @@ class _InFlight:
             self.count += 1
         try:
             # The apps served here answer with one buffered body, so the request is over when this returns.
-            return list(self.app(environ, start_response))
+            result = self.app(environ, start_response)
+            try:
+                return list(result)
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
         finally:
             with self._lock:
                 self.count -= 1
@@ -213,6 +218,7 @@ class RestServer:
     def stop(self, grace: float = 5.0) -> None:
         """Stops accepting, lets requests in progress finish for up to `grace` seconds, then closes everything."""
         if self._loop is None:
+            self.unbind()
             return
 
         async def shutdown():

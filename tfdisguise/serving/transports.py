@@ -162,21 +162,35 @@ class RestTransport(Transport):
         version = f"/versions/{self.version}" if self.version else ""
         return f"{self._prefix}/v1/models/{urllib.parse.quote(self.model_name, safe='')}{version}{suffix}"
 
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        """The kept-alive connection, or a new one (not yet connected)."""
+    def _connection(self, timeout: float, reuse: bool = True) -> http.client.HTTPConnection:
+        """The kept-alive connection (if `reuse`), or a new one (not yet connected)."""
         with self._lock:
             connection, self._idle = self._idle, None
-        if connection is not None:
+        if connection is not None and reuse:
             connection.sock.settimeout(timeout)
             return connection
+        if connection is not None:
+            connection.close()
         if self._scheme == "https":
             return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._ssl_context)
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
 
     def _exchange(self, method: str, suffix: str, timeout: float, body: bytes | None) -> tuple[int, bytes]:
         """One request and its whole answer, within `timeout` seconds however slowly the server sends."""
+        deadline = time.monotonic() + timeout
+        reused = self._idle is not None
+        try:
+            return self._exchange_once(method, suffix, timeout, body, reuse=True)
+        except TransportError as e:
+            # A kept-alive connection that the server has closed meanwhile fails before any answer: once more, fresh.
+            if not (reused and e.code == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline):
+                raise
+        return self._exchange_once(method, suffix, deadline - time.monotonic(), body, reuse=False)
+
+    def _exchange_once(self, method: str, suffix: str, timeout: float, body: bytes | None,
+                       reuse: bool) -> tuple[int, bytes]:
         expired = threading.Event()
-        connection = self._connection(timeout)
+        connection = self._connection(timeout, reuse)
 
         def expire():
             expired.set()
