@@ -474,7 +474,7 @@ def test_export_names_stay_inside_the_base(served, tmp_path):
     assert os.listdir(outside) == [] and sorted(os.listdir(tmp_path)) == ["base", "outside"]
 
 
-def test_serve_does_not_silently_drop_host(tmp_path, monkeypatch, capsys):
+def test_serve_hands_over_nothing_that_exposes_more_than_asked(tmp_path, monkeypatch, capsys):
     fake = tmp_path / "tensorflow_model_server"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
@@ -490,6 +490,9 @@ def test_serve_does_not_silently_drop_host(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "has no flag to bind 127.0.0.1" in err and "docker run -p 127.0.0.1:8500:8500" in err
     assert started == []  # never started, so it never bound 0.0.0.0
+    # Its REST has no TLS: REST with --ssl_config_file would be plain HTTP beside a TLS gRPC.
+    assert cli.main(["serve", "--ssl_config_file=ssl.config", "--rest_api_port=8501", "--model_base_path=/m"]) == 1
+    assert "serves REST in plain HTTP even with --ssl_config_file" in capsys.readouterr().err and started == []
     with pytest.raises(SystemExit):  # every interface is what the real server binds: handed over
         cli.main(["serve", "--host", "0.0.0.0", "--port=8500", "--model_base_path=/m"])
     assert started == [(str(fake), [str(fake), "--port=8500", "--model_base_path=/m"])]

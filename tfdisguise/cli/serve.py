@@ -11,7 +11,9 @@ Serving's APIs have no authentication. The embedded server binds --host (both
 gRPC and REST); `tensorflow_model_server` has no such flag, so an address other
 than every interface is refused rather than silently ignored: publish its ports
 on loopback instead (docker run -p 127.0.0.1:8500:8500). --ssl_config_file
-serves gRPC and REST over TLS, with client certificates if it says so.
+serves gRPC and REST over TLS, with client certificates if it says so;
+`tensorflow_model_server` has no TLS on REST, so REST with --ssl_config_file is
+refused rather than handed over.
 
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="tfdisguise")
@@ -110,14 +112,19 @@ def _given(args) -> dict:
 def model_server_argv(args, unknown_flags=()) -> list[str]:
     """The flags for `tensorflow_model_server`: the given ones it knows, as --name=value, then the others.
 
-    Raises ValueError for a --host other than every interface: the real server
-    cannot honour it, and would bind every interface instead.
+    Raises ValueError where the real server would expose more than asked: a
+    --host other than every interface (it has no such flag, and binds every
+    interface), or REST with --ssl_config_file (its REST has no TLS).
     """
     if args.host is not None and args.host not in _EVERY_INTERFACE:
         raise ValueError(f"{MODEL_SERVER} always binds every interface (0.0.0.0) and has no flag to bind "
                          f"{args.host}; refusing to expose it more widely than asked. Use --embedded to bind "
                          f"{args.host}, or publish the container's ports on that address "
                          f"(docker run -p {args.host}:8500:8500).")
+    if args.ssl_config_file and args.rest_api_port:
+        raise ValueError(f"{MODEL_SERVER} serves REST in plain HTTP even with --ssl_config_file, which secures gRPC "
+                         f"only; refusing to expose REST without the TLS that gRPC has. Drop --rest_api_port, or use "
+                         f"--embedded (HTTPS on REST with the same certificates).")
     return [f"--{name}={value}" for name, value in _given(args).items()] + list(unknown_flags)
 
 
