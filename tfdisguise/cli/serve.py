@@ -34,8 +34,8 @@ import os
 import shutil
 import sys
 
-from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES
-from tfdisguise.serving.limits import (
+from tfdisguise.serving import (
+    DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_REST_MAX_BODY_BYTES,
     DEFAULT_REST_MAX_CONNECTIONS,
     DEFAULT_REST_READ_TIMEOUT,

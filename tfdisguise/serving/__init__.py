@@ -14,4 +14,11 @@ This package's modules load grpc and tensorflow_serving; `import tfdisguise`
 loads none of them until serving is used.
 """
 
+# Defaults that the CLI shows too: here, where importing them loads no TensorFlow.
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20  # TF Serving's clients and servers agree on the gRPC message limit
+# A REST body is JSON: about 10 to 20 characters per float32, and several times that once parsed.
+DEFAULT_REST_MAX_BODY_BYTES = 16 << 20
+# Seconds a client has to send a request's headers, and again its body (slow senders are cut off).
+DEFAULT_REST_READ_TIMEOUT = 10.0
+# Open REST connections at once; more are answered 503 and closed.
+DEFAULT_REST_MAX_CONNECTIONS = 128

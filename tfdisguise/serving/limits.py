@@ -7,8 +7,8 @@ value fields: the declared shape and dtype must fit the signature, the values
 must be exactly as many as the shape declares, and the decoded size must stay
 under a cap. The REST API's JSON gets the same checks on its nested lists.
 
-Both servers' limits and the REST server's defaults live here, so that the
-server, the CLI and the docs agree.
+The REST server's defaults are defined in `tfdisguise.serving` (which the CLI
+imports without loading TensorFlow) and re-exported here.
 
 >>> import tensorflow as tf
 >>> spec = tf.TensorSpec([None, 2], tf.float32)
@@ -30,6 +30,12 @@ import math
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
+from tfdisguise.serving import (  # re-exported: the REST server's defaults, beside the checks
+    DEFAULT_REST_MAX_BODY_BYTES,
+    DEFAULT_REST_MAX_CONNECTIONS,
+    DEFAULT_REST_READ_TIMEOUT,
+)
+
 __all__ = [
     "DEFAULT_REST_MAX_BODY_BYTES",
     "DEFAULT_REST_MAX_CONNECTIONS",
@@ -38,13 +44,6 @@ __all__ = [
     "check_tensor_proto",
     "json_shape",
 ]
-
-# A REST body is JSON: about 10 to 20 characters per float32, and several times that once parsed.
-DEFAULT_REST_MAX_BODY_BYTES = 16 << 20
-# Seconds a client has to send a request's headers, and again its body (slow senders are cut off).
-DEFAULT_REST_READ_TIMEOUT = 10.0
-# Open REST connections at once; more are answered 503 and closed.
-DEFAULT_REST_MAX_CONNECTIONS = 128
 
 # The repeated field that holds a dtype's values (TensorFlow's own reading of a TensorProto).
 _VALUE_FIELD = {
