@@ -107,14 +107,16 @@ def test_serve_declares_tensorflow_model_server_flags(capsys):
     assert done.value.code == 0
     shown = capsys.readouterr().out
     for flag in ("--port", "--rest_api_port", "--model_name", "--model_base_path", "--model_config_file",
-                 "--ssl_config_file", "--grpc_max_threads", "--host", "--embedded"):
+                 "--ssl_config_file", "--grpc_max_threads", "--enable_batching", "--batching_parameters_file",
+                 "--monitoring_config_file", "--host", "--rest_max_body_bytes", "--rest_read_timeout",
+                 "--rest_max_connections", "--embedded"):
         assert flag in shown
 
 
 def test_unknown_flags(capsys):
     # The embedded server cannot honour tensorflow_model_server's other flags: it says so instead of ignoring them.
-    assert cli.main(["serve", "--embedded", "--model_base_path=/nowhere", "--enable_batching=true"]) == 1
-    assert "does not know --enable_batching=true" in capsys.readouterr().err
+    assert cli.main(["serve", "--embedded", "--model_base_path=/nowhere", "--num_load_threads=2"]) == 1
+    assert "does not know --num_load_threads=2" in capsys.readouterr().err
     with pytest.raises(SystemExit) as done:  # other commands take no unknown flags at all
         cli.main(["keygen", "--image-shape", "8,8,3", "--out", "k.json", "--enable_batching=true"])
     assert done.value.code == 2 and "unrecognized arguments: --enable_batching=true" in capsys.readouterr().err

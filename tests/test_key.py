@@ -76,7 +76,8 @@ def test_corrupt_file_is_refused(key_path):
 
 
 def test_truncated_file_is_refused(key_path):
-    raw = open(key_path, "rb").read()
+    with open(key_path, "rb") as f:
+        raw = f.read()
     with open(key_path, "wb") as f:
         f.write(raw[: len(raw) // 2])
     with pytest.raises(KeyFileError, match="corrupt or truncated"):
@@ -129,3 +130,76 @@ def test_key_never_prints_or_pickles_its_secret(key):
     assert secret_b64 not in repr(key) and key.fingerprint in repr(key)
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(key)
+
+
+# ---- hostile or careless key files (issue 9): each refused at once, as a KeyFileError ------------------
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    import threading
+
+    fifo = str(tmp_path / "key.json")
+    os.mkfifo(fifo, 0o600)
+    outcome = []
+    reader = threading.Thread(target=lambda: outcome.append(_load_error(fifo)), daemon=True)
+    reader.start()
+    reader.join(timeout=5)
+    if reader.is_alive():  # a blocked open(): let it go before failing
+        with open(fifo, "w"):
+            pass
+        reader.join(timeout=5)
+        pytest.fail("Key.load blocked on a FIFO")
+    assert "is a FIFO (named pipe), not a regular file" in outcome[0]
+
+
+def _load_error(path) -> str:
+    try:
+        Key.load(path)
+    except KeyFileError as e:
+        return str(e)
+    return "loaded"
+
+
+def test_directory_and_device_are_refused_as_not_regular_files(tmp_path):
+    folder = tmp_path / "keys"
+    folder.mkdir(mode=0o700)
+    with pytest.raises(KeyFileError, match="is a directory, not a regular file") as err:
+        Key.load(str(folder))
+    assert "chmod" not in str(err.value)
+    with pytest.raises(KeyFileError, match="is a character device, not a regular file"):
+        Key.load("/dev/zero")
+
+
+def test_huge_file_is_refused_before_reading(tmp_path):
+    import time
+
+    path = str(tmp_path / "key.json")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+        f.truncate(400 << 20)  # sparse: 400 MB that take no disk
+    started = time.monotonic()
+    with pytest.raises(KeyFileError, match=r"is 419430400 bytes; a key file is at most 65536 bytes"):
+        Key.load(path)
+    assert time.monotonic() - started < 0.5
+
+
+def test_deep_or_mistyped_json_is_a_key_file_error(key_path, key):
+    deep = "[" * 20_000 + "]" * 20_000  # small, but deeper than Python's parser recurses
+    with open(key_path, "w") as f:
+        f.write(deep)
+    with pytest.raises(KeyFileError, match="nested too deeply"):
+        Key.load(key_path)
+    good = json.loads(key.to_json())
+    for field, value, needle in (("spec", [1, 2], "`spec` must be a JSON object"),
+                                 ("spec", {}, "invalid spec"),
+                                 ("spec", {"image_shape": "x"}, "invalid spec"),
+                                 ("secret", 7, "`secret` must be a string"),
+                                 ("fingerprint", ["a"], "`fingerprint` must be a string"),
+                                 ("mac", None, "`mac` must be a string")):
+        with open(key_path, "w") as f:
+            json.dump(dict(good, **{field: value}), f)
+        with pytest.raises(KeyFileError, match=needle):
+            Key.load(key_path)
+    with open(key_path, "wb") as f:
+        f.write(b"\xff\xfe not text")
+    with pytest.raises(KeyFileError, match="corrupt or truncated"):
+        Key.load(key_path)

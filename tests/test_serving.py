@@ -385,12 +385,12 @@ def test_serve_runs_tensorflow_model_server_when_on_path(tmp_path):
 
 
 def test_serve_hands_unknown_flags_to_tensorflow_model_server(tmp_path):
-    # --host is the embedded server's alone; "--port 8500" is handed over as TF Serving spells it.
-    given = ["--port", "8500", "--host", "127.0.0.1", "--model_config_file=/models/models.config",
-             "--enable_batching=true", "--batching_parameters_file=/models/batching.config"]
+    # "--port 8500" is handed over as TF Serving spells it; flags that neither server declares, as given.
+    given = ["--port", "8500", "--model_config_file=/models/models.config", "--num_load_threads=2",
+             "--enable_batching", "--batching_parameters_file=/models/batching.config"]
     assert _flags_handed_over(tmp_path, given) == [
         "--port=8500", "--model_config_file=/models/models.config", "--enable_batching=true",
-        "--batching_parameters_file=/models/batching.config"]
+        "--batching_parameters_file=/models/batching.config", "--num_load_threads=2"]
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import make_key
 
 from tfdisguise import KeyMismatchError, ShardError, disguise, export_disguised, load_disguised, read_manifest
-
-from helpers import make_key
 
 
 @pytest.fixture
@@ -73,9 +72,11 @@ def test_corrupt_or_missing_shard_is_refused(key, pairs, tmp_path):
     out = str(tmp_path / "upload")
     export_disguised(pairs, key, out, shard_size=4, progress=False)
     shard = os.path.join(out, "shard-00001.tfrecord")
-    raw = bytearray(open(shard, "rb").read())
+    with open(shard, "rb") as f:
+        raw = bytearray(f.read())
     raw[40] ^= 0xFF
-    open(shard, "wb").write(bytes(raw))
+    with open(shard, "wb") as f:
+        f.write(bytes(raw))
     with pytest.raises(ShardError, match="shard-00001.tfrecord is corrupt"):
         load_disguised(out)
     os.remove(shard)
@@ -98,3 +99,75 @@ def test_wrong_key_is_refused(key, pairs, tmp_path):
 def test_batched_input_is_refused(key, pairs, tmp_path):
     with pytest.raises(ValueError, match="unbatched"):
         export_disguised(pairs.batch(2), key, str(tmp_path / "upload"), progress=False)
+
+
+# ---- manifests are not trusted (issue 9) -----------------------------------------------------------
+
+
+def _edit_manifest(out, mutate):
+    path = os.path.join(out, "manifest.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    mutate(manifest)
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+
+
+@pytest.fixture
+def upload(key, pairs, tmp_path):
+    out = str(tmp_path / "upload")
+    export_disguised(pairs, key, out, shard_size=4, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("name", ["../outside.tfrecord", "/etc/hostname", "sub/shard.tfrecord", "..", ".hidden",
+                                  "manifest.json"])
+def test_shard_paths_stay_inside_the_data_set(upload, tmp_path, name):
+    # A file outside with the shard's very bytes: only the path can give it away.
+    with open(os.path.join(upload, "shard-00000.tfrecord"), "rb") as f:
+        (tmp_path / "outside.tfrecord").write_bytes(f.read())
+    _edit_manifest(upload, lambda m: m["shards"][0].update(file=name))
+    with pytest.raises(ShardError, match="must name a file inside the data set's directory"):
+        load_disguised(upload)
+
+
+def test_image_shape_must_be_the_specs_and_the_keys(upload, key):
+    _edit_manifest(upload, lambda m: m.update(image_shape=[7, 7, 4]))
+    with pytest.raises(ShardError, match=r"image_shape \[7, 7, 4\] is not the spec's image shape \[14, 14, 1\]"):
+        load_disguised(upload)
+    _edit_manifest(upload, lambda m: m.update(image_shape=[14, 14, 1]))
+    other = make_key(image_shape=(28, 28, 1), block_size=7, rmt="orthogonal")
+    with pytest.raises(KeyMismatchError):
+        load_disguised(upload, key=other)
+
+
+@pytest.mark.parametrize("field", ["shards", "spec", "fingerprint", "count", "image_shape", "labels"])
+def test_missing_fields_are_shard_errors(upload, field):
+    _edit_manifest(upload, lambda m: m.pop(field))
+    with pytest.raises(ShardError, match=field if field not in ("spec", "fingerprint") else "spec or fingerprint"):
+        read_manifest(upload)
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda m: m["shards"][0].pop("count"), r"missing the field shards\[0\].'count'"),
+    (lambda m: m["shards"][0].update(count="4"), r"shards\[0\].'count' must be int"),
+    (lambda m: m["shards"].append("x"), r"shards\[2\] must be an object"),
+    (lambda m: m.update(count=7), "count is 7, but the shards' counts add up to 6"),
+    (lambda m: m["shards"][1].update(sha256="zz"), "64 hex digits"),
+])
+def test_malformed_fields_are_shard_errors(upload, mutate, needle):
+    _edit_manifest(upload, mutate)
+    with pytest.raises(ShardError, match=needle):
+        read_manifest(upload)
+
+
+def test_false_per_shard_counts_are_caught(upload):
+    # The total still adds up (3 + 3 = 6); only the shards' own counts lie.
+    _edit_manifest(upload, lambda m: [s.update(count=3) for s in m["shards"]])
+    with pytest.raises(ShardError, match="shard-00000.tfrecord holds 4 records, but the manifest says 3"):
+        load_disguised(upload)
+    seen = []
+    with pytest.raises(tf.errors.OpError, match="expected to contain 3 elements"):  # while reading, at that shard
+        for image, _ in load_disguised(upload, verify=False):
+            seen.append(image)
+    assert len(seen) == 3

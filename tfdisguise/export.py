@@ -57,6 +57,22 @@ def _layers(model):
         stack.extend(children)
 
 
+def _check_name(name) -> None:
+    """A model name is one directory under the base: never ".", "..", hidden, or a path."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise ExportError(f"`name` must be letters, digits, '_', '-' or '.', and not start with '.' (it names one "
+                          f"directory under `base_dir`). Received: name={name!r}")
+
+
+def _check_inside(model_dir: str, base_dir: str) -> None:
+    """Refuses a model directory that resolves outside `base_dir` (a symbolic link there, for one)."""
+    if "://" in base_dir:
+        return  # remote filesystems have no links; the name check suffices
+    base, target = os.path.realpath(base_dir), os.path.realpath(model_dir)
+    if os.path.commonpath([base, target]) != base or target == base:
+        raise ExportError(f"{model_dir} resolves to {target}, outside `base_dir` {base_dir}; refusing to write there.")
+
+
 def _next_version(model_dir: str) -> int:
     versions = [int(n) for n in tf.io.gfile.listdir(model_dir) if re.fullmatch(r"\d+/?", n)] if tf.io.gfile.exists(model_dir) else []
     return max(versions, default=0) + 1
@@ -92,8 +108,7 @@ def export(
     Raises ExportError for a model that contains a `Disguise` layer: it would
     carry the key to the cloud.
     """
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
-        raise ExportError(f"`name` must be letters, digits, '_', '-' or '.'. Received: name={name!r}")
+    _check_name(name)
     if any(isinstance(layer, Disguise) for layer in _layers(model)):
         raise ExportError(
             "This model contains a Disguise layer, which holds the secret key; exporting it would send the key "
@@ -110,6 +125,7 @@ def export(
     if shape != spec.image_shape:
         raise ExportError(f"The model takes images of shape {shape}, but the disguise spec is for {spec.image_shape}.")
     model_dir = os.path.join(base_dir, name)
+    _check_inside(model_dir, base_dir)
     version = _next_version(model_dir) if version is None else int(version)
     if version < 1:
         raise ExportError(f"`version` must be a positive integer. Received: version={version}")

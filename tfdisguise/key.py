@@ -43,6 +43,7 @@ __all__ = ["Key", "KeyFileError", "KeyMismatchError"]
 FORMAT = "tfdisguise.key"
 VERSION = 1
 SECRET_BYTES = 32
+MAX_KEY_FILE_BYTES = 64 << 10  # a key file is about 1 KiB; anything far larger is not one
 
 
 class KeyFileError(ValueError):
@@ -51,6 +52,15 @@ class KeyFileError(ValueError):
 
 def _hmac(secret: bytes, label: str) -> bytes:
     return hmac.new(secret, label.encode("utf-8"), hashlib.sha256).digest()
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def _canonical(obj: Any) -> bytes:
@@ -156,51 +166,94 @@ class Key:
 
     @classmethod
     def load(cls, path: str) -> Key:
-        """Reads and verifies a key file; refuses unsafe, corrupt or tampered files."""
+        """Reads and verifies a key file; refuses unsafe, corrupt or tampered files.
+
+        Only a regular file of at most `MAX_KEY_FILE_BYTES`, private to its
+        owner, is read. The file is opened without blocking and checked on the
+        open descriptor, so a FIFO or a device never hangs the caller, and what
+        is checked is what is read. Every failure is a `KeyFileError`.
+        """
         path = os.fspath(path)
         try:
-            st = os.stat(path)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise KeyFileError(f"Key file {path} does not exist.") from None
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyFileError(
-                f"Key file {path} is accessible by group or others (mode {oct(st.st_mode & 0o777)}); "
-                f"it must be private. Run: chmod 600 {path}"
-            )
-        with open(path, "rb") as f:
-            raw = f.read()
+        except OSError as e:
+            raise KeyFileError(f"Key file {path} cannot be opened: {e.strerror or e}.") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise KeyFileError(f"Key file {path} is {_file_kind(st.st_mode)}, not a regular file; pass the path "
+                                   f"of the key file that `tfdisguise keygen` wrote.")
+            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise KeyFileError(
+                    f"Key file {path} is accessible by group or others (mode {oct(st.st_mode & 0o777)}); "
+                    f"it must be private. Run: chmod 600 {path}"
+                )
+            if st.st_size > MAX_KEY_FILE_BYTES:
+                raise KeyFileError(f"Key file {path} is {st.st_size} bytes; a key file is at most "
+                                   f"{MAX_KEY_FILE_BYTES} bytes, so this is not one.")
+            f = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            try:
+                raw = f.read(MAX_KEY_FILE_BYTES + 1)  # the file may have grown since fstat
+            except OSError as e:
+                raise KeyFileError(f"Key file {path} cannot be read: {e.strerror or e}.") from None
+        if len(raw) > MAX_KEY_FILE_BYTES:
+            raise KeyFileError(f"Key file {path} is over {MAX_KEY_FILE_BYTES} bytes, so it is not a key file.")
         return cls.from_json(raw, source=path)
 
     @classmethod
     def from_json(cls, raw: bytes | str, source: str = "key") -> Key:
+        """Parses and verifies a key file's content; every failure is a `KeyFileError` naming `source`."""
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise KeyFileError(f"{source} is not a valid key file: corrupt or truncated JSON ({e}).") from None
+        except RecursionError:
+            raise KeyFileError(f"{source} is not a valid key file: its JSON is nested too deeply.") from None
         if not isinstance(body, dict):
             raise KeyFileError(f"{source} is not a valid key file: expected a JSON object.")
         if body.get("format") != FORMAT:
-            raise KeyFileError(f"{source} is not a tfdisguise key file (format={body.get('format')!r}, expected {FORMAT!r}).")
+            raise KeyFileError(f"{source} is not a tfdisguise key file (format={body.get('format')!r}, "
+                               f"expected {FORMAT!r}).")
         if body.get("version") != VERSION:
-            raise KeyFileError(f"{source} has key format version {body.get('version')!r}; this tfdisguise reads version {VERSION}.")
+            raise KeyFileError(f"{source} has key format version {body.get('version')!r}; "
+                               f"this tfdisguise reads version {VERSION}.")
         missing = {"secret", "spec", "fingerprint", "mac"} - set(body)
         if missing:
             raise KeyFileError(f"{source} is missing {sorted(missing)}.")
+        for field in ("secret", "fingerprint", "mac"):
+            if not isinstance(body[field], str):
+                raise KeyFileError(f"{source}: `{field}` must be a string, found {type(body[field]).__name__} "
+                                   f"(corrupt file).")
+        if not isinstance(body["spec"], dict):
+            raise KeyFileError(f"{source}: `spec` must be a JSON object, found {type(body['spec']).__name__} "
+                               f"(corrupt file).")
         try:
             secret = base64.b64decode(body["secret"], validate=True)
         except (binascii.Error, TypeError, ValueError):
             raise KeyFileError(f"{source}: the secret is not valid base64 (corrupt file).") from None
         if len(secret) != SECRET_BYTES:
-            raise KeyFileError(f"{source}: the secret must be {SECRET_BYTES} bytes, found {len(secret)} (corrupt file).")
+            raise KeyFileError(f"{source}: the secret must be {SECRET_BYTES} bytes, found {len(secret)} "
+                               f"(corrupt file).")
         try:
             spec = Spec.from_dict(body["spec"])
-        except ValueError as e:
-            raise KeyFileError(f"{source}: invalid spec ({e}).") from None
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+            raise KeyFileError(f"{source}: invalid spec ({type(e).__name__}: {e}).") from None
         key = cls(secret, spec)
-        if not hmac.compare_digest(str(body["fingerprint"]), key.fingerprint):
-            raise KeyFileError(f"{source}: fingerprint does not match the secret; the file was tampered with or corrupted.")
+        if not hmac.compare_digest(body["fingerprint"], key.fingerprint):
+            raise KeyFileError(f"{source}: fingerprint does not match the secret; the file was tampered with "
+                               f"or corrupted.")
         header = {k: body[k] for k in ("format", "version", "fingerprint", "spec")}
-        if not hmac.compare_digest(str(body["mac"]), key._mac(header)):
+        try:
+            expected_mac = key._mac(header)
+        except (ValueError, TypeError, RecursionError) as e:  # a spec that JSON cannot write back canonically
+            raise KeyFileError(f"{source}: invalid header ({e}).") from None
+        if not hmac.compare_digest(body["mac"], expected_mac):
             raise KeyFileError(f"{source}: integrity check failed; the spec or header was tampered with.")
         return key
 

@@ -2,7 +2,14 @@
 
 `export_disguised` writes into a temporary sibling directory and renames it into
 place only after the manifest is written, so an interrupted run never leaves a
-directory that looks complete. `load_disguised` verifies every shard's sha256.
+directory that looks complete. With `overwrite=True` it replaces only a
+disguised data set (a directory that holds our manifest and its shards, nothing
+else); anything else is refused and left untouched.
+
+The manifest is checked before it is trusted: every field present and typed,
+shard files named inside the data set's directory (no "..", no absolute paths),
+`image_shape` the spec's. `load_disguised` verifies every shard's sha256 and
+record count, and checks each shard's count again while reading.
 
 Example:
 
@@ -26,19 +33,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
+import re
+import struct
 import time
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from tfdisguise import io
 from tfdisguise.data import image_spec_of, wrap
 from tfdisguise.identity import Identity
 from tfdisguise.key import Key
-from tfdisguise.spec import Spec
 
-__all__ = ["export_disguised", "load_disguised", "read_manifest", "ShardError", "MANIFEST"]
+__all__ = ["export_disguised", "load_disguised", "read_manifest", "check_output_dir", "ShardError", "MANIFEST"]
 
 MANIFEST = "manifest.json"
 FORMAT = "tfdisguise.shards"
@@ -101,19 +109,17 @@ def export_disguised(
     if shard_size < 1:
         raise ValueError(f"`shard_size` must be >= 1. Received: shard_size={shard_size}")
     out_dir = out_dir.rstrip("/")
-    if tf.io.gfile.exists(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; refusing to overwrite it (pass overwrite=True).")
+    replace = check_output_dir(out_dir, overwrite=overwrite)
     image_spec, _, _ = image_spec_of(ds.element_spec)
     if image_spec.shape.rank != 3:
         raise ValueError(
-            f"`ds` must hold unbatched images (H, W, C); call .unbatch() first. Received: image shape {image_spec.shape}"
+            f"`ds` must hold unbatched images (H, W, C); call .unbatch() first. "
+            f"Received: image shape {image_spec.shape}"
         )
     pairs, has_labels = _as_pairs(ds)
     disguised = wrap(pairs.batch(batch_size), key)
 
-    tmp_dir = f"{out_dir}.partial-{secrets.token_hex(4)}"
-    tf.io.gfile.makedirs(tmp_dir)
-    try:
+    with io.atomic_dir(out_dir, replace=replace) as tmp_dir:
         shards, label_counts, count = [], {}, 0
         writer, shard_path, shard_count = None, None, 0
         bar = _progress(total, progress)
@@ -160,18 +166,38 @@ def export_disguised(
         }
         with tf.io.gfile.GFile(os.path.join(tmp_dir, MANIFEST), "w") as f:
             f.write(json.dumps(manifest, indent=2) + "\n")
-        if tf.io.gfile.exists(out_dir):
-            old = f"{out_dir}.old-{secrets.token_hex(4)}"
-            tf.io.gfile.rename(out_dir, old)
-            tf.io.gfile.rename(tmp_dir, out_dir)
-            tf.io.gfile.rmtree(old)
-        else:
-            tf.io.gfile.rename(tmp_dir, out_dir)
-    except BaseException:
-        if tf.io.gfile.exists(tmp_dir):
-            tf.io.gfile.rmtree(tmp_dir)
-        raise
     return manifest
+
+
+def check_output_dir(out_dir: str, *, overwrite: bool, option: str = "overwrite=True") -> bool:
+    """Whether `export_disguised` will replace `out_dir`; raises FileExistsError if it must not be touched.
+
+    Only a disguised data set may be replaced, and only with `overwrite`: a
+    directory that holds a valid manifest of ours and the shards it lists,
+    nothing else. `option` is how the caller spells "overwrite" in messages
+    (the command line says --overwrite).
+    """
+    out_dir = out_dir.rstrip("/")
+    if not tf.io.gfile.exists(out_dir):
+        return False
+    if not tf.io.gfile.isdir(out_dir):
+        raise FileExistsError(f"{out_dir} exists and is not a directory; refusing to replace it (even with "
+                              f"{option}). Choose another output path.")
+    try:
+        manifest = read_manifest(out_dir)
+    except ShardError as e:
+        raise FileExistsError(f"{out_dir} exists and is not a disguised data set ({e}); refusing to replace it "
+                              f"(even with {option}). Choose another output path.") from None
+    ours = {MANIFEST, *(shard["file"] for shard in manifest["shards"])}
+    others = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(out_dir) if name.rstrip("/") not in ours)
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise FileExistsError(f"{out_dir} holds a disguised data set but also other files ({shown}); refusing to "
+                              f"replace it (even with {option}). Move them, or choose another output path.")
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; refusing to overwrite it (pass {option} to replace "
+                              f"the data set in it).")
+    return True
 
 
 def _progress(total, enabled):
@@ -183,21 +209,88 @@ def _progress(total, enabled):
 
 
 def read_manifest(out_dir: str) -> dict[str, Any]:
-    """Reads and checks `manifest.json` of a disguised data set."""
+    """Reads and checks `manifest.json` of a disguised data set; any problem is a ShardError."""
     path = os.path.join(out_dir, MANIFEST)
     if not tf.io.gfile.exists(path):
         raise ShardError(f"{out_dir} has no {MANIFEST}: it is not a disguised data set, or its export did not finish.")
     try:
         with tf.io.gfile.GFile(path, "r") as f:
             manifest = json.loads(f.read())
-    except ValueError as e:
-        raise ShardError(f"{path} is corrupt ({e}).") from None
+    except (ValueError, RecursionError) as e:
+        raise ShardError(f"{path} is corrupt ({type(e).__name__}: {e}).") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ShardError(f"{path} is not a tfdisguise shards manifest.")
     if manifest.get("version") != VERSION:
         raise ShardError(f"{path} has version {manifest.get('version')!r}; this tfdisguise reads version {VERSION}.")
-    Spec.from_dict(manifest["spec"])
+    _check_manifest(manifest, path)
     return manifest
+
+
+_SHARD_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_manifest(manifest: dict, path: str) -> None:
+    """Every field a reader relies on, present and of the right kind; the spec and `image_shape` agreeing."""
+
+    def field(container: dict, name: str, kind, where: str = ""):
+        if name not in container:
+            raise ShardError(f"{path} is missing the field {where}{name!r}.")
+        value = container[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise ShardError(f"{path}: {where}{name!r} must be {expected}. Received: {value!r:.100}")
+        return value
+
+    try:
+        identity = manifest_identity(manifest)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+        raise ShardError(f"{path}: invalid spec or fingerprint ({e}).") from None
+    shape = field(manifest, "image_shape", list)
+    if tuple(shape) != identity.spec.image_shape:
+        raise ShardError(f"{path}: image_shape {shape} is not the spec's image shape "
+                         f"{list(identity.spec.image_shape)}.")
+    if field(manifest, "dtype", str) != "float32":
+        raise ShardError(f"{path}: dtype must be 'float32'. Received: {manifest['dtype']!r:.100}")
+    count = field(manifest, "count", int)
+    total, names = 0, set()
+    for i, shard in enumerate(field(manifest, "shards", list)):
+        if not isinstance(shard, dict):
+            raise ShardError(f"{path}: shards[{i}] must be an object. Received: {shard!r:.100}")
+        name = field(shard, "file", str, f"shards[{i}].")
+        # A plain file name, so that a reader opens only files inside the data set's directory.
+        if not _SHARD_FILE.fullmatch(name) or name == MANIFEST or name in names:
+            raise ShardError(f"{path}: shards[{i}].file must name a file inside the data set's directory (no '/', "
+                             f"no '..', no leading '.', no repeats). Received: {name!r:.100}")
+        names.add(name)
+        shard_count = field(shard, "count", int, f"shards[{i}].")
+        if shard_count < 0:
+            raise ShardError(f"{path}: shards[{i}].count must be >= 0. Received: {shard_count}")
+        if not _SHA256.fullmatch(field(shard, "sha256", str, f"shards[{i}].")):
+            raise ShardError(f"{path}: shards[{i}].sha256 must be 64 hex digits. Received: {shard['sha256']!r:.100}")
+        total += shard_count
+    if count != total:
+        raise ShardError(f"{path}: count is {count}, but the shards' counts add up to {total}.")
+    labels = field(manifest, "labels", dict)
+    if field(labels, "num_classes", int, "labels.") < 0:
+        raise ShardError(f"{path}: labels.num_classes must be >= 0. Received: {labels['num_classes']}")
+
+
+def _records(path: str) -> int:
+    """How many records a TFRecord file holds, from its framing alone (the sha256 vouches for the bytes)."""
+    count = 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        size = f.size()
+        while f.tell() < size:
+            header = f.read(12)  # uint64 length + its uint32 CRC
+            if len(header) < 12:
+                raise ShardError(f"Shard {path} is truncated.")
+            (length,) = struct.unpack("<Q", header[:8])
+            if f.tell() + length + 4 > size:
+                raise ShardError(f"Shard {path} is truncated.")
+            f.seek(length + 4, 1)  # the data and its CRC
+            count += 1
+    return count
 
 
 def manifest_identity(manifest: dict) -> Identity:
@@ -214,14 +307,19 @@ def load_disguised(out_dir: str, *, key: Key | None = None, verify: bool = True)
     manifest = read_manifest(out_dir)
     if key is not None:
         key.check_matches(manifest_identity(manifest), f"The data set in {out_dir}")
-    paths = []
+    paths, counts = [], []
     for shard in manifest["shards"]:
         path = os.path.join(out_dir, shard["file"])
         if not tf.io.gfile.exists(path):
             raise ShardError(f"Shard {path} listed in the manifest is missing.")
-        if verify and _sha256(path) != shard["sha256"]:
-            raise ShardError(f"Shard {path} is corrupt: its sha256 does not match the manifest.")
+        if verify:
+            if _sha256(path) != shard["sha256"]:
+                raise ShardError(f"Shard {path} is corrupt: its sha256 does not match the manifest.")
+            found = _records(path)
+            if found != shard["count"]:
+                raise ShardError(f"Shard {path} holds {found} records, but the manifest says {shard['count']}.")
         paths.append(path)
+        counts.append(shard["count"])
     shape = tuple(manifest["image_shape"])
     features = {
         "image": tf.io.FixedLenFeature([], tf.string),
@@ -233,6 +331,10 @@ def load_disguised(out_dir: str, *, key: Key | None = None, verify: bool = True)
         image = tf.reshape(tf.io.decode_raw(ex["image"], tf.float32, little_endian=True), shape)
         return image, ex["label"]
 
-    ds = tf.data.TFRecordDataset(paths) if paths else tf.data.Dataset.from_tensor_slices(tf.constant([], tf.string))
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    def shard_records(path, count):
+        # Each shard's count is checked as it is read: a wrong one fails at that shard, not at the end.
+        return tf.data.TFRecordDataset(path).apply(tf.data.experimental.assert_cardinality(count))
+
+    ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(counts, tf.int64)))
+    ds = ds.flat_map(shard_records).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.apply(tf.data.experimental.assert_cardinality(manifest["count"]))

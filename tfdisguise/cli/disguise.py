@@ -14,7 +14,8 @@ def register_subparser(subparsers) -> None:
     cli_args.add_source_args(p)
     p.add_argument("--out", required=True)
     p.add_argument("--shard-size", type=int, default=10000)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it holds a disguised data set (ours, nothing else); never anything else")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -22,9 +23,11 @@ def register_subparser(subparsers) -> None:
 def run(args) -> int:
     from tfdisguise import datasets
     from tfdisguise.key import Key
-    from tfdisguise.shards import export_disguised
+    from tfdisguise.shards import check_output_dir, export_disguised
 
     key = Key.load(args.key)
+    # Before any work, and in the command's own words: --overwrite, not the library's overwrite=True.
+    check_output_dir(args.out, overwrite=args.overwrite, option="--overwrite")
     data = datasets.load(args.input, split=args.split, validation_fraction=args.validation_fraction,
                          seed=args.seed, limit=args.limit)
     print(f"disguising {len(data)} images from {args.input} with key {key.fingerprint}", file=sys.stderr)

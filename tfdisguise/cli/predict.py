@@ -1,18 +1,46 @@
-"""`tfdisguise predict`: disguise images locally and query a served model (gRPC or REST)."""
+"""`tfdisguise predict`: disguise images locally and query a served model (gRPC or REST).
+
+TLS as the Python client has it (`tls.ClientTLS`): --ca-cert checks the
+server's certificate, --client-cert and --client-key answer a server that
+verifies clients. With any of them, REST goes over https://.
+"""
 
 from __future__ import annotations
 
 
 def register_subparser(subparsers) -> None:
-    p = subparsers.add_parser("predict", help="disguise images locally and query a served model")
+    p = subparsers.add_parser("predict", help="disguise images locally and query a served model",
+                              description=__doc__.split("\n\n", 1)[0])
     p.add_argument("--key", required=True)
-    p.add_argument("--server", required=True, help="HOST:PORT (gRPC) or http://HOST:PORT (REST)")
+    p.add_argument("--server", required=True,
+                   help="HOST:PORT (gRPC), or http://HOST:PORT / https://HOST:PORT (REST)")
     p.add_argument("--model", required=True)
     p.add_argument("--version", type=int, default=None)
     p.add_argument("--rest", action="store_true", help="use the REST API")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds for each request, retries included")
+    tls = p.add_argument_group("TLS (as the server's --ssl_config_file asks)")
+    tls.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs (implied by the others)")
+    tls.add_argument("--ca-cert", help="PEM file of the CA that signs the server's certificate")
+    tls.add_argument("--client-cert", help="PEM file of this client's certificate (for client_verify)")
+    tls.add_argument("--client-key", help="PEM file of this client's private key (with --client-cert)")
     p.add_argument("images", nargs="+", help="image files (.png/.jpg), .npy, or .npz with x")
     p.set_defaults(run=run)
+
+
+def target_and_tls(args):
+    """The client's target and `ClientTLS` (or None) from the command's flags."""
+    from tfdisguise.serving.tls import ClientTLS
+
+    wants_tls = args.tls or any((args.ca_cert, args.client_cert, args.client_key))
+    tls = ClientTLS(args.ca_cert, args.client_cert, args.client_key) if wants_tls else None
+    target = args.server
+    if args.rest and "://" not in target:
+        target = f"{'https' if tls else 'http'}://{target}"
+    if tls and not target.startswith("https://") and "://" in target:
+        raise ValueError(f"--server {args.server} is plain HTTP, but TLS flags were given; use https://.")
+    if target.startswith("https://") and tls is None:
+        tls = ClientTLS()
+    return target, tls
 
 
 def run(args) -> int:
@@ -23,8 +51,8 @@ def run(args) -> int:
 
     key = Key.load(args.key)
     names, images = read_images(args.images, key.spec.image_shape)
-    target = f"http://{args.server}" if args.rest and "://" not in args.server else args.server
-    with DisguisedClient(target, args.model, key, version=args.version, timeout=args.timeout) as client:
+    target, tls = target_and_tls(args)
+    with DisguisedClient(target, args.model, key, version=args.version, timeout=args.timeout, tls=tls) as client:
         out = client.predict(images)
     probs = out.get("probabilities")
     for i, name in enumerate(names):

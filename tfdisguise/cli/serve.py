@@ -1,39 +1,78 @@
 """`tfdisguise serve`: serve saved_models over TF Serving's gRPC and REST APIs.
 
-It takes `tensorflow_model_server`'s flags, so scripts and manifests move
-between the two unchanged. When `tensorflow_model_server` is on PATH (and
---embedded is not given), the command hands over to it, with the flags below
-that it knows (as `--name=value`) and any other flag as given. Otherwise the
-embedded server serves, and flags it does not know are an error.
+It takes `tensorflow_model_server`'s flags, so scripts, manifests and our
+Dockerfile move between the two unchanged. When `tensorflow_model_server` is on
+PATH (and --embedded is not given), the command hands over to it, with the flags
+below that it knows (as `--name=value`) and any other flag as given. Otherwise
+the embedded server serves, and flags it does not know are an error.
+
+Exposure: both servers bind every interface (0.0.0.0) by default, and TF
+Serving's APIs have no authentication. The embedded server binds --host (both
+gRPC and REST); `tensorflow_model_server` has no such flag, so an address other
+than every interface is refused rather than silently ignored: publish its ports
+on loopback instead (docker run -p 127.0.0.1:8500:8500). --ssl_config_file
+serves gRPC and REST over TLS, with client certificates if it says so;
+`tensorflow_model_server` has no TLS on REST, so REST with --ssl_config_file is
+refused rather than handed over.
 
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="tfdisguise")
 >>> register_subparser(parser.add_subparsers(dest="command"))
->>> args, extra = parser.parse_known_args(["serve", "--port", "9000", "--host=127.0.0.1", "--enable_batching"])
+>>> args, extra = parser.parse_known_args(["serve", "--port", "9000", "--enable_batching", "--num_load_threads=2"])
 >>> model_server_argv(args, extra)
-['--port=9000', '--enable_batching']
+['--port=9000', '--enable_batching=true', '--num_load_threads=2']
+>>> model_server_argv(parser.parse_args(["serve", "--host", "127.0.0.1"]))
+Traceback (most recent call last):
+...
+ValueError: tensorflow_model_server always binds every interface (0.0.0.0) and has no flag to bind 127.0.0.1; ...
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
 
-from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES
+from tfdisguise.serving import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_REST_MAX_BODY_BYTES,
+    DEFAULT_REST_MAX_CONNECTIONS,
+    DEFAULT_REST_READ_TIMEOUT,
+)
 
 MODEL_SERVER = "tensorflow_model_server"
+_EVERY_INTERFACE = ("0.0.0.0", "::", "[::]")
+
+
+def _bool(text: str) -> str:
+    """TF Serving's spelling of a boolean flag's value."""
+    value = text.lower()
+    if value not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return "true" if value in ("true", "1") else "false"
+
 
 # Flags that tensorflow_model_server also has (same names, same defaults): handed over when it runs.
+# (flag, argparse keywords, help)
 _MODEL_SERVER_FLAGS = (
-    ("--port", int, "gRPC port (default 8500; 0 picks a free one in the embedded server)"),
-    ("--rest_api_port", int, "REST port (default 0: no REST, as in TF Serving)"),
-    ("--model_name", str, "the served model's name (default 'default')"),
-    ("--model_base_path", str, "the model's directory of numbered versions"),
-    ("--model_config_file", str, "a ModelServerConfig text proto (models.config), for several models"),
-    ("--ssl_config_file", str, "an SSLConfig text proto: server_key, server_cert[, custom_ca, client_verify]"),
-    ("--grpc_max_threads", int, "gRPC worker threads (default 16)"),
+    ("--port", {"type": int}, "gRPC port (default 8500; 0 picks a free one in the embedded server)"),
+    ("--rest_api_port", {"type": int}, "REST port (default 0: no REST, as in TF Serving)"),
+    ("--model_name", {"type": str}, "the served model's name (default 'default')"),
+    ("--model_base_path", {"type": str}, "the model's directory of numbered versions"),
+    ("--model_config_file", {"type": str}, "a ModelServerConfig text proto (models.config), for several models"),
+    ("--ssl_config_file", {"type": str},
+     "an SSLConfig text proto: server_key, server_cert[, custom_ca, client_verify]; TLS for gRPC and REST alike"),
+    ("--grpc_max_threads", {"type": int}, "gRPC worker threads (default 16)"),
+    ("--enable_batching", {"type": _bool, "nargs": "?", "const": "true"},
+     "server-side batching (tensorflow_model_server only: the embedded server runs each request as it comes)"),
+    ("--batching_parameters_file", {"type": str},
+     "a BatchingParameters text proto (tensorflow_model_server only; the embedded server checks it exists)"),
+    ("--monitoring_config_file", {"type": str},
+     "a MonitoringConfig text proto (tensorflow_model_server only; the embedded server checks it exists)"),
 )
+# Read by tensorflow_model_server alone: the embedded server says so, and answers the same without them.
+_MODEL_SERVER_ONLY = ("enable_batching", "batching_parameters_file", "monitoring_config_file")
 
 
 def register_subparser(subparsers) -> None:
@@ -43,13 +82,23 @@ def register_subparser(subparsers) -> None:
         "serve", allow_abbrev=False, description=__doc__.split("\n\n>>>")[0],
         help="serve saved_models over TF Serving's gRPC/REST APIs (tensorflow_model_server's flags)")
     server_flags = p.add_argument_group("tensorflow_model_server flags")
-    for flag, kind, text in _MODEL_SERVER_FLAGS:
+    for flag, kwargs, text in _MODEL_SERVER_FLAGS:
         # None when not given, so that only the flags a user gave are handed over.
-        server_flags.add_argument(flag, type=kind, default=None, help=text)
+        server_flags.add_argument(flag, default=None, help=text, **kwargs)
     embedded = p.add_argument_group("embedded server only")
-    embedded.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    embedded.add_argument("--host", default=None,
+                          help="address that gRPC and REST bind (default 0.0.0.0: every interface; 127.0.0.1 for "
+                               "this machine only)")
     embedded.add_argument("--max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
-                          help="gRPC message size limit (default 64 MiB)")
+                          help="gRPC message limit, and the most a request's inputs may decode to (default 64 MiB)")
+    embedded.add_argument("--rest_max_body_bytes", type=int, default=DEFAULT_REST_MAX_BODY_BYTES,
+                          help=f"largest REST body; larger ones get 413 (default {DEFAULT_REST_MAX_BODY_BYTES >> 20} "
+                               f"MiB)")
+    embedded.add_argument("--rest_read_timeout", type=float, default=DEFAULT_REST_READ_TIMEOUT,
+                          help=f"seconds a REST client has to send its headers, and again its body "
+                               f"(default {DEFAULT_REST_READ_TIMEOUT:g})")
+    embedded.add_argument("--rest_max_connections", type=int, default=DEFAULT_REST_MAX_CONNECTIONS,
+                          help=f"open REST connections at most; more get 503 (default {DEFAULT_REST_MAX_CONNECTIONS})")
     embedded.add_argument("--embedded", action="store_true",
                           help=f"use the embedded server even if {MODEL_SERVER} is on PATH")
     p.set_defaults(run=run, takes_unknown_flags=True, unknown_flags=())
@@ -61,19 +110,57 @@ def _given(args) -> dict:
 
 
 def model_server_argv(args, unknown_flags=()) -> list[str]:
-    """The flags for `tensorflow_model_server`: the given ones it knows, as --name=value, then the others."""
+    """The flags for `tensorflow_model_server`: the given ones it knows, as --name=value, then the others.
+
+    Raises ValueError where the real server would expose more than asked: a
+    --host other than every interface (it has no such flag, and binds every
+    interface), or REST with --ssl_config_file (its REST has no TLS).
+    """
+    if args.host is not None and args.host not in _EVERY_INTERFACE:
+        raise ValueError(f"{MODEL_SERVER} always binds every interface (0.0.0.0) and has no flag to bind "
+                         f"{args.host}; refusing to expose it more widely than asked. Use --embedded to bind "
+                         f"{args.host}, or publish the container's ports on that address "
+                         f"(docker run -p {args.host}:8500:8500).")
+    if args.ssl_config_file and args.rest_api_port:
+        raise ValueError(f"{MODEL_SERVER} serves REST in plain HTTP even with --ssl_config_file, which secures gRPC "
+                         f"only; refusing to expose REST without the TLS that gRPC has. Drop --rest_api_port, or use "
+                         f"--embedded (HTTPS on REST with the same certificates).")
     return [f"--{name}={value}" for name, value in _given(args).items()] + list(unknown_flags)
+
+
+def embedded_options(args) -> tuple[dict, list[str]]:
+    """The embedded server's `serve()` arguments, and notes on the flags it reads but does not act on.
+
+    The files that those flags name must exist, as they must for the real
+    server, so that a command line that fails there fails here too.
+    """
+    given = _given(args)
+    notes = []
+    for name in _MODEL_SERVER_ONLY:
+        value = given.pop(name, None)
+        if name.endswith("_file") and value is not None and not os.path.isfile(value):
+            raise ValueError(f"--{name}: {value} is not a file.")
+        if value not in (None, "false"):
+            notes.append(f"--{name}={value} is read by {MODEL_SERVER} only; the embedded server answers the same "
+                         f"without it.")
+    options = dict(given, host=args.host or "0.0.0.0", max_message_bytes=args.max_message_bytes,
+                   rest_max_body_bytes=args.rest_max_body_bytes, rest_read_timeout=args.rest_read_timeout,
+                   rest_max_connections=args.rest_max_connections)
+    return options, notes
 
 
 def run(args) -> int:
     binary = None if args.embedded else shutil.which(MODEL_SERVER)
     if binary:
-        print(f"running {binary}", file=sys.stderr, flush=True)
         argv = [binary, *model_server_argv(args, args.unknown_flags)]
+        print(f"running {binary}", file=sys.stderr, flush=True)
         os.execv(binary, argv)  # replaces this process: signals and the exit status are the real server's
     if args.unknown_flags:
         raise ValueError(f"the embedded server does not know {' '.join(args.unknown_flags)} (they are handed "
                          f"to {MODEL_SERVER} when it is on PATH)")
+    options, notes = embedded_options(args)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr, flush=True)
     from tfdisguise.serving.server import serve
 
-    return serve(**_given(args), host=args.host, max_message_bytes=args.max_message_bytes)
+    return serve(**options)

@@ -1,15 +1,24 @@
 """TF Serving's APIs: an embedded server, and the owner's client that disguises before it queries.
 
-registry   loads `<base_path>/<version>/` SavedModels and runs their signatures
-grpc_api   PredictionService and ModelService over a registry
-rest_api   the REST API over a registry (werkzeug)
-tls        --ssl_config_file
-server     the embedded server's lifecycle: start, stop, SIGTERM
-transports gRPC and REST behind one small interface, for the client
-client     `DisguisedClient`
+registry    loads `<base_path>/<version>/` SavedModels and runs their signatures
+limits      what one request may hold, checked before anything is allocated
+grpc_api    PredictionService and ModelService over a registry
+rest_api    the REST API over a registry, as a WSGI app (werkzeug)
+rest_server the HTTP server that hosts it (tornado): TLS, read deadlines, body and connection caps
+tls         --ssl_config_file for both APIs; the client's TLS
+server      the embedded server's lifecycle: start, stop, SIGTERM
+transports  gRPC and REST behind one small interface, for the client
+client      `DisguisedClient`
 
 This package's modules load grpc and tensorflow_serving; `import tfdisguise`
 loads none of them until serving is used.
 """
 
+# Defaults that the CLI shows too: here, where importing them loads no TensorFlow.
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20  # TF Serving's clients and servers agree on the gRPC message limit
+# A REST body is JSON: about 10 to 20 characters per float32, and several times that once parsed.
+DEFAULT_REST_MAX_BODY_BYTES = 16 << 20
+# Seconds a client has to send a request's headers, and again its body (slow senders are cut off).
+DEFAULT_REST_READ_TIMEOUT = 10.0
+# Open REST connections at once; more are answered 503 and closed.
+DEFAULT_REST_MAX_CONNECTIONS = 128

@@ -17,6 +17,7 @@ import json
 import random
 import time
 
+import grpc
 import numpy as np
 import tensorflow as tf
 
@@ -27,15 +28,73 @@ from tfdisguise.key import Key, KeyMismatchError
 from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES
 from tfdisguise.serving.transports import TransportError, transport_for
 
-__all__ = ["DisguisedClient", "ServingClientError", "read_images"]
+__all__ = ["DisguisedClient", "ImagesError", "ServingClientError", "check_images", "read_images"]
+
+_FLOATS = (np.float16, np.float32, np.float64)
 
 
 class ServingClientError(RuntimeError):
-    """A request failed for good (after retries, or with a non-retryable error); `code` is its gRPC status."""
+    """A request failed for good (after retries, or with a non-retryable error); `code` is its gRPC status.
+
+    Besides `KeyMismatchError`, the only error the client raises once it is built.
+    """
 
     def __init__(self, message: str, code=None):
         super().__init__(message)
         self.code = code
+
+
+class ImagesError(ServingClientError, ValueError):
+    """Images the key's spec cannot mean; refused before anything is sent. The message says how to fix them."""
+
+    def __init__(self, message: str):
+        super().__init__(message, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def check_images(images, image_shape: tuple[int, ...]) -> np.ndarray:
+    """`images` as [N, H, W, C] uint8 or float in 0..255, or ImagesError naming the problem and the fix.
+
+    >>> check_images(np.zeros((8, 8, 1), np.uint8), (8, 8, 1)).shape
+    (1, 8, 8, 1)
+    >>> check_images(np.full((2, 8, 8, 1), 0.5), (8, 8, 1))
+    Traceback (most recent call last):
+    ...
+    tfdisguise.serving.client.ImagesError: `images` at index 0, 1 look scaled to 0..1 ... (images * 255).
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[np.newaxis]
+    if images.ndim != 4 or images.shape[1:] != tuple(image_shape):
+        raise ImagesError(f"`images` must be [N, {', '.join(map(str, image_shape))}] (or one image). "
+                          f"Received: shape={images.shape}")
+    if len(images) == 0:
+        raise ImagesError(f"`images` is empty (shape {images.shape}); pass at least one image.")
+    if images.dtype == np.uint8:
+        return images
+    if images.dtype.type not in _FLOATS:
+        raise ImagesError(f"`images` must be uint8, or float in 0..255. Received: dtype={images.dtype}. Convert "
+                          f"them: images.astype(np.uint8) if their values are 0..255, else rescale to 0..255 first.")
+    flat = images.reshape(len(images), -1)
+    finite = np.isfinite(flat).all(axis=1)
+    if not finite.all():
+        raise ImagesError(f"`images` {_which(~finite)} hold NaN or infinite values; the key's spec means pixel "
+                          f"values in 0..255. Replace them (np.nan_to_num) or drop those images.")
+    low, high = flat.min(axis=1), flat.max(axis=1)
+    outside = (low < 0) | (high > 255)
+    if outside.any():
+        raise ImagesError(f"`images` {_which(outside)} have values from {low.min():g} to {high.max():g}, outside "
+                          f"0..255, which the key's spec means. Rescale to 0..255.")
+    # Pixels on the 0..255 scale are whole numbers; fractions that never pass 1 are a 0..1 image.
+    unit = (high <= 1) & (flat != np.round(flat)).any(axis=1)
+    if unit.any():
+        raise ImagesError(f"`images` {_which(unit)} look scaled to 0..1 (no value above 1, and fractions): the key's "
+                          f"spec means 0..255. Rescale to 0..255 (images * 255).")
+    return images
+
+
+def _which(mask: np.ndarray) -> str:
+    index = np.flatnonzero(mask)
+    return "at index " + ", ".join(map(str, index[:5])) + (", ..." if len(index) > 5 else "")
 
 
 class DisguisedClient:
@@ -46,21 +105,27 @@ class DisguisedClient:
         model_name: the served model's name.
         key: the owner's `tfdisguise.Key`; it never leaves this process.
         version: a model version; None means the latest.
-        timeout: the deadline of each call, in seconds, retries included.
+        timeout: the deadline of each request to the server, in seconds, retries included, on every transport.
         max_retries: retries of an UNAVAILABLE server, with exponential backoff.
         backoff: the first retry's delay, in seconds; it doubles up to 1 s, with jitter.
-        credentials: `grpc.ssl_channel_credentials(...)` for TLS.
+        tls: a `tfdisguise.serving.tls.ClientTLS` (CA, client certificate): TLS for gRPC, HTTPS for REST.
+        credentials: `grpc.ssl_channel_credentials(...)`, for gRPC only (or use `tls`).
         batch_size: images per request; larger inputs are split.
         max_message_bytes: gRPC message size limit.
+
+    Once built, it raises only `ServingClientError` (`ImagesError` for images
+    it refuses) and `KeyMismatchError`.
     """
 
     def __init__(self, target: str, model_name: str, key: Key, *, version: int | None = None, timeout: float = 10.0,
                  max_retries: int = 8, backoff: float = 0.05, credentials=None, batch_size: int = 64,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, tls=None):
         if not isinstance(key, Key):
             raise TypeError(f"`key` must be a tfdisguise.Key. Received: key={type(key).__name__}")
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
+        if not timeout > 0:
+            raise ValueError(f"`timeout` must be > 0 seconds. Received: timeout={timeout}")
         self.target, self.model_name, self.key, self.version = target, model_name, key, version
         self.timeout, self.max_retries, self.backoff, self.batch_size = timeout, max_retries, backoff, batch_size
         # The same ops as wrap() in training, as concrete graphs: calling those directly
@@ -69,7 +134,7 @@ class DisguisedClient:
         self._disguisers = {dtype: fn.get_concrete_function(tf.TensorSpec((None,) + key.spec.image_shape, dtype))
                             for dtype in (tf.uint8, tf.float32)}
         self._metadata = None
-        self._transport = transport_for(target, model_name, version, credentials=credentials,
+        self._transport = transport_for(target, model_name, version, credentials=credentials, tls=tls,
                                         max_message_bytes=max_message_bytes)
 
     def _retrying(self, call):
@@ -84,6 +149,9 @@ class DisguisedClient:
                 if not e.retryable or attempt >= self.max_retries or time.monotonic() + delay >= deadline:
                     raise ServingClientError(f"{self.model_name} at {self.target}: {e.code.name}: {e.message}",
                                              e.code) from None
+            except Exception as e:  # a transport's bug must still reach the caller as the client's error
+                raise ServingClientError(f"{self.model_name} at {self.target}: {type(e).__name__}: {e}",
+                                         grpc.StatusCode.INTERNAL) from e
             attempt += 1
             time.sleep(delay)
 
@@ -97,44 +165,55 @@ class DisguisedClient:
         """Input name, output names and the model's disguise fingerprint (checked against the key)."""
         if self._metadata is None:
             signatures = self._retrying(self._transport.signatures)
+            if "serving_default" not in signatures:
+                raise ServingClientError(f"{self.model_name} at {self.target} has no 'serving_default' signature "
+                                         f"(it has {sorted(signatures)}).", grpc.StatusCode.FAILED_PRECONDITION)
             default = signatures["serving_default"]
             inputs = list(default.inputs)
             if len(inputs) != 1:
-                raise ServingClientError(f"{self.model_name}: expected one image input, found {inputs}.")
+                raise ServingClientError(f"{self.model_name}: expected one image input, found {inputs}.",
+                                         grpc.StatusCode.FAILED_PRECONDITION)
             if INFO_SIGNATURE not in signatures:
                 raise KeyMismatchError(f"Model {self.model_name} at {self.target} records no disguise fingerprint "
                                        f"(no '{INFO_SIGNATURE}' signature); refusing to send it disguised data.")
             info = self._predict_raw({"dummy": np.zeros([1], np.int32)}, INFO_SIGNATURE)
-            fingerprint = _as_text(info["fingerprint"])
-            self.key.check_matches(Identity(spec=json.loads(_as_text(info["spec"])), fingerprint=fingerprint),
-                                   f"Model {self.model_name} at {self.target}")
+            try:
+                fingerprint = _as_text(info["fingerprint"])
+                identity = Identity(spec=json.loads(_as_text(info["spec"])), fingerprint=fingerprint)
+            except Exception as e:  # whatever the server sent, the caller hears it as the client's error
+                raise ServingClientError(f"{self.model_name} at {self.target}: its '{INFO_SIGNATURE}' answer is "
+                                         f"malformed ({type(e).__name__}: {e}).", grpc.StatusCode.INTERNAL) from None
+            self.key.check_matches(identity, f"Model {self.model_name} at {self.target}")
             self._metadata = {"input": inputs[0], "outputs": list(default.outputs),
                               "input_shape": list(default.inputs[inputs[0]]), "fingerprint": fingerprint}
         return self._metadata
 
     # ---- predictions ---------------------------------------------------------------------
 
-    def _check_images(self, images) -> np.ndarray:
-        images = np.asarray(images)
-        expected = self.key.spec.image_shape
-        if images.ndim == 3:
-            images = images[np.newaxis]
-        if images.ndim != 4 or images.shape[1:] != expected:
-            raise ValueError(f"`images` must be [N, {', '.join(map(str, expected))}] (or one image). "
-                             f"Received: shape={images.shape}")
-        return images
-
     def predict_disguised(self, disguised) -> dict[str, np.ndarray]:
         """Sends already disguised float32 images, in batches; returns outputs by name."""
-        disguised = np.asarray(disguised, np.float32)
+        disguised = np.asarray(disguised)
+        shape = self.key.spec.image_shape
+        if disguised.ndim != 4 or disguised.shape[1:] != shape or not len(disguised):
+            raise ImagesError(f"`disguised` must be [N, {', '.join(map(str, shape))}] with N >= 1. "
+                              f"Received: shape={disguised.shape}")
+        if disguised.dtype.type not in _FLOATS or not np.isfinite(disguised).all():
+            raise ImagesError(f"`disguised` must be finite floats, as the disguise makes them. "
+                              f"Received: dtype={disguised.dtype}")
+        disguised = disguised.astype(np.float32, copy=False)
         name = self.metadata["input"]
         parts = [self._predict_raw({name: disguised[i:i + self.batch_size]})
                  for i in range(0, len(disguised), self.batch_size)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def predict(self, images) -> dict[str, np.ndarray]:
-        """Disguises `images` (uint8 or 0..255 float, [N,H,W,C] or one image) and returns the model's outputs."""
-        images = self._check_images(images)
+        """Disguises `images` (uint8 or 0..255 float, [N,H,W,C] or one image) and returns the model's outputs.
+
+        Images the key's spec cannot mean (another shape or dtype, NaN, values
+        outside 0..255, 0..1-scaled floats, none at all) raise `ImagesError`
+        before anything is sent.
+        """
+        images = check_images(images, self.key.spec.image_shape)
         name = self.metadata["input"]  # checks the key before any data leaves
         if images.dtype != np.uint8:
             images = images.astype(np.float32)

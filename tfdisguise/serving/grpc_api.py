@@ -3,6 +3,9 @@
 tensorflow.serving.PredictionService: Predict, GetModelMetadata.
 tensorflow.serving.ModelService: GetModelStatus.
 
+Predict checks each input's declared shape, dtype and value count against the
+signature and a size cap (`limits`) before it decodes a single value.
+
 The status and metadata messages are built here and also serve the REST API,
 which answers with their JSON form, as TF Serving does.
 """
@@ -21,6 +24,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES
+from tfdisguise.serving.limits import check_tensor_proto
 from tfdisguise.serving.registry import ModelRegistry, Servable, ServingError
 
 __all__ = ["ModelStatusServicer", "PredictionServicer", "add_servicers", "model_status", "signature_def_map"]
@@ -78,18 +83,36 @@ def model_status(registry: ModelRegistry, name: str, version: int | None = None,
     return response
 
 
+def _decoded_inputs(servable: Servable, signature: str, request, max_bytes: int) -> dict:
+    """The request's inputs as arrays, once their declarations fit the signature and `max_bytes` together."""
+    name, specs = servable.input_specs(signature)
+    if set(request.inputs) != set(specs):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"Signature \"{name}\" expects inputs {sorted(specs)}; got {sorted(request.inputs)}")
+    left = max_bytes
+    for key, proto in request.inputs.items():
+        try:
+            left -= check_tensor_proto(key, proto, left, specs[key])
+        except ValueError as e:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+    try:
+        return {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+    except Exception as e:  # a TensorProto that is malformed in some other way
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Malformed input tensor: {e}") from None
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, registry: ModelRegistry):
+    """Predict and GetModelMetadata; a request's inputs may decode to at most `max_request_bytes` in all."""
+
+    def __init__(self, registry: ModelRegistry, max_request_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         self.registry = registry
+        self.max_request_bytes = max_request_bytes
 
     @_aborts_on_serving_error
     def Predict(self, request, context):
         servable = _servable(self.registry, request.model_spec)
-        try:
-            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-        except Exception as e:  # a malformed TensorProto
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Malformed input tensor: {e}") from None
         signature = request.model_spec.signature_name or "serving_default"
+        inputs = _decoded_inputs(servable, signature, request, self.max_request_bytes)
         outputs = servable.run(signature, inputs, tuple(request.output_filter))
         response = predict_pb2.PredictResponse()
         _answered_by(response.model_spec, servable)
@@ -118,7 +141,9 @@ class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
         return model_status(self.registry, request.model_spec.name, *_version(request.model_spec))
 
 
-def add_servicers(server: grpc.Server, registry: ModelRegistry) -> None:
+def add_servicers(server: grpc.Server, registry: ModelRegistry,
+                  max_request_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
     """Serves both services of `registry` on `server`."""
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(registry), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(registry, max_request_bytes), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(registry), server)

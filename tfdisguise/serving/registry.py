@@ -61,10 +61,15 @@ class Servable:
                                f"Serving signature name: \"{name}\" not found in signature def")
         return name, self.loaded.signatures[name]
 
+    def input_specs(self, signature_name: str) -> tuple[str, dict[str, tf.TensorSpec]]:
+        """The signature's name and its inputs' `TensorSpec`s by name: what a request is checked against."""
+        name, fn = self.signature(signature_name)
+        return name, fn.structured_input_signature[1]
+
     def run(self, signature_name: str, inputs: dict, output_filter=()) -> dict[str, np.ndarray]:
         """Checks `inputs` against the signature and runs it."""
-        name, fn = self.signature(signature_name)
-        spec = fn.structured_input_signature[1]
+        name, spec = self.input_specs(signature_name)
+        fn = self.loaded.signatures[name]
         if set(inputs) != set(spec):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"Signature \"{name}\" expects inputs {sorted(spec)}; got {sorted(inputs)}")

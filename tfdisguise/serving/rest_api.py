@@ -5,7 +5,17 @@ GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   metadata
 POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    "instances" (rows) or "inputs" (columns)
 
 Errors answer `{"error": message}` with the HTTP status that TF Serving maps
-from the gRPC code: 404 for NOT_FOUND, 400 for INVALID_ARGUMENT.
+from the gRPC code: 404 for NOT_FOUND, 400 for INVALID_ARGUMENT; other HTTP
+methods get 405, and a body over the size limit 413. Inputs are checked against
+the signature and the size cap (`limits`) before they become arrays. Answers are
+strict JSON: a NaN or infinite output is written as the string "NaN",
+"Infinity" or "-Infinity", as protobuf's JSON mapping writes them.
+
+The app serves under any WSGI server; `rest_server` hosts it with TLS, time
+limits and a connection cap.
+
+>>> _jsonable(np.array([0.5, np.nan, -np.inf], np.float32))
+[0.5, 'NaN', '-Infinity']
 """
 
 from __future__ import annotations
@@ -18,13 +28,15 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
+from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES
 from tfdisguise.serving.grpc_api import model_status, signature_def_map
+from tfdisguise.serving.limits import DEFAULT_REST_MAX_BODY_BYTES, check_json_input
 from tfdisguise.serving.registry import ModelRegistry, Servable, ServingError
 
-__all__ = ["make_rest_app"]
+__all__ = ["body_too_large", "make_rest_app"]
 
 log = logging.getLogger("tfdisguise.serve")
 
@@ -34,6 +46,13 @@ _PATH = re.compile(
 )
 _HTTP_STATUS = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400,
                 grpc.StatusCode.UNIMPLEMENTED: 501}
+_NON_FINITE = (("NaN", np.isnan), ("Infinity", np.isposinf), ("-Infinity", np.isneginf))
+
+
+class _MethodNotAllowed(Exception):
+    def __init__(self, method: str, allowed: str):
+        super().__init__(f"Method {method} is not allowed here; use {allowed}.")
+        self.allowed = allowed
 
 
 def _invalid(message: str) -> ServingError:
@@ -51,6 +70,11 @@ def _to_array(value, dtype: tf.DType) -> np.ndarray:
 
 def _jsonable(value):
     if isinstance(value, (np.ndarray, np.generic)):
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            named = np.asarray(value).astype(object)
+            for text, where in _NON_FINITE:
+                named[where(value)] = text
+            value = named
         value = value.tolist()
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -59,16 +83,30 @@ def _jsonable(value):
     return value
 
 
-def _predict_rows(servable: Servable, signature: str, spec: dict, instances) -> dict:
+def _arrays(columns: dict, spec: dict, max_bytes: int) -> dict:
+    """The inputs as arrays, once their nested lists' shapes fit the signature and `max_bytes` together."""
+    unknown = set(columns) - set(spec)
+    if unknown:
+        raise _invalid(f"Unknown inputs {sorted(unknown)}; the signature expects {sorted(spec)}.")
+    left = max_bytes
+    for key, value in columns.items():
+        try:
+            left -= check_json_input(key, value, left, spec[key])
+        except ValueError as e:
+            raise _invalid(str(e)) from None
+    return {key: _to_array(value, spec[key].dtype) for key, value in columns.items()}
+
+
+def _predict_rows(servable: Servable, signature: str, spec: dict, instances, max_bytes: int) -> dict:
     if not isinstance(instances, list) or not instances:
         raise _invalid("'instances' must be a non-empty list.")
     if len(spec) == 1 and not isinstance(instances[0], dict):
         (key,) = spec
-        inputs = {key: _to_array(instances, spec[key].dtype)}
+        inputs = _arrays({key: instances}, spec, max_bytes)
     else:
         if not all(isinstance(i, dict) for i in instances):
             raise _invalid("Each instance must be an object of named inputs.")
-        inputs = {k: _to_array([i.get(k) for i in instances], spec[k].dtype) for k in spec}
+        inputs = _arrays({k: [i.get(k) for i in instances] for k in spec}, spec, max_bytes)
     outputs = servable.run(signature, inputs)
     keys = sorted(outputs)
     if len(keys) == 1:
@@ -77,28 +115,25 @@ def _predict_rows(servable: Servable, signature: str, spec: dict, instances) -> 
                             for row in range(len(instances))]}
 
 
-def _predict_columns(servable: Servable, signature: str, spec: dict, columns) -> dict:
-    if isinstance(columns, dict):
-        inputs = {k: _to_array(v, spec[k].dtype) if k in spec else np.asarray(v) for k, v in columns.items()}
-    else:
+def _predict_columns(servable: Servable, signature: str, spec: dict, columns, max_bytes: int) -> dict:
+    if not isinstance(columns, dict):
         if len(spec) != 1:
             raise _invalid(f"'inputs' must name the inputs {sorted(spec)}.")
         (key,) = spec
-        inputs = {key: _to_array(columns, spec[key].dtype)}
-    outputs = servable.run(signature, inputs)
+        columns = {key: columns}
+    outputs = servable.run(signature, _arrays(columns, spec, max_bytes))
     if len(outputs) == 1:
         return {"outputs": _jsonable(next(iter(outputs.values())))}
     return {"outputs": {k: _jsonable(v) for k, v in outputs.items()}}
 
 
-def _predict(servable: Servable, body: dict) -> dict:
-    signature, fn = servable.signature(body.get("signature_name") or "serving_default")
-    spec = fn.structured_input_signature[1]
+def _predict(servable: Servable, body: dict, max_bytes: int) -> dict:
+    signature, spec = servable.input_specs(body.get("signature_name") or "serving_default")
     if ("instances" in body) == ("inputs" in body):
         raise _invalid("Request must have exactly one of 'instances' or 'inputs'.")
     if "instances" in body:
-        return _predict_rows(servable, signature, spec, body["instances"])
-    return _predict_columns(servable, signature, spec, body["inputs"])
+        return _predict_rows(servable, signature, spec, body["instances"], max_bytes)
+    return _predict_columns(servable, signature, spec, body["inputs"], max_bytes)
 
 
 def _metadata(servable: Servable) -> dict:
@@ -111,42 +146,64 @@ def _json_body(request: Request) -> dict:
         body = json.loads(request.get_data(as_text=True))
     except ValueError as e:
         raise _invalid(f"JSON Parse error: {e}") from None
+    except RecursionError:
+        raise _invalid("JSON Parse error: nested too deeply.") from None
     if not isinstance(body, dict):
         raise _invalid("JSON body must be an object.")
     return body
 
 
-def _route(registry: ModelRegistry, request: Request) -> dict:
+def _route(registry: ModelRegistry, request: Request, max_request_bytes: int) -> dict:
     match = _PATH.match(request.path)
     if not match:
         raise ServingError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {request.method} {request.path}")
     name, verb, label = match["name"], match["verb"], match["label"]
     version = int(match["version"]) if match["version"] else None
+    allowed = "POST" if verb in (":predict", ":classify", ":regress") else "GET"
+    if request.method != allowed:
+        raise _MethodNotAllowed(request.method, allowed)
     if verb in (":classify", ":regress"):
         raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb[1:]} is not served; use :predict.")
     if verb == ":predict":
-        if request.method != "POST":
-            raise _invalid(":predict needs POST")
         servable = registry.get(name, version, label)
-        return _predict(servable, _json_body(request))
+        return _predict(servable, _json_body(request), max_request_bytes)
     if verb == "/metadata":
         return _metadata(registry.get(name, version, label))
     return json_format.MessageToDict(model_status(registry, name, version, label),
                                      always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
 
 
-def make_rest_app(registry: ModelRegistry):
-    """The WSGI app that answers TF Serving's REST API for the models in `registry`."""
+def body_too_large(max_body_bytes: int) -> str:
+    """The 413 answer's message."""
+    return (f"The request body is larger than the server's limit of {max_body_bytes} bytes; "
+            f"send fewer images per request.")
 
-    def respond(payload: dict, status: int = 200) -> Response:
-        return Response(json.dumps(payload), status=status, mimetype="application/json")
 
-    @Request.application
+def make_rest_app(registry: ModelRegistry, *, max_request_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                  max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES):
+    """The WSGI app that answers TF Serving's REST API for the models in `registry`.
+
+    A request body may hold at most `max_body_bytes`, and its inputs may decode
+    to at most `max_request_bytes` in all.
+    """
+
+    class CappedRequest(Request):
+        max_content_length = max_body_bytes  # werkzeug answers 413 past it, also for chunked bodies
+
+    def respond(payload: dict, status: int = 200, headers=None) -> Response:
+        return Response(json.dumps(payload, allow_nan=False), status=status, mimetype="application/json",
+                        headers=headers)
+
+    @CappedRequest.application
     def app(request: Request) -> Response:
         try:
-            return respond(_route(registry, request))
+            return respond(_route(registry, request, max_request_bytes))
         except ServingError as e:
             return respond({"error": e.message}, _HTTP_STATUS.get(e.code, 500))
+        except _MethodNotAllowed as e:
+            return respond({"error": str(e)}, 405, {"Allow": e.allowed})
+        except RequestEntityTooLarge:
+            return respond({"error": body_too_large(max_body_bytes)}, 413)
         except HTTPException as e:
             return respond({"error": str(e)}, e.code or 500)
         except Exception as e:  # never let one bad request take the server down

@@ -18,7 +18,13 @@ import threading
 import grpc
 
 from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES, grpc_api
+from tfdisguise.serving.limits import (
+    DEFAULT_REST_MAX_BODY_BYTES,
+    DEFAULT_REST_MAX_CONNECTIONS,
+    DEFAULT_REST_READ_TIMEOUT,
+)
 from tfdisguise.serving.registry import ModelRegistry
+from tfdisguise.serving.rest_server import address_in_use
 from tfdisguise.serving.tls import SSLConfig, read_ssl_config
 
 __all__ = ["ModelServer", "serve"]
@@ -31,55 +37,95 @@ class ModelServer:
 
     `port=0` picks a free port; `rest_api_port=None` disables REST and 0 picks
     a free port. After `start()`, `port` and `rest_api_port` hold the bound ports.
-    `ssl` (from `tls.read_ssl_config`) serves gRPC over TLS.
+    Both bind to `host` (default 0.0.0.0, every interface, as TF Serving does),
+    and only if no other process listens there: a port in use fails `start()`.
+
+    `ssl` (from `tls.read_ssl_config`) serves gRPC over TLS and REST over HTTPS,
+    with the same certificates and client verification; if REST cannot serve
+    it, `start()` fails rather than serve plain HTTP.
+
+    Bounds: a request's inputs may decode to at most `max_message_bytes` (also
+    the gRPC message limit), whatever shape they declare. A REST body may hold
+    at most `rest_max_body_bytes`, must arrive within `rest_read_timeout`
+    seconds (its headers, then its body), and at most `rest_max_connections`
+    connections are open at once.
     """
 
     def __init__(self, registry: ModelRegistry, *, port: int = 8500, rest_api_port: int | None = None,
                  host: str = "0.0.0.0", max_workers: int = 16, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 ssl: SSLConfig | None = None):
+                 ssl: SSLConfig | None = None, rest_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES,
+                 rest_read_timeout: float = DEFAULT_REST_READ_TIMEOUT,
+                 rest_max_connections: int = DEFAULT_REST_MAX_CONNECTIONS):
         if ssl is not None and not isinstance(ssl, SSLConfig):
             raise TypeError(f"`ssl` must be a tfdisguise.serving.tls.SSLConfig or None. "
                             f"Received: ssl={type(ssl).__name__}")
+        if rest_api_port and rest_api_port == port:
+            raise ValueError(f"`rest_api_port` must differ from `port`. Received: port={port}, "
+                             f"rest_api_port={rest_api_port}")
         self.registry = registry
         self.host, self.port, self.rest_api_port = host, port, rest_api_port
         self.enable_rest = rest_api_port is not None
         self.max_workers, self.max_message_bytes, self.ssl = max_workers, max_message_bytes, ssl
+        self.rest_limits = {"max_body_bytes": rest_max_body_bytes, "read_timeout": rest_read_timeout,
+                            "max_connections": rest_max_connections}
         self._grpc = None
         self._http = None
-        self._http_thread = None
 
-    def start(self) -> ModelServer:
+    def _bind_grpc(self) -> grpc.Server:
         options = [("grpc.max_send_message_length", self.max_message_bytes),
                    ("grpc.max_receive_message_length", self.max_message_bytes),
-                   ("grpc.so_reuseport", 1)]
-        self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=self.max_workers), options=options)
-        grpc_api.add_servicers(self._grpc, self.registry)
-        address = f"{self.host}:{self.port}"
-        if self.ssl:
-            self.port = self._grpc.add_secure_port(address, self.ssl.credentials())
-        else:
-            self.port = self._grpc.add_insecure_port(address)
-        if not self.port:
-            raise OSError(f"Cannot bind gRPC to {address}.")
-        self._grpc.start()
-        if self.enable_rest:
-            from werkzeug.serving import make_server
+                   # Exclusive: with SO_REUSEPORT a second server on this port would take a share of the connections.
+                   ("grpc.so_reuseport", 0)]
+        server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=self.max_workers), options=options)
+        grpc_api.add_servicers(server, self.registry, self.max_message_bytes)
+        address = _address(self.host, self.port)
+        try:
+            port = (server.add_secure_port(address, self.ssl.credentials()) if self.ssl
+                    else server.add_insecure_port(address))
+        except RuntimeError:  # grpcio reports a failed bind without the reason
+            port = 0
+        if not port:
+            raise address_in_use(self.host, self.port, "gRPC")
+        self.port = port
+        return server
 
-            from tfdisguise.serving.rest_api import make_rest_app
+    def _rest_server(self):
+        from tfdisguise.serving.rest_api import make_rest_app
+        from tfdisguise.serving.rest_server import RestServer
 
-            self._http = make_server(self.host, self.rest_api_port, make_rest_app(self.registry), threaded=True)
-            self.rest_api_port = self._http.server_port
-            self._http_thread = threading.Thread(target=self._http.serve_forever, name="rest", daemon=True)
-            self._http_thread.start()
-        log.info("serving %s on gRPC port %d%s", self.registry.names, self.port,
-                 f" and REST port {self.rest_api_port}" if self._http else "")
+        context = self.ssl.ssl_context() if self.ssl else None
+        app = make_rest_app(self.registry, max_request_bytes=self.max_message_bytes,
+                            max_body_bytes=self.rest_limits["max_body_bytes"])
+        return RestServer(app, self.host, self.rest_api_port, ssl_context=context, max_workers=self.max_workers,
+                          **self.rest_limits)
+
+    def start(self) -> ModelServer:
+        """Binds both ports, then serves; raises OSError, and serves nothing, if either port is taken."""
+        rest = self._rest_server().bind() if self.enable_rest else None  # a bad SSL config fails before any bind
+        try:
+            # After REST: a gRPC server that never started keeps its port, so it must be the last to bind.
+            server = self._bind_grpc()
+        except BaseException:
+            if rest is not None:
+                rest.unbind()
+            raise
+        server.start()
+        self._grpc = server
+        if rest is not None:
+            try:
+                self._http = rest.start()
+            except BaseException:
+                self.stop(grace=0)
+                raise
+            self.rest_api_port = rest.port
+        log.info("serving %s on %s: gRPC port %d%s%s", self.registry.names, self.host, self.port,
+                 f", REST port {self.rest_api_port}" if self._http else "", " (TLS)" if self.ssl else "")
         return self
 
     def stop(self, grace: float = 5.0) -> None:
         """Stops taking new requests and lets in-flight ones finish for up to `grace` seconds."""
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.stop(grace)
             self._http = None
         if self._grpc is not None:
             self._grpc.stop(grace).wait()
@@ -94,6 +140,11 @@ class ModelServer:
 
     def __exit__(self, *exc):
         self.stop(grace=1.0)
+
+
+def _address(host: str, port: int) -> str:
+    """gRPC's "host:port", with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 @contextlib.contextmanager
@@ -115,21 +166,27 @@ def _shutdown_requested():
 
 def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "default", model_base_path: str | None = None,
           model_config_file: str | None = None, ssl_config_file: str | None = None, grpc_max_threads: int = 16,
-          host: str = "0.0.0.0", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, grace: float = 5.0) -> int:
+          host: str = "0.0.0.0", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, grace: float = 5.0,
+          rest_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES, rest_read_timeout: float = DEFAULT_REST_READ_TIMEOUT,
+          rest_max_connections: int = DEFAULT_REST_MAX_CONNECTIONS) -> int:
     """Serves until SIGTERM or SIGINT, then lets in-flight requests finish for up to `grace` seconds.
 
     The arguments are `tensorflow_model_server`'s flags of the same names
-    (`rest_api_port=0` means no REST), plus the address to bind and the gRPC
-    message size limit. Must run in the main thread, which receives signals.
+    (`rest_api_port=0` means no REST), plus the address to bind and the
+    limits that `ModelServer` describes. Must run in the main thread, which
+    receives signals.
     """
-    registry = ModelRegistry.from_flags(model_name, model_base_path, model_config_file)
     ssl = read_ssl_config(ssl_config_file) if ssl_config_file else None
+    registry = ModelRegistry.from_flags(model_name, model_base_path, model_config_file)
     # Handlers before start: a SIGTERM right after the server announces itself must stop it gracefully.
     with _shutdown_requested() as stop:
         server = ModelServer(registry, port=port, rest_api_port=rest_api_port or None, host=host,
-                             max_workers=grpc_max_threads, max_message_bytes=max_message_bytes, ssl=ssl).start()
-        print(f"serving {registry.names} on gRPC port {server.port}"
-              + (f", REST port {server.rest_api_port}" if rest_api_port else ""), flush=True)
+                             max_workers=grpc_max_threads, max_message_bytes=max_message_bytes, ssl=ssl,
+                             rest_max_body_bytes=rest_max_body_bytes, rest_read_timeout=rest_read_timeout,
+                             rest_max_connections=rest_max_connections).start()
+        print(f"serving {registry.names} on {host}: gRPC port {server.port}"
+              + (f", REST port {server.rest_api_port}" if rest_api_port else "")
+              + (" (TLS)" if ssl else " (no TLS, no authentication)"), flush=True)
         stop.wait()
         server.stop(grace=grace)
     print("server stopped", flush=True)

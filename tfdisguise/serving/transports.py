@@ -1,16 +1,26 @@
 """How the client reaches one served model: TF Serving's gRPC API or its REST API, behind one interface.
 
-A transport makes one attempt per call, with the timeout it is given; the
-client adds deadlines and retries. Both report failures as `TransportError`
-with the gRPC status code that TF Serving would give, so the client handles
-them alike.
+A transport makes one attempt per call, and that attempt ends within the
+timeout it is given, whatever the server does (REST included: a server that
+trickles its answer is cut off at the deadline). The client adds deadlines and
+retries. Both report every failure as `TransportError` with the gRPC status
+code that TF Serving would give, so the client handles them alike; answers are
+checked before they are decoded, as the server checks requests.
 
 A new API is one more `Transport` subclass, and one line in `transport_for`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.client
+import json
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
 
 import grpc
 import numpy as np
@@ -18,11 +28,17 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES
+from tfdisguise.serving.limits import check_tensor_proto
 
 __all__ = ["GrpcTransport", "RestTransport", "Signature", "Transport", "TransportError", "transport_for"]
 
 # The REST API answers with an HTTP status; TF Serving maps its gRPC codes to these.
-_GRPC_CODE = {404: grpc.StatusCode.NOT_FOUND, 400: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE}
+_GRPC_CODE = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+              403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
+              405: grpc.StatusCode.UNIMPLEMENTED, 413: grpc.StatusCode.INVALID_ARGUMENT,
+              429: grpc.StatusCode.RESOURCE_EXHAUSTED, 501: grpc.StatusCode.UNIMPLEMENTED,
+              502: grpc.StatusCode.UNAVAILABLE, 503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.UNAVAILABLE}
+_NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 
 
 class TransportError(Exception):
@@ -70,6 +86,7 @@ class GrpcTransport(Transport):
     def __init__(self, target: str, model_name: str, version: int | None = None, *, credentials=None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         super().__init__(target, model_name, version)
+        self.max_message_bytes = max_message_bytes
         options = [("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.max_receive_message_length", max_message_bytes)]
         self._channel = (grpc.secure_channel(target, credentials, options) if credentials
@@ -93,7 +110,8 @@ class GrpcTransport(Transport):
         self._model_spec(request.model_spec, "")
         response = self._call(self._stub.GetModelMetadata, request, timeout)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(sig_map)
+        if not response.metadata["signature_def"].Unpack(sig_map):
+            raise TransportError(grpc.StatusCode.INTERNAL, "The model's metadata holds no SignatureDefMap.")
         return {name: Signature(inputs={k: tuple(d.size for d in v.tensor_shape.dim) for k, v in sig.inputs.items()},
                                 outputs=tuple(sorted(sig.outputs)))
                 for name, sig in sig_map.signature_def.items()}
@@ -104,64 +122,199 @@ class GrpcTransport(Transport):
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         response = self._call(self._stub.Predict, request, timeout)
-        return {name: tf.make_ndarray(value) for name, value in response.outputs.items()}
+        try:
+            for name, value in response.outputs.items():
+                check_tensor_proto(name, value, self.max_message_bytes)  # a server's answer may lie like a request
+            return {name: tf.make_ndarray(value) for name, value in response.outputs.items()}
+        except Exception as e:
+            raise TransportError(grpc.StatusCode.INTERNAL, f"The server's answer is malformed: {e}") from None
 
     def close(self) -> None:
         self._channel.close()
 
 
 class RestTransport(Transport):
-    """TF Serving's REST API at `target` ("http://host:port" or "https://...")."""
+    """TF Serving's REST API at `target` ("http://host:port" or "https://host:port[/prefix]").
 
-    def __init__(self, target: str, model_name: str, version: int | None = None):
-        import requests
+    `ssl_context` (for https) checks the server's certificate and may present
+    the client's; the system's CAs by default. Answers over
+    `max_response_bytes` are refused.
+    """
 
+    def __init__(self, target: str, model_name: str, version: int | None = None, *,
+                 ssl_context: ssl.SSLContext | None = None, max_response_bytes: int = 4 * DEFAULT_MAX_MESSAGE_BYTES):
         super().__init__(target.rstrip("/"), model_name, version)
-        self._requests = requests
-        self._session = requests.Session()
+        url = urllib.parse.urlsplit(self.target)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"`target` must be http://HOST:PORT or https://HOST:PORT. Received: target={target!r}")
+        if ssl_context is not None and url.scheme != "https":
+            raise ValueError(f"TLS settings were given, but `target` is plain HTTP; use https://. "
+                             f"Received: target={target!r}")
+        self._scheme, self._host, self._port, self._prefix = url.scheme, url.hostname, url.port, url.path
+        self._ssl_context = ssl_context or (ssl.create_default_context() if url.scheme == "https" else None)
+        self._max_response_bytes = max_response_bytes
         self._outputs: dict[str, tuple[str, ...]] = {}
+        self._idle: http.client.HTTPConnection | None = None  # kept alive between calls
+        self._lock = threading.Lock()
+
+    def _path(self, suffix: str) -> str:
+        # Escaped: a model name is one path segment, whatever it holds ("/", "..", "?", spaces).
+        version = f"/versions/{self.version}" if self.version else ""
+        return f"{self._prefix}/v1/models/{urllib.parse.quote(self.model_name, safe='')}{version}{suffix}"
+
+    def _connection(self, timeout: float, reuse: bool = True) -> http.client.HTTPConnection:
+        """The kept-alive connection (if `reuse`), or a new one (not yet connected)."""
+        with self._lock:
+            connection, self._idle = self._idle, None
+        if connection is not None and reuse:
+            connection.sock.settimeout(timeout)
+            return connection
+        if connection is not None:
+            connection.close()
+        if self._scheme == "https":
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._ssl_context)
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+    def _exchange(self, method: str, suffix: str, timeout: float, body: bytes | None) -> tuple[int, bytes]:
+        """One request and its whole answer, within `timeout` seconds however slowly the server sends."""
+        deadline = time.monotonic() + timeout
+        reused = self._idle is not None
+        try:
+            return self._exchange_once(method, suffix, timeout, body, reuse=True)
+        except TransportError as e:
+            # A kept-alive connection that the server has closed meanwhile fails before any answer: once more, fresh.
+            if not (reused and e.code == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline):
+                raise
+        return self._exchange_once(method, suffix, deadline - time.monotonic(), body, reuse=False)
+
+    def _exchange_once(self, method: str, suffix: str, timeout: float, body: bytes | None,
+                       reuse: bool) -> tuple[int, bytes]:
+        expired = threading.Event()
+        connection = self._connection(timeout, reuse)
+
+        def expire():
+            expired.set()
+            sock = connection.sock
+            if sock is not None:
+                # Ends a read in progress at once; the plain socket's call, so no TLS state is touched.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+        watchdog = threading.Timer(timeout, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            if connection.sock is None:
+                connection.connect()
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            connection.request(method, self._path(suffix), body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read(self._max_response_bytes + 1)
+        except ssl.SSLCertVerificationError as e:
+            connection.close()
+            raise TransportError(grpc.StatusCode.UNAUTHENTICATED,
+                                 f"TLS: the server's certificate is refused: {e.verify_message}") from None
+        except (OSError, http.client.HTTPException) as e:
+            connection.close()
+            if expired.is_set():
+                raise TransportError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                     f"no complete answer within {timeout:.3g} s") from None
+            raise TransportError(grpc.StatusCode.UNAVAILABLE, f"{type(e).__name__}: {e}") from None
+        finally:
+            watchdog.cancel()
+        if expired.is_set() or len(data) > self._max_response_bytes or response.will_close:
+            connection.close()
+            if expired.is_set():
+                raise TransportError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no complete answer within {timeout:.3g} s")
+            if len(data) > self._max_response_bytes:
+                raise TransportError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                     f"The answer is larger than {self._max_response_bytes} bytes.")
+        else:
+            with self._lock:
+                if self._idle is None:
+                    self._idle, connection = connection, None
+            if connection is not None:
+                connection.close()
+        return response.status, data
 
     def _call(self, method: str, suffix: str, timeout: float, payload=None) -> dict:
-        version = f"/versions/{self.version}" if self.version else ""
-        url = f"{self.target}/v1/models/{self.model_name}{version}{suffix}"
+        body = None if payload is None else json.dumps(payload, allow_nan=False).encode()
+        status, data = self._exchange(method, suffix, timeout, body)
         try:
-            response = self._session.request(method, url, json=payload, timeout=timeout)
-        except (self._requests.ConnectionError, self._requests.Timeout) as e:
-            raise TransportError(grpc.StatusCode.UNAVAILABLE, str(e)) from None
-        if response.status_code != 200:
-            try:
-                message = response.json().get("error", response.text)
-            except ValueError:
-                message = response.text
-            raise TransportError(_GRPC_CODE.get(response.status_code, grpc.StatusCode.INTERNAL), message)
-        return response.json()
+            answer = json.loads(data)
+        except (ValueError, RecursionError):
+            answer = None
+        if status != 200:
+            message = answer.get("error") if isinstance(answer, dict) else None
+            message = message or data[:500].decode("utf-8", "replace") or f"HTTP {status} with no message"
+            raise TransportError(_GRPC_CODE.get(status, grpc.StatusCode.INTERNAL), message)
+        if not isinstance(answer, dict):
+            raise TransportError(grpc.StatusCode.INTERNAL,
+                                 f"The server's answer is not a JSON object: {data[:200].decode('utf-8', 'replace')}")
+        return answer
 
     def signatures(self, timeout: float) -> dict[str, Signature]:
-        defs = self._call("GET", "/metadata", timeout)["metadata"]["signature_def"]["signatureDef"]
-        found = {name: Signature(inputs={k: tuple(int(d.get("size", -1)) for d in v["tensorShape"].get("dim", []))
-                                         for k, v in sig.get("inputs", {}).items()},
-                                 outputs=tuple(sorted(sig.get("outputs", {}))))
-                 for name, sig in defs.items()}
+        answer = self._call("GET", "/metadata", timeout)
+        try:
+            defs = answer["metadata"]["signature_def"]["signatureDef"]
+            found = {name: Signature(inputs={k: tuple(int(d.get("size", -1)) for d in v["tensorShape"].get("dim", []))
+                                             for k, v in sig.get("inputs", {}).items()},
+                                     outputs=tuple(sorted(sig.get("outputs", {}))))
+                     for name, sig in defs.items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise TransportError(grpc.StatusCode.INTERNAL, f"The model's metadata is malformed ({e!r}).") from None
         self._outputs = {name: sig.outputs for name, sig in found.items()}
         return found
 
     def predict(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float) -> dict[str, np.ndarray]:
+        deadline = time.monotonic() + timeout
         body = {"signature_name": signature_name, "inputs": {k: v.tolist() for k, v in inputs.items()}}
-        outputs = self._call("POST", ":predict", timeout, body)["outputs"]
+        try:
+            outputs = self._call("POST", ":predict", timeout, body)["outputs"]
+        except KeyError:
+            raise TransportError(grpc.StatusCode.INTERNAL, "The server's answer has no 'outputs'.") from None
         if not isinstance(outputs, dict):
             # A signature with one output answers with the bare value; its name is in the metadata.
             if signature_name not in self._outputs:
-                self.signatures(timeout)
-            outputs = {self._outputs[signature_name][0]: outputs}
-        return {name: np.asarray(value) for name, value in outputs.items()}
+                self.signatures(max(deadline - time.monotonic(), 0.001))
+            names = self._outputs.get(signature_name, ())
+            if len(names) != 1:
+                raise TransportError(grpc.StatusCode.INTERNAL, f"Signature {signature_name!r} has outputs {names}, "
+                                                               f"but the answer holds one bare value.")
+            outputs = {names[0]: outputs}
+        return {name: _from_json(value) for name, value in outputs.items()}
 
     def close(self) -> None:
-        self._session.close()
+        with self._lock:
+            connection, self._idle = self._idle, None
+        if connection is not None:
+            connection.close()
 
 
-def transport_for(target: str, model_name: str, version: int | None = None, *, credentials=None,
+def _from_json(value) -> np.ndarray:
+    """An output as an array; "NaN", "Infinity" and "-Infinity" among numbers are read as those floats."""
+    array = np.asarray(value)
+    if array.dtype.kind in "UO" and array.size:
+        objects = np.asarray(value, dtype=object)  # the JSON values as they came, numbers and strings apart
+        flat = objects.reshape(-1).tolist()
+        numbers = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat]
+        if any(numbers) and all(n or (isinstance(v, str) and v in _NON_FINITE) for n, v in zip(numbers, flat)):
+            return np.asarray([v if n else _NON_FINITE[v] for n, v in zip(numbers, flat)]).reshape(objects.shape)
+    return array
+
+
+def transport_for(target: str, model_name: str, version: int | None = None, *, credentials=None, tls=None,
                   max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Transport:
-    """REST for an "http://" or "https://" target, gRPC ("host:port") otherwise."""
+    """REST for an "http://" or "https://" target, gRPC ("host:port") otherwise.
+
+    `tls` (a `tls.ClientTLS`) serves both; `credentials` (grpc's own) only gRPC.
+    """
     if target.startswith(("http://", "https://")):
-        return RestTransport(target, model_name, version)
+        if credentials is not None:
+            raise ValueError("`credentials` are gRPC's; for a REST target pass `tls` (a ClientTLS).")
+        return RestTransport(target, model_name, version, ssl_context=tls.ssl_context() if tls else None)
+    if tls is not None:
+        if credentials is not None:
+            raise ValueError("Pass `tls` or `credentials`, not both.")
+        credentials = tls.grpc_credentials()
     return GrpcTransport(target, model_name, version, credentials=credentials, max_message_bytes=max_message_bytes)
