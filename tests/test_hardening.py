@@ -510,7 +510,8 @@ def test_dockerfile_flags_are_serve_flags():
         setattr(args, flag[2:], str(ROOT / "serving" / os.path.basename(given)))  # /config/x is serving/x here
     options, notes = serve.embedded_options(args)
     assert options["port"] == 8500 and options["rest_api_port"] == 8501 and options["host"] == "0.0.0.0"
-    assert len(notes) == 3 and all("read by tensorflow_model_server only" in n for n in notes)
+    # The embedded server now batches and serves metrics itself: nothing is left for the real server alone.
+    assert notes == [] and options["monitoring_config_file"].endswith("monitoring.config")
     args.batching_parameters_file = "/nowhere/batching.txt"
     with pytest.raises(ValueError, match="--batching_parameters_file: /nowhere/batching.txt is not a file"):
         serve.embedded_options(args)

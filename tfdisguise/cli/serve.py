@@ -65,14 +65,20 @@ _MODEL_SERVER_FLAGS = (
      "an SSLConfig text proto: server_key, server_cert[, custom_ca, client_verify]; TLS for gRPC and REST alike"),
     ("--grpc_max_threads", {"type": int}, "gRPC worker threads (default 16)"),
     ("--enable_batching", {"type": _bool, "nargs": "?", "const": "true"},
-     "server-side batching (tensorflow_model_server only: the embedded server runs each request as it comes)"),
+     "server-side batching: concurrent requests to one model and signature run as one batch"),
     ("--batching_parameters_file", {"type": str},
-     "a BatchingParameters text proto (tensorflow_model_server only; the embedded server checks it exists)"),
+     "a BatchingParameters text proto: max_batch_size, batch_timeout_micros, max_enqueued_batches, "
+     "num_batch_threads, allowed_batch_sizes"),
     ("--monitoring_config_file", {"type": str},
-     "a MonitoringConfig text proto (tensorflow_model_server only; the embedded server checks it exists)"),
+     "a MonitoringConfig text proto: prometheus_config { enable: true, path: ... } serves metrics on the REST port"),
+    ("--file_system_poll_wait_seconds", {"type": float},
+     "seconds between polls for new and removed versions (default 1; 0 loads once)"),
+    ("--model_config_file_poll_wait_seconds", {"type": float},
+     "seconds between re-reads of --model_config_file (default 0: read once)"),
+    ("--rest_api_num_threads", {"type": int}, "threads that run REST requests (default: --grpc_max_threads)"),
+    ("--rest_api_timeout_in_ms", {"type": int}, "deadline of each REST predict, in milliseconds (default: none)"),
 )
-# Read by tensorflow_model_server alone: the embedded server says so, and answers the same without them.
-_MODEL_SERVER_ONLY = ("enable_batching", "batching_parameters_file", "monitoring_config_file")
+_FILES = ("batching_parameters_file", "monitoring_config_file")  # must exist, here as for the real server
 
 
 def register_subparser(subparsers) -> None:
@@ -129,20 +135,19 @@ def model_server_argv(args, unknown_flags=()) -> list[str]:
 
 
 def embedded_options(args) -> tuple[dict, list[str]]:
-    """The embedded server's `serve()` arguments, and notes on the flags it reads but does not act on.
+    """The embedded server's `serve()` arguments, and notes on flags it reads but does not act on (none now).
 
-    The files that those flags name must exist, as they must for the real
-    server, so that a command line that fails there fails here too.
+    The files that flags name must exist, as they must for the real server, so
+    that a command line that fails there fails here too.
     """
     given = _given(args)
     notes = []
-    for name in _MODEL_SERVER_ONLY:
-        value = given.pop(name, None)
-        if name.endswith("_file") and value is not None and not os.path.isfile(value):
+    for name in _FILES:
+        value = given.get(name)
+        if value is not None and not os.path.isfile(value):
             raise ValueError(f"--{name}: {value} is not a file.")
-        if value not in (None, "false"):
-            notes.append(f"--{name}={value} is read by {MODEL_SERVER} only; the embedded server answers the same "
-                         f"without it.")
+    if given.get("batching_parameters_file") and given.get("enable_batching") != "true":
+        notes.append("--batching_parameters_file is read only with --enable_batching, as in TF Serving.")
     options = dict(given, host=args.host or "0.0.0.0", max_message_bytes=args.max_message_bytes,
                    rest_max_body_bytes=args.rest_max_body_bytes, rest_read_timeout=args.rest_read_timeout,
                    rest_max_connections=args.rest_max_connections)

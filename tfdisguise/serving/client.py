@@ -13,6 +13,7 @@ Example (against a running server):
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 import time
@@ -158,6 +159,43 @@ class DisguisedClient:
     def _predict_raw(self, inputs: dict[str, np.ndarray], signature_name="serving_default") -> dict[str, np.ndarray]:
         return self._retrying(lambda timeout: self._transport.predict(inputs, signature_name, timeout))
 
+    def _send(self, batches, concurrency: int) -> dict[str, np.ndarray]:
+        """Sends each of `batches` (an iterable of input dicts, made lazily), at most `concurrency` at once,
+        and joins their answers in order. A call that fails retryably is retried alone, as `_predict_raw`."""
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"`concurrency` must be an int >= 1. Received: concurrency={concurrency!r}")
+        if concurrency == 1:
+            parts = [self._predict_raw(inputs) for inputs in batches]
+        else:
+            parts, in_flight = [], collections.deque()
+            try:
+                for inputs in batches:
+                    in_flight.append((inputs, self._transport.predict_future(inputs, "serving_default",
+                                                                             self.timeout)))
+                    if len(in_flight) >= concurrency:
+                        parts.append(self._collect(*in_flight.popleft()))
+                while in_flight:
+                    parts.append(self._collect(*in_flight.popleft()))
+            finally:
+                for _, future in in_flight:  # after an error: the answers still coming are not waited for
+                    getattr(future, "cancel", lambda: None)()
+                    getattr(getattr(future, "future", None), "cancel", lambda: None)()
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _collect(self, inputs, future) -> dict[str, np.ndarray]:
+        try:
+            return future.result()
+        except TransportError as e:
+            if e.retryable:
+                return self._predict_raw(inputs)
+            raise ServingClientError(f"{self.model_name} at {self.target}: {e.code.name}: {e.message}",
+                                     e.code) from None
+        except Exception as e:  # as in `_retrying`
+            raise ServingClientError(f"{self.model_name} at {self.target}: {type(e).__name__}: {e}",
+                                     grpc.StatusCode.INTERNAL) from e
+
     # ---- metadata and key check ------------------------------------------------------
 
     @property
@@ -190,8 +228,8 @@ class DisguisedClient:
 
     # ---- predictions ---------------------------------------------------------------------
 
-    def predict_disguised(self, disguised) -> dict[str, np.ndarray]:
-        """Sends already disguised float32 images, in batches; returns outputs by name."""
+    def predict_disguised(self, disguised, *, concurrency: int = 1) -> dict[str, np.ndarray]:
+        """Sends already disguised float32 images, in batches (`concurrency` in flight); returns outputs by name."""
         disguised = np.asarray(disguised)
         shape = self.key.spec.image_shape
         if disguised.ndim != 4 or disguised.shape[1:] != shape or not len(disguised):
@@ -202,25 +240,25 @@ class DisguisedClient:
                               f"Received: dtype={disguised.dtype}")
         disguised = disguised.astype(np.float32, copy=False)
         name = self.metadata["input"]
-        parts = [self._predict_raw({name: disguised[i:i + self.batch_size]})
-                 for i in range(0, len(disguised), self.batch_size)]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self._send(({name: disguised[i:i + self.batch_size]} for i in range(0, len(disguised), self.batch_size)),
+                          concurrency)
 
-    def predict(self, images) -> dict[str, np.ndarray]:
+    def predict(self, images, *, concurrency: int = 1) -> dict[str, np.ndarray]:
         """Disguises `images` (uint8 or 0..255 float, [N,H,W,C] or one image) and returns the model's outputs.
 
-        Images the key's spec cannot mean (another shape or dtype, NaN, values
-        outside 0..255, 0..1-scaled floats, none at all) raise `ImagesError`
-        before anything is sent.
+        Batches of `batch_size` are sent with up to `concurrency` in flight
+        (gRPC futures; pooled connections for REST), each disguised just before
+        it is sent. Images the key's spec cannot mean (another shape or dtype,
+        NaN, values outside 0..255, 0..1-scaled floats, none at all) raise
+        `ImagesError` before anything is sent.
         """
         images = check_images(images, self.key.spec.image_shape)
         name = self.metadata["input"]  # checks the key before any data leaves
         if images.dtype != np.uint8:
             images = images.astype(np.float32)
         disguise = self._disguisers[tf.uint8 if images.dtype == np.uint8 else tf.float32]
-        parts = [self._predict_raw({name: disguise(tf.constant(images[i:i + self.batch_size])).numpy()})
-                 for i in range(0, len(images), self.batch_size)]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self._send(({name: disguise(images[i:i + self.batch_size]).numpy()}
+                           for i in range(0, len(images), self.batch_size)), concurrency)
 
     def close(self) -> None:
         self._transport.close()

@@ -1,7 +1,13 @@
 """TF Serving's gRPC API over a `ModelRegistry`.
 
 tensorflow.serving.PredictionService: Predict, GetModelMetadata.
-tensorflow.serving.ModelService: GetModelStatus.
+tensorflow.serving.ModelService: GetModelStatus, HandleReloadConfigRequest.
+
+A Predict whose deadline has already passed is answered DEADLINE_EXCEEDED and
+not run. It holds its model version (`ModelRegistry.hold`) until it is
+answered, so an unloaded version finishes its requests first. With a
+`registry.batcher` it is merged with concurrent requests; with
+`registry.metrics` it is counted.
 
 Predict checks each input's declared shape, dtype and value count against the
 signature and a size cap (`limits`) before it decodes a single value.
@@ -13,12 +19,14 @@ which answers with their JSON form, as TF Serving does.
 from __future__ import annotations
 
 import functools
+import time
 
 import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -28,7 +36,8 @@ from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES
 from tfdisguise.serving.limits import check_tensor_proto
 from tfdisguise.serving.registry import ModelRegistry, Servable, ServingError
 
-__all__ = ["ModelStatusServicer", "PredictionServicer", "add_servicers", "model_status", "signature_def_map"]
+__all__ = ["ModelStatusServicer", "PredictionServicer", "add_servicers", "counted", "model_status", "run_predict",
+           "signature_def_map"]
 
 
 def _aborts_on_serving_error(method):
@@ -72,15 +81,58 @@ def signature_def_map(servable: Servable) -> get_model_metadata_pb2.SignatureDef
 
 def model_status(registry: ModelRegistry, name: str, version: int | None = None,
                  label: str | None = None) -> get_model_status_pb2.GetModelStatusResponse:
-    """Every loaded version of `name`, or only the one that `version` or `label` picks."""
-    versions = [registry.get(name, version, label).version] if (version or label) else registry.versions(name)
+    """Every version of `name` the server has seen (failed loads included), or only the one `version` or `label`
+    picks."""
+    states = registry.status(name)
+    if label:
+        version = registry.get(name, None, label).version
+    if version:
+        if version not in states:
+            raise ServingError(grpc.StatusCode.NOT_FOUND,
+                               f"Servable not found for request: Specific({name}, {version})")
+        states = {version: states[version]}
     response = get_model_status_pb2.GetModelStatusResponse()
-    for v in versions:
+    for v, state in sorted(states.items()):
         status = response.model_version_status.add()
         status.version = v
-        status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        status.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
         status.status.SetInParent()  # error_code OK, printed like TF Serving does
+        if state.error_code != grpc.StatusCode.OK:
+            status.status.error_code = state.error_code.value[0]
+            status.status.error_message = state.error_message
     return response
+
+
+def run_predict(registry: ModelRegistry, servable: Servable, signature: str, inputs: dict, output_filter=(),
+                deadline: float | None = None) -> dict:
+    """Runs a request, through the registry's batcher if it has one; not at all once `deadline` has passed."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded before the request ran")
+    batcher = getattr(registry, "batcher", None)
+    if batcher is None or output_filter:
+        return servable.run(signature, inputs, output_filter)
+    return batcher.run(servable, signature, inputs, deadline)
+
+
+def counted(registry: ModelRegistry, model: str, api: str, entrypoint: str):
+    """A context that counts one request in the registry's metrics (if any), with the status it ends with."""
+    return _Counted(getattr(registry, "metrics", None), model, api, entrypoint)
+
+
+class _Counted:
+    def __init__(self, metrics, model, api, entrypoint):
+        self.metrics, self.labels = metrics, (model, api, entrypoint)
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if self.metrics is not None:
+            status = "OK" if error is None else (error.code.name if isinstance(error, ServingError) else "INTERNAL")
+            model, api, entrypoint = self.labels
+            self.metrics.request(model, api, entrypoint, status, time.perf_counter() - self.start)
+        return False
 
 
 def _decoded_inputs(servable: Servable, signature: str, request, max_bytes: int) -> dict:
@@ -110,10 +162,17 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @_aborts_on_serving_error
     def Predict(self, request, context):
-        servable = _servable(self.registry, request.model_spec)
-        signature = request.model_spec.signature_name or "serving_default"
-        inputs = _decoded_inputs(servable, signature, request, self.max_request_bytes)
-        outputs = servable.run(signature, inputs, tuple(request.output_filter))
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        spec = request.model_spec
+        with counted(self.registry, spec.name, "predict", "GRPC"):
+            if deadline is not None and remaining <= 0:
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded before the request ran")
+            with self.registry.hold(spec.name, *_version(spec)) as servable:
+                signature = spec.signature_name or "serving_default"
+                inputs = _decoded_inputs(servable, signature, request, self.max_request_bytes)
+                outputs = run_predict(self.registry, servable, signature, inputs, tuple(request.output_filter),
+                                      deadline)
         response = predict_pb2.PredictResponse()
         _answered_by(response.model_spec, servable)
         response.model_spec.signature_name = signature
@@ -139,6 +198,16 @@ class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
     @_aborts_on_serving_error
     def GetModelStatus(self, request, context):
         return model_status(self.registry, request.model_spec.name, *_version(request.model_spec))
+
+    def HandleReloadConfigRequest(self, request, context):
+        """Serves the models of `request.config` from now on: added ones loaded, removed ones unloaded."""
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            self.registry.reload(request.config)
+        except (ValueError, ServingError) as e:
+            response.status.error_code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            response.status.error_message = str(e)
+        return response
 
 
 def add_servicers(server: grpc.Server, registry: ModelRegistry,

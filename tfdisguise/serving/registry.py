@@ -2,14 +2,25 @@
 
 Errors carry TF Serving's status codes: NOT_FOUND for an unknown model or
 version, INVALID_ARGUMENT for inputs that do not fit the signature.
+
+Versions come and go while serving (`poll()`, run every
+--file_system_poll_wait_seconds by `start_polling`): a new version is loaded
+and warmed up (assets.extra/tf_serving_warmup_requests) before it serves; a
+version that fails to load is skipped, logged, and reported by `status()`,
+and the versions already serving go on; an old version leaves the map at
+once, and is released only after the requests that hold it (`hold()`) are
+done. `reload(config)` adds and removes models live.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import re
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -18,7 +29,9 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-__all__ = ["ServingError", "Servable", "ModelRegistry", "parse_model_config"]
+__all__ = ["ServingError", "Servable", "ModelRegistry", "VersionStatus", "parse_model_config"]
+
+log = logging.getLogger("tfdisguise.serve")
 
 
 class ServingError(Exception):
@@ -53,6 +66,7 @@ class Servable:
     path: str
     loaded: object
     signature_defs: dict  # name -> tensorflow.SignatureDef proto, as saved
+    in_flight: int = 0  # requests holding it (`ModelRegistry.hold`); it is released only at 0
 
     def signature(self, signature_name: str):
         name = signature_name or "serving_default"
@@ -113,20 +127,89 @@ def _versions(base_path: str) -> list[int]:
     return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(base_path) if re.fullmatch(r"\d+/?", n))
 
 
-class ModelRegistry:
-    """The models a server serves, with their loaded versions."""
+def _chosen(mc, versions: list[int]) -> list[int]:
+    """The versions that `mc`'s model_version_policy asks for, among `versions` (those that can load)."""
+    policy = mc.model_version_policy.WhichOneof("policy_choice")
+    if policy == "all":
+        return list(versions)
+    if policy == "specific":
+        wanted = set(mc.model_version_policy.specific.versions)
+        return [v for v in versions if v in wanted]
+    n = mc.model_version_policy.latest.num_versions if policy == "latest" else 1  # TF Serving's default: latest 1
+    return versions[-max(1, n):] if versions else []
 
-    def __init__(self, config: model_server_config_pb2.ModelServerConfig):
-        self._lock = threading.Lock()
+
+def _warm_up(servable: Servable) -> int:
+    """Replays the version's assets.extra/tf_serving_warmup_requests (Predict logs), as TF Serving does."""
+    path = os.path.join(servable.path, "assets.extra", "tf_serving_warmup_requests")
+    if not tf.io.gfile.exists(path):
+        return 0
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    count = 0
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        entry = prediction_log_pb2.PredictionLog.FromString(record)
+        if entry.WhichOneof("log_type") != "predict_log":
+            continue
+        request = entry.predict_log.request
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        servable.run(request.model_spec.signature_name, inputs)
+        count += 1
+    return count
+
+
+def load_servable(name: str, version: int, path: str) -> Servable:
+    """Loads one version and warms it up; any failure raises."""
+    servable = Servable(name, version, path, tf.saved_model.load(path), _signature_defs(path))
+    _warm_up(servable)
+    return servable
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionStatus:
+    """A version's state, in TF Serving's words (ModelVersionStatus.State), and the error that ended it, if any."""
+
+    state: str  # "LOADING", "AVAILABLE", "UNLOADING" or "END"
+    error_code: grpc.StatusCode = grpc.StatusCode.OK
+    error_message: str = ""
+
+
+class ModelRegistry:
+    """The models a server serves, with their loaded versions.
+
+    Raises ValueError at construction for a model with no version that loads.
+    """
+
+    # How long an unloaded version waits for the requests that still hold it before it is released anyway.
+    UNLOAD_GRACE = 60.0
+
+    def __init__(self, config: model_server_config_pb2.ModelServerConfig, *, config_path: str | None = None):
+        self._lock = threading.RLock()
+        self._poll_lock = threading.Lock()  # one poll or reload at a time
         self._models: dict[str, dict[int, Servable]] = {}
         self._labels: dict[str, dict[str, int]] = {}
+        self._configs: dict[str, object] = {}
+        self._status: dict[str, dict[int, VersionStatus]] = {}
+        self._failed: dict[str, dict[int, str]] = {}  # versions that failed to load: not retried
+        self._config_path, self._config_text = config_path, None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        from tfdisguise.serving.metrics import Metrics
+
+        self.metrics = Metrics()  # what the APIs answered and what loaded; served with --monitoring_config_file
+        self.batcher = None  # a `batching.Batcher` merges concurrent requests (--enable_batching)
+        self.listeners = [self.metrics.version_state]  # callables (model, version, VersionStatus)
         for mc in config.model_config_list.config:
-            self._load(mc)
+            self._configs[mc.name] = mc
+            self._poll_model(mc, initial=True)
 
     @classmethod
     def from_flags(cls, model_name=None, model_base_path=None, model_config_file=None) -> ModelRegistry:
         if model_config_file:
-            return cls(parse_model_config(model_config_file))
+            registry = cls(parse_model_config(model_config_file), config_path=model_config_file)
+            with tf.io.gfile.GFile(model_config_file) as f:
+                registry._config_text = f.read()
+            return registry
         if not model_base_path:
             raise ValueError("Give --model_config_file, or --model_base_path (with --model_name).")
         config = model_server_config_pb2.ModelServerConfig()
@@ -135,25 +218,157 @@ class ModelRegistry:
         mc.base_path = model_base_path
         return cls(config)
 
-    def _load(self, mc) -> None:
-        versions = _versions(mc.base_path)
-        policy = mc.model_version_policy.WhichOneof("policy_choice")
-        if policy == "all":
-            chosen = versions
-        elif policy == "specific":
-            chosen = [v for v in versions if v in set(mc.model_version_policy.specific.versions)]
-        else:  # TF Serving's default: the latest version(s)
-            n = mc.model_version_policy.latest.num_versions if policy == "latest" else 1
-            chosen = versions[-max(1, n):]
-        if not chosen:
-            raise ValueError(f"Model {mc.name!r}: no servable versions under {mc.base_path}.")
-        servables = {}
-        for v in chosen:
-            path = os.path.join(mc.base_path, str(v))
-            servables[v] = Servable(mc.name, v, path, tf.saved_model.load(path), _signature_defs(path))
+    # ---- loading and unloading -----------------------------------------------------------
+
+    def _set_status(self, name: str, version: int, status: VersionStatus) -> None:
         with self._lock:
-            self._models[mc.name] = servables
+            self._status.setdefault(name, {})[version] = status
+        for listener in self.listeners:
+            listener(name, version, status)
+
+    def _poll_model(self, mc, initial: bool = False) -> None:
+        """Brings `mc`'s served versions in line with its policy and what is on disk."""
+        try:
+            on_disk = _versions(mc.base_path)
+        except ValueError:
+            if initial:
+                raise
+            log.warning("model %s: base path %s is gone; its versions keep serving", mc.name, mc.base_path)
+            return
+        failed = self._failed.setdefault(mc.name, {})
+        loaded = dict(self._models.get(mc.name, {}))
+        while True:
+            chosen = _chosen(mc, [v for v in on_disk if v not in failed])
+            missing = [v for v in chosen if v not in loaded]
+            if not missing:
+                break
+            for v in missing:
+                path = os.path.join(mc.base_path, str(v))
+                self._set_status(mc.name, v, VersionStatus("LOADING"))
+                try:
+                    servable = load_servable(mc.name, v, path)
+                except Exception as e:  # a corrupt or half-written version must not stop the others
+                    message = f"Failed to load {mc.name} version {v} from {path}: {type(e).__name__}: " \
+                              f"{str(e).splitlines()[0] if str(e) else ''}"
+                    log.error("%s; serving versions %s meanwhile", message, sorted(loaded))
+                    failed[v] = message
+                    self._set_status(mc.name, v, VersionStatus("END", grpc.StatusCode.UNKNOWN, message))
+                    continue
+                loaded[v] = servable
+                with self._lock:  # serves from here on, before any old version leaves
+                    self._models.setdefault(mc.name, {})[v] = servable
+                    self._labels[mc.name] = dict(mc.version_labels)
+                self._set_status(mc.name, v, VersionStatus("AVAILABLE"))
+                log.info("model %s: version %d is AVAILABLE", mc.name, v)
+        if not chosen:
+            if initial:
+                raise ValueError(f"Model {mc.name!r}: no servable versions under {mc.base_path}"
+                                 + (f" ({'; '.join(failed.values())})" if failed else "") + ".")
+            return  # keep what serves rather than serve nothing
+        with self._lock:
             self._labels[mc.name] = dict(mc.version_labels)
+        for v in sorted(set(loaded) - set(chosen)):
+            self._unload(mc.name, v)
+
+    def _unload(self, name: str, version: int) -> None:
+        with self._lock:
+            servable = self._models.get(name, {}).pop(version, None)
+            if name in self._models and not self._models[name]:
+                del self._models[name]
+        if servable is None:
+            return
+        self._set_status(name, version, VersionStatus("UNLOADING"))
+        deadline = time.monotonic() + self.UNLOAD_GRACE
+        while servable.in_flight and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if servable.in_flight:
+            log.warning("model %s version %d: %d requests still running after %.0f s; released anyway",
+                        name, version, servable.in_flight, self.UNLOAD_GRACE)
+        if self.batcher is not None:
+            self.batcher.forget(servable)
+        self._set_status(name, version, VersionStatus("END"))
+        log.info("model %s: version %d unloaded", name, version)
+
+    def poll(self) -> None:
+        """Loads new versions and unloads old ones, for every model (what each poll of the file system does)."""
+        with self._poll_lock:
+            for mc in list(self._configs.values()):
+                try:
+                    self._poll_model(mc)
+                except Exception:  # one model's trouble must not stop the others' polling
+                    log.exception("model %s: polling failed", mc.name)
+
+    def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Serves the models of `config`: new ones are loaded, removed ones unloaded, changed ones re-polled.
+
+        Raises ValueError for a config that is not a model_config_list (nothing changes), or for a new model
+        with no version that loads (the models before it in `config` are applied; those already serving stay).
+        """
+        if config.WhichOneof("config") != "model_config_list":
+            raise ValueError("Only a model_config_list can be served; got "
+                             f"{config.WhichOneof('config') or 'an empty config'}.")
+        wanted = {mc.name: mc for mc in config.model_config_list.config}
+        with self._poll_lock:
+            for name, mc in wanted.items():
+                if self._configs.get(name) != mc:
+                    if self._configs.get(name) is None or self._configs[name].base_path != mc.base_path:
+                        self._failed.pop(name, None)
+                    self._poll_model(mc, initial=name not in self._models)
+                self._configs[name] = mc
+            for name in sorted(set(self._configs) - set(wanted)):
+                del self._configs[name]
+                for v in sorted(self._models.get(name, {})):
+                    self._unload(name, v)
+                with self._lock:
+                    self._labels.pop(name, None)
+                self._failed.pop(name, None)
+                log.info("model %s removed", name)
+
+    def reload_config_file(self) -> bool:
+        """Re-reads the --model_config_file, and reloads if it changed since it was last read; True if it did.
+
+        (A `reload()` in between, from HandleReloadConfigRequest, stands until the file changes.)
+        """
+        if not self._config_path:
+            return False
+        with tf.io.gfile.GFile(self._config_path) as f:
+            text = f.read()
+        if text == self._config_text:
+            return False
+        self.reload(parse_model_config(self._config_path))
+        self._config_text = text
+        return True
+
+    def _every(self, seconds: float, what, name: str) -> None:
+        def loop():
+            while not self._stop.wait(seconds):
+                try:
+                    what()
+                except Exception:  # logged; the next round tries again
+                    log.exception("%s failed", name)
+
+        thread = threading.Thread(target=loop, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def start_polling(self, file_system_poll_wait_seconds: float = 1.0,
+                      model_config_file_poll_wait_seconds: float = 0.0) -> ModelRegistry:
+        """Polls the versions every `file_system_poll_wait_seconds` and the config file every
+        `model_config_file_poll_wait_seconds`, in background threads; 0 leaves either as loaded."""
+        if file_system_poll_wait_seconds > 0:
+            self._every(file_system_poll_wait_seconds, self.poll, "version-poll")
+        if model_config_file_poll_wait_seconds > 0 and self._config_path:
+            self._every(model_config_file_poll_wait_seconds, self.reload_config_file, "config-poll")
+        return self
+
+    def stop_polling(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads = []
+        self._stop = threading.Event()
+
+    # ---- look-ups --------------------------------------------------------------------------
 
     @property
     def names(self) -> list[str]:
@@ -162,20 +377,41 @@ class ModelRegistry:
     def versions(self, name: str) -> list[int]:
         return sorted(self._lookup(name))
 
+    def status(self, name: str) -> dict[int, VersionStatus]:
+        """Every version's state that this server has seen for `name` (failed loads included)."""
+        with self._lock:
+            if name not in self._status or (name not in self._configs and name not in self._models):
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+            return dict(self._status[name])
+
     def _lookup(self, name: str) -> dict[int, Servable]:
-        if name not in self._models:
+        servables = self._models.get(name)
+        if not servables:
             raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
-        return self._models[name]
+        return servables
 
     def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
-        servables = self._lookup(name)
-        if label:
-            if label not in self._labels.get(name, {}):
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Unrecognized servable version label: {label}")
-            version = self._labels[name][label]
-        if version is None:
-            return servables[max(servables)]
-        if version not in servables:
-            raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"Servable not found for request: Specific({name}, {version})")
-        return servables[version]
+        with self._lock:
+            servables = self._lookup(name)
+            if label:
+                if label not in self._labels.get(name, {}):
+                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"Unrecognized servable version label: {label}")
+                version = self._labels[name][label]
+            if version is None:
+                return servables[max(servables)]
+            if version not in servables:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Servable not found for request: Specific({name}, {version})")
+            return servables[version]
+
+    @contextlib.contextmanager
+    def hold(self, name: str, version: int | None = None, label: str | None = None):
+        """Yields the servable that `get` picks, kept loaded until the block ends (a request in flight)."""
+        with self._lock:
+            servable = self.get(name, version, label)
+            servable.in_flight += 1
+        try:
+            yield servable
+        finally:
+            with self._lock:
+                servable.in_flight -= 1

@@ -11,6 +11,11 @@ the signature and the size cap (`limits`) before they become arrays. Answers are
 strict JSON: a NaN or infinite output is written as the string "NaN",
 "Infinity" or "-Infinity", as protobuf's JSON mapping writes them.
 
+`make_rest_app(metrics_path=...)` also answers GET at that path with the
+registry's Prometheus metrics; `timeout_in_ms` gives each predict a deadline
+(--rest_api_timeout_in_ms), past which it is not run (504, DEADLINE_EXCEEDED).
+A full batching queue answers 503 (UNAVAILABLE).
+
 The app serves under any WSGI server; `rest_server` hosts it with TLS, time
 limits and a connection cap.
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 
 import grpc
 import numpy as np
@@ -32,7 +38,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
 from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES
-from tfdisguise.serving.grpc_api import model_status, signature_def_map
+from tfdisguise.serving.grpc_api import counted, model_status, run_predict, signature_def_map
 from tfdisguise.serving.limits import DEFAULT_REST_MAX_BODY_BYTES, check_json_input
 from tfdisguise.serving.registry import ModelRegistry, Servable, ServingError
 
@@ -45,7 +51,8 @@ _PATH = re.compile(
     r"(?P<verb>:predict|:classify|:regress|/metadata)?$"
 )
 _HTTP_STATUS = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400,
-                grpc.StatusCode.UNIMPLEMENTED: 501}
+                grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.UNAVAILABLE: 503,
+                grpc.StatusCode.DEADLINE_EXCEEDED: 504, grpc.StatusCode.RESOURCE_EXHAUSTED: 429}
 _NON_FINITE = (("NaN", np.isnan), ("Infinity", np.isposinf), ("-Infinity", np.isneginf))
 
 
@@ -97,7 +104,7 @@ def _arrays(columns: dict, spec: dict, max_bytes: int) -> dict:
     return {key: _to_array(value, spec[key].dtype) for key, value in columns.items()}
 
 
-def _predict_rows(servable: Servable, signature: str, spec: dict, instances, max_bytes: int) -> dict:
+def _predict_rows(run, spec: dict, instances, max_bytes: int) -> dict:
     if not isinstance(instances, list) or not instances:
         raise _invalid("'instances' must be a non-empty list.")
     if len(spec) == 1 and not isinstance(instances[0], dict):
@@ -107,7 +114,7 @@ def _predict_rows(servable: Servable, signature: str, spec: dict, instances, max
         if not all(isinstance(i, dict) for i in instances):
             raise _invalid("Each instance must be an object of named inputs.")
         inputs = _arrays({k: [i.get(k) for i in instances] for k in spec}, spec, max_bytes)
-    outputs = servable.run(signature, inputs)
+    outputs = run(inputs)
     keys = sorted(outputs)
     if len(keys) == 1:
         return {"predictions": _jsonable(outputs[keys[0]])}
@@ -115,25 +122,29 @@ def _predict_rows(servable: Servable, signature: str, spec: dict, instances, max
                             for row in range(len(instances))]}
 
 
-def _predict_columns(servable: Servable, signature: str, spec: dict, columns, max_bytes: int) -> dict:
+def _predict_columns(run, spec: dict, columns, max_bytes: int) -> dict:
     if not isinstance(columns, dict):
         if len(spec) != 1:
             raise _invalid(f"'inputs' must name the inputs {sorted(spec)}.")
         (key,) = spec
         columns = {key: columns}
-    outputs = servable.run(signature, _arrays(columns, spec, max_bytes))
+    outputs = run(_arrays(columns, spec, max_bytes))
     if len(outputs) == 1:
         return {"outputs": _jsonable(next(iter(outputs.values())))}
     return {"outputs": {k: _jsonable(v) for k, v in outputs.items()}}
 
 
-def _predict(servable: Servable, body: dict, max_bytes: int) -> dict:
+def _predict(registry: ModelRegistry, servable: Servable, body: dict, max_bytes: int, deadline) -> dict:
     signature, spec = servable.input_specs(body.get("signature_name") or "serving_default")
     if ("instances" in body) == ("inputs" in body):
         raise _invalid("Request must have exactly one of 'instances' or 'inputs'.")
+
+    def run(inputs):
+        return run_predict(registry, servable, signature, inputs, (), deadline)
+
     if "instances" in body:
-        return _predict_rows(servable, signature, spec, body["instances"], max_bytes)
-    return _predict_columns(servable, signature, spec, body["inputs"], max_bytes)
+        return _predict_rows(run, spec, body["instances"], max_bytes)
+    return _predict_columns(run, spec, body["inputs"], max_bytes)
 
 
 def _metadata(servable: Servable) -> dict:
@@ -153,7 +164,7 @@ def _json_body(request: Request) -> dict:
     return body
 
 
-def _route(registry: ModelRegistry, request: Request, max_request_bytes: int) -> dict:
+def _route(registry: ModelRegistry, request: Request, max_request_bytes: int, timeout: float | None) -> dict:
     match = _PATH.match(request.path)
     if not match:
         raise ServingError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {request.method} {request.path}")
@@ -165,8 +176,9 @@ def _route(registry: ModelRegistry, request: Request, max_request_bytes: int) ->
     if verb in (":classify", ":regress"):
         raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb[1:]} is not served; use :predict.")
     if verb == ":predict":
-        servable = registry.get(name, version, label)
-        return _predict(servable, _json_body(request), max_request_bytes)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with counted(registry, name, "predict", "REST"), registry.hold(name, version, label) as servable:
+            return _predict(registry, servable, _json_body(request), max_request_bytes, deadline)
     if verb == "/metadata":
         return _metadata(registry.get(name, version, label))
     return json_format.MessageToDict(model_status(registry, name, version, label),
@@ -180,12 +192,15 @@ def body_too_large(max_body_bytes: int) -> str:
 
 
 def make_rest_app(registry: ModelRegistry, *, max_request_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                  max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES):
+                  max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES, metrics_path: str | None = None,
+                  timeout_in_ms: int | None = None):
     """The WSGI app that answers TF Serving's REST API for the models in `registry`.
 
     A request body may hold at most `max_body_bytes`, and its inputs may decode
-    to at most `max_request_bytes` in all.
+    to at most `max_request_bytes` in all. `metrics_path` serves
+    `registry.metrics` as Prometheus text; `timeout_in_ms` bounds each predict.
     """
+    timeout = timeout_in_ms / 1000 if timeout_in_ms else None
 
     class CappedRequest(Request):
         max_content_length = max_body_bytes  # werkzeug answers 413 past it, also for chunked bodies
@@ -196,8 +211,12 @@ def make_rest_app(registry: ModelRegistry, *, max_request_bytes: int = DEFAULT_M
 
     @CappedRequest.application
     def app(request: Request) -> Response:
+        if metrics_path and request.path == metrics_path and request.method == "GET":
+            from prometheus_client import CONTENT_TYPE_LATEST
+
+            return Response(registry.metrics.text(), content_type=CONTENT_TYPE_LATEST)
         try:
-            return respond(_route(registry, request, max_request_bytes))
+            return respond(_route(registry, request, max_request_bytes, timeout))
         except ServingError as e:
             return respond({"error": e.message}, _HTTP_STATUS.get(e.code, 500))
         except _MethodNotAllowed as e:

@@ -48,14 +48,23 @@ class ModelServer:
     the gRPC message limit), whatever shape they declare. A REST body may hold
     at most `rest_max_body_bytes`, must arrive within `rest_read_timeout`
     seconds (its headers, then its body), and at most `rest_max_connections`
-    connections are open at once.
+    connections are open at once; `rest_api_num_threads` threads run REST
+    requests (default `max_workers`), each predict within `rest_api_timeout_in_ms`.
+
+    TF Serving's features: `file_system_poll_wait_seconds` > 0 polls for new
+    and removed versions, `model_config_file_poll_wait_seconds` > 0 re-reads
+    the registry's --model_config_file; `batching` (`BatchingParameters`)
+    merges concurrent requests; `metrics_path` serves Prometheus metrics on
+    the REST port.
     """
 
     def __init__(self, registry: ModelRegistry, *, port: int = 8500, rest_api_port: int | None = None,
                  host: str = "0.0.0.0", max_workers: int = 16, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  ssl: SSLConfig | None = None, rest_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES,
                  rest_read_timeout: float = DEFAULT_REST_READ_TIMEOUT,
-                 rest_max_connections: int = DEFAULT_REST_MAX_CONNECTIONS):
+                 rest_max_connections: int = DEFAULT_REST_MAX_CONNECTIONS, rest_api_num_threads: int | None = None,
+                 rest_api_timeout_in_ms: int | None = None, file_system_poll_wait_seconds: float = 0.0,
+                 model_config_file_poll_wait_seconds: float = 0.0, batching=None, metrics_path: str | None = None):
         if ssl is not None and not isinstance(ssl, SSLConfig):
             raise TypeError(f"`ssl` must be a tfdisguise.serving.tls.SSLConfig or None. "
                             f"Received: ssl={type(ssl).__name__}")
@@ -68,6 +77,13 @@ class ModelServer:
         self.max_workers, self.max_message_bytes, self.ssl = max_workers, max_message_bytes, ssl
         self.rest_limits = {"max_body_bytes": rest_max_body_bytes, "read_timeout": rest_read_timeout,
                             "max_connections": rest_max_connections}
+        self.rest_api_num_threads = rest_api_num_threads or max_workers
+        self.rest_api_timeout_in_ms, self.metrics_path = rest_api_timeout_in_ms, metrics_path
+        self.polling = (file_system_poll_wait_seconds, model_config_file_poll_wait_seconds)
+        if batching is not None:
+            from tfdisguise.serving.batching import Batcher
+
+            registry.batcher = Batcher(batching, registry.metrics.batch)
         self._grpc = None
         self._http = None
 
@@ -95,9 +111,10 @@ class ModelServer:
 
         context = self.ssl.ssl_context() if self.ssl else None
         app = make_rest_app(self.registry, max_request_bytes=self.max_message_bytes,
-                            max_body_bytes=self.rest_limits["max_body_bytes"])
-        return RestServer(app, self.host, self.rest_api_port, ssl_context=context, max_workers=self.max_workers,
-                          **self.rest_limits)
+                            max_body_bytes=self.rest_limits["max_body_bytes"], metrics_path=self.metrics_path,
+                            timeout_in_ms=self.rest_api_timeout_in_ms)
+        return RestServer(app, self.host, self.rest_api_port, ssl_context=context,
+                          max_workers=self.rest_api_num_threads, **self.rest_limits)
 
     def start(self) -> ModelServer:
         """Binds both ports, then serves; raises OSError, and serves nothing, if either port is taken."""
@@ -118,18 +135,22 @@ class ModelServer:
                 self.stop(grace=0)
                 raise
             self.rest_api_port = rest.port
+        self.registry.start_polling(*self.polling)
         log.info("serving %s on %s: gRPC port %d%s%s", self.registry.names, self.host, self.port,
                  f", REST port {self.rest_api_port}" if self._http else "", " (TLS)" if self.ssl else "")
         return self
 
     def stop(self, grace: float = 5.0) -> None:
         """Stops taking new requests and lets in-flight ones finish for up to `grace` seconds."""
+        self.registry.stop_polling()
         if self._http is not None:
             self._http.stop(grace)
             self._http = None
         if self._grpc is not None:
             self._grpc.stop(grace).wait()
             self._grpc = None
+        if self.registry.batcher is not None:
+            self.registry.batcher.close()
 
     def wait(self) -> None:
         if self._grpc is not None:
@@ -168,7 +189,10 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
           model_config_file: str | None = None, ssl_config_file: str | None = None, grpc_max_threads: int = 16,
           host: str = "0.0.0.0", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, grace: float = 5.0,
           rest_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES, rest_read_timeout: float = DEFAULT_REST_READ_TIMEOUT,
-          rest_max_connections: int = DEFAULT_REST_MAX_CONNECTIONS) -> int:
+          rest_max_connections: int = DEFAULT_REST_MAX_CONNECTIONS, file_system_poll_wait_seconds: float = 1.0,
+          model_config_file_poll_wait_seconds: float = 0.0, enable_batching: str | None = None,
+          batching_parameters_file: str | None = None, monitoring_config_file: str | None = None,
+          rest_api_num_threads: int | None = None, rest_api_timeout_in_ms: int | None = None) -> int:
     """Serves until SIGTERM or SIGINT, then lets in-flight requests finish for up to `grace` seconds.
 
     The arguments are `tensorflow_model_server`'s flags of the same names
@@ -177,13 +201,30 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
     receives signals.
     """
     ssl = read_ssl_config(ssl_config_file) if ssl_config_file else None
+    batching = metrics_path = None
+    if enable_batching == "true":
+        from tfdisguise.serving.batching import BatchingParameters, parse_batching_parameters
+
+        batching = BatchingParameters()
+        if batching_parameters_file:
+            with open(batching_parameters_file) as f:
+                batching = parse_batching_parameters(f.read())
+    if monitoring_config_file:
+        from tfdisguise.serving.metrics import parse_monitoring_config
+
+        with open(monitoring_config_file) as f:
+            metrics_path = parse_monitoring_config(f.read())
     registry = ModelRegistry.from_flags(model_name, model_base_path, model_config_file)
     # Handlers before start: a SIGTERM right after the server announces itself must stop it gracefully.
     with _shutdown_requested() as stop:
         server = ModelServer(registry, port=port, rest_api_port=rest_api_port or None, host=host,
                              max_workers=grpc_max_threads, max_message_bytes=max_message_bytes, ssl=ssl,
                              rest_max_body_bytes=rest_max_body_bytes, rest_read_timeout=rest_read_timeout,
-                             rest_max_connections=rest_max_connections).start()
+                             rest_max_connections=rest_max_connections, rest_api_num_threads=rest_api_num_threads,
+                             rest_api_timeout_in_ms=rest_api_timeout_in_ms,
+                             file_system_poll_wait_seconds=file_system_poll_wait_seconds,
+                             model_config_file_poll_wait_seconds=model_config_file_poll_wait_seconds,
+                             batching=batching, metrics_path=metrics_path).start()
         print(f"serving {registry.names} on {host}: gRPC port {server.port}"
               + (f", REST port {server.rest_api_port}" if rest_api_port else "")
               + (" (TLS)" if ssl else " (no TLS, no authentication)"), flush=True)

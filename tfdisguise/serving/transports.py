@@ -7,11 +7,24 @@ retries. Both report every failure as `TransportError` with the gRPC status
 code that TF Serving would give, so the client handles them alike; answers are
 checked before they are decoded, as the server checks requests.
 
+`predict_future` starts a call and returns at once (gRPC's own futures; a
+thread pool for REST, whose idle connections are pooled and reused), so that a
+client keeps several requests in flight.
+
+Tensors are converted with numpy alone (`tensor_proto`, `ndarray`): for the
+dtypes the client sends and receives, `tf.make_tensor_proto` and
+`tf.make_ndarray` spend most of their time on checks and dispatch.
+
 A new API is one more `Transport` subclass, and one line in `transport_for`.
+
+>>> proto = tensor_proto(np.arange(6, dtype=np.float32).reshape(2, 3))
+>>> ndarray(proto).tolist()
+[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import http.client
@@ -25,12 +38,14 @@ import urllib.parse
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES
 from tfdisguise.serving.limits import check_tensor_proto
 
-__all__ = ["GrpcTransport", "RestTransport", "Signature", "Transport", "TransportError", "transport_for"]
+__all__ = ["GrpcTransport", "RestTransport", "Signature", "Transport", "TransportError", "ndarray", "tensor_proto",
+           "transport_for"]
 
 # The REST API answers with an HTTP status; TF Serving maps its gRPC codes to these.
 _GRPC_CODE = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
@@ -39,6 +54,33 @@ _GRPC_CODE = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTH
               429: grpc.StatusCode.RESOURCE_EXHAUSTED, 501: grpc.StatusCode.UNIMPLEMENTED,
               502: grpc.StatusCode.UNAVAILABLE, 503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.UNAVAILABLE}
 _NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+# Numeric dtypes whose TensorProto can carry raw little-endian bytes in tensor_content.
+_FAST_DTYPES = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.float64): types_pb2.DT_DOUBLE,
+                np.dtype(np.int32): types_pb2.DT_INT32, np.dtype(np.int64): types_pb2.DT_INT64,
+                np.dtype(np.uint8): types_pb2.DT_UINT8}
+_FAST_NP = {v: k for k, v in _FAST_DTYPES.items()}
+
+
+def tensor_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
+    """`tf.make_tensor_proto(value)`, built directly for numeric arrays (the same bytes on the wire)."""
+    value = np.asarray(value)
+    dtype = _FAST_DTYPES.get(value.dtype)
+    if dtype is None or value.dtype.byteorder == ">":
+        return tf.make_tensor_proto(value)
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d)
+                                                   for d in value.shape])
+    return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, tensor_content=value.tobytes())
+
+
+def ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """`tf.make_ndarray(proto)`, read directly for numeric tensor_content (what TF Serving sends)."""
+    dtype = _FAST_NP.get(proto.dtype)
+    if dtype is None or not proto.tensor_content:
+        return tf.make_ndarray(proto)
+    shape = [d.size for d in proto.tensor_shape.dim]
+    return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape).copy()
 
 
 class TransportError(Exception):
@@ -75,6 +117,14 @@ class Transport:
     def predict(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float) -> dict[str, np.ndarray]:
         """Runs `signature_name` on `inputs`; returns its outputs by name."""
         raise NotImplementedError
+
+    _pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def predict_future(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float):
+        """Starts `predict`; returns an object whose `result()` gives its answer or raises its TransportError."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="predict")
+        return self._pool.submit(self.predict, inputs, signature_name, timeout)
 
     def close(self) -> None:
         raise NotImplementedError
@@ -116,21 +166,43 @@ class GrpcTransport(Transport):
                                 outputs=tuple(sorted(sig.outputs)))
                 for name, sig in sig_map.signature_def.items()}
 
-    def predict(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float) -> dict[str, np.ndarray]:
+    def _request(self, inputs: dict[str, np.ndarray], signature_name: str) -> predict_pb2.PredictRequest:
         request = predict_pb2.PredictRequest()
         self._model_spec(request.model_spec, signature_name)
         for name, value in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-        response = self._call(self._stub.Predict, request, timeout)
+            request.inputs[name].CopyFrom(tensor_proto(value))
+        return request
+
+    def _outputs(self, response) -> dict[str, np.ndarray]:
         try:
             for name, value in response.outputs.items():
                 check_tensor_proto(name, value, self.max_message_bytes)  # a server's answer may lie like a request
-            return {name: tf.make_ndarray(value) for name, value in response.outputs.items()}
+            return {name: ndarray(value) for name, value in response.outputs.items()}
         except Exception as e:
             raise TransportError(grpc.StatusCode.INTERNAL, f"The server's answer is malformed: {e}") from None
 
+    def predict(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float) -> dict[str, np.ndarray]:
+        return self._outputs(self._call(self._stub.Predict, self._request(inputs, signature_name), timeout))
+
+    def predict_future(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float):
+        return _GrpcFuture(self, self._stub.Predict.future(self._request(inputs, signature_name), timeout=timeout))
+
     def close(self) -> None:
         self._channel.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+
+class _GrpcFuture:
+    def __init__(self, transport: GrpcTransport, future):
+        self.transport, self.future = transport, future
+
+    def result(self) -> dict[str, np.ndarray]:
+        try:
+            response = self.future.result()
+        except grpc.RpcError as e:
+            raise TransportError(e.code(), e.details()) from None
+        return self.transport._outputs(response)
 
 
 class RestTransport(Transport):
@@ -154,8 +226,9 @@ class RestTransport(Transport):
         self._ssl_context = ssl_context or (ssl.create_default_context() if url.scheme == "https" else None)
         self._max_response_bytes = max_response_bytes
         self._outputs: dict[str, tuple[str, ...]] = {}
-        self._idle: http.client.HTTPConnection | None = None  # kept alive between calls
+        self._idle: list[http.client.HTTPConnection] = []  # kept alive between calls, one per concurrent call
         self._lock = threading.Lock()
+        self.connections_opened = 0
 
     def _path(self, suffix: str) -> str:
         # Escaped: a model name is one path segment, whatever it holds ("/", "..", "?", spaces).
@@ -165,7 +238,9 @@ class RestTransport(Transport):
     def _connection(self, timeout: float, reuse: bool = True) -> http.client.HTTPConnection:
         """The kept-alive connection (if `reuse`), or a new one (not yet connected)."""
         with self._lock:
-            connection, self._idle = self._idle, None
+            connection = self._idle.pop() if self._idle else None
+            if connection is None or not reuse:
+                self.connections_opened += 1
         if connection is not None and reuse:
             connection.sock.settimeout(timeout)
             return connection
@@ -178,7 +253,7 @@ class RestTransport(Transport):
     def _exchange(self, method: str, suffix: str, timeout: float, body: bytes | None) -> tuple[int, bytes]:
         """One request and its whole answer, within `timeout` seconds however slowly the server sends."""
         deadline = time.monotonic() + timeout
-        reused = self._idle is not None
+        reused = bool(self._idle)
         try:
             return self._exchange_once(method, suffix, timeout, body, reuse=True)
         except TransportError as e:
@@ -231,8 +306,9 @@ class RestTransport(Transport):
                                      f"The answer is larger than {self._max_response_bytes} bytes.")
         else:
             with self._lock:
-                if self._idle is None:
-                    self._idle, connection = connection, None
+                if len(self._idle) < 16:
+                    self._idle.append(connection)
+                    connection = None
             if connection is not None:
                 connection.close()
         return response.status, data
@@ -286,9 +362,11 @@ class RestTransport(Transport):
 
     def close(self) -> None:
         with self._lock:
-            connection, self._idle = self._idle, None
-        if connection is not None:
+            idle, self._idle = self._idle, []
+        for connection in idle:
             connection.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
 
 def _from_json(value) -> np.ndarray:
