@@ -18,6 +18,8 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--version", type=int, default=None)
     p.add_argument("--rest", action="store_true", help="use the REST API")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds for each request, retries included")
+    p.add_argument("--batch-size", type=int, default=64, help="images per request (default 64)")
+    p.add_argument("--concurrency", type=int, default=1, help="requests in flight at once (default 1)")
     tls = p.add_argument_group("TLS (as the server's --ssl_config_file asks)")
     tls.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs (implied by the others)")
     tls.add_argument("--ca-cert", help="PEM file of the CA that signs the server's certificate")
@@ -52,8 +54,9 @@ def run(args) -> int:
     key = Key.load(args.key)
     names, images = read_images(args.images, key.spec.image_shape)
     target, tls = target_and_tls(args)
-    with DisguisedClient(target, args.model, key, version=args.version, timeout=args.timeout, tls=tls) as client:
-        out = client.predict(images)
+    with DisguisedClient(target, args.model, key, version=args.version, timeout=args.timeout, tls=tls,
+                         batch_size=args.batch_size) as client:
+        out = client.predict(images, concurrency=args.concurrency)
     probs = out.get("probabilities")
     for i, name in enumerate(names):
         cls = int(out["class_id"][i]) if "class_id" in out else int(np.argmax(probs[i]))

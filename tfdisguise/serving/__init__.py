@@ -1,8 +1,10 @@
 """TF Serving's APIs: an embedded server, and the owner's client that disguises before it queries.
 
-registry    loads `<base_path>/<version>/` SavedModels and runs their signatures
+registry    loads `<base_path>/<version>/` SavedModels and runs their signatures; polls versions, reloads config
+batching    merges concurrent requests per model version and signature (--enable_batching)
+metrics     Prometheus metrics under TF Serving's names (--monitoring_config_file)
 limits      what one request may hold, checked before anything is allocated
-grpc_api    PredictionService and ModelService over a registry
+grpc_api    PredictionService and ModelService over a registry; deadlines, batching and counting of a request
 rest_api    the REST API over a registry, as a WSGI app (werkzeug)
 rest_server the HTTP server that hosts it (tornado): TLS, read deadlines, body and connection caps
 tls         --ssl_config_file for both APIs; the client's TLS
