@@ -8,7 +8,7 @@ COPY serving/models.config serving/batching_parameters.txt serving/monitoring.co
 
 # Exposure: TF Serving binds every interface and its APIs have no authentication. Publish the ports on
 # loopback (docker run -p 127.0.0.1:8500:8500 -p 127.0.0.1:8501:8501) or serve TLS (--ssl_config_file).
-# `tfdisguise serve` takes these same flags (the embedded server checks the files and does not batch).
+# `tfdisguise serve` takes these same flags; the embedded server batches and serves metrics from the same files.
 EXPOSE 8500 8501
 ENTRYPOINT ["tensorflow_model_server"]
 CMD ["--port=8500", "--rest_api_port=8501", \

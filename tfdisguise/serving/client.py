@@ -178,8 +178,7 @@ class DisguisedClient:
                     parts.append(self._collect(*in_flight.popleft()))
             finally:
                 for _, future in in_flight:  # after an error: the answers still coming are not waited for
-                    getattr(future, "cancel", lambda: None)()
-                    getattr(getattr(future, "future", None), "cancel", lambda: None)()
+                    future.cancel()
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -121,7 +121,8 @@ class Transport:
     _pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def predict_future(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float):
-        """Starts `predict`; returns an object whose `result()` gives its answer or raises its TransportError."""
+        """Starts `predict`; returns an object whose `result()` gives its answer or raises its TransportError,
+        and whose `cancel()` gives it up."""
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="predict")
         return self._pool.submit(self.predict, inputs, signature_name, timeout)
@@ -203,6 +204,9 @@ class _GrpcFuture:
         except grpc.RpcError as e:
             raise TransportError(e.code(), e.details()) from None
         return self.transport._outputs(response)
+
+    def cancel(self) -> None:
+        self.future.cancel()
 
 
 class RestTransport(Transport):
