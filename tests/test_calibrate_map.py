@@ -234,3 +234,16 @@ def test_keygen_flags(tmp_path, capsys):
     assert cli.main(["keygen", "--image-shape", "32,32,3", "--block-size", "2", "--aes", "--out",
                      str(tmp_path / "small.json")]) == 1
     assert "at least 16 bytes" in capsys.readouterr().err
+
+
+def test_list_settings_sizes_a_map_without_training(sources, tmp_path, capsys):
+    data, _ = sources
+    argv = ["calibrate", "--input", data, "--out", str(tmp_path / "unused"), "--block-sizes", "2,4",
+            "--mechanisms", "aes,scramble", "--noise-levels", "0,30", "--keys", "4", "--attacks", "block_norm", "--list-settings"]
+    assert cli.main(argv) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert "b4x4-n30-aes-perm: block 4x4: aes > permute > noise(30)" in shown
+    assert any(line.startswith("skipped b2x2-n0-aes-perm: `aes` encrypts each block") for line in shown)
+    assert shown[-1] == f"10 setting(s) x 4 key(s) = 40 disguised trainings on {data} (8, 8, 1); " \
+                        "attacks per training: block_norm"
+    assert not os.path.exists(tmp_path / "unused")

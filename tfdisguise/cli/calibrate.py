@@ -52,13 +52,15 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--key-agnostic", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--key-agnostic-keys", type=int, default=16)
     p.add_argument("--key-agnostic-images", type=int, default=None, help="attacker's training images (default: all)")
-    p.add_argument("--resume", action="store_true", help="reuse finished settings in --out")
+    p.add_argument("--resume", action="store_true", help="reuse finished settings (and keys) in --out")
+    p.add_argument("--list-settings", action="store_true",
+                   help="only list the settings (and the number of trainings) this map would run, then exit")
     p.add_argument("--out", required=True)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from tfdisguise.privacy.calibrate import CalibrationConfig, calibrate
+    from tfdisguise.privacy.calibrate import CalibrationConfig, calibrate, list_settings
 
     # Only when asked: the default (every registered attack) is CalibrationConfig's own.
     selection = {} if args.attacks is None else {"attacks": tuple(args.attacks)}
@@ -74,5 +76,5 @@ def run(args) -> int:
         key_agnostic=args.key_agnostic, key_agnostic_keys=args.key_agnostic_keys,
         key_agnostic_images=args.key_agnostic_images, resume=args.resume, **selection,
     )
-    calibrate(config, log=lambda msg: print(msg, flush=True))
+    (list_settings if args.list_settings else calibrate)(config, log=lambda msg: print(msg, flush=True))
     return 0

@@ -75,7 +75,15 @@ from tfdisguise.privacy.report import BROKEN_AT, frontier_settings, samples_figu
 from tfdisguise.spec import Permute, Spec
 from tfdisguise.train import TrainConfig, train_classifier
 
-__all__ = ["MECHANISMS", "CalibrationConfig", "aggregate_runs", "calibrate", "setting_grid", "skipped_settings"]
+__all__ = [
+    "MECHANISMS",
+    "CalibrationConfig",
+    "aggregate_runs",
+    "calibrate",
+    "list_settings",
+    "setting_grid",
+    "skipped_settings",
+]
 
 _SETTING_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # it names a file in results/
 
@@ -508,6 +516,24 @@ def _reusable_runs(path, name, spec, recipe, baseline, log) -> list[dict]:
     if "runs" in row:
         return list(row["runs"])
     return [{k: v for k, v in row.items() if k not in ("recipe", "baseline_accuracy")}]
+
+
+def list_settings(config: CalibrationConfig, log: Callable[[str], None] = print) -> list[tuple[str, Spec]]:
+    """Logs the settings `calibrate` would run (and those it would skip) without training; returns them.
+
+    For sizing a map: each setting trains `config.keys` disguised models, and
+    each of its attacks runs once per key.
+    """
+    shape = datasets.load(config.source, "train", validation_fraction=config.validation_fraction,
+                          seed=config.seed, limit=1).image_shape
+    grid, skipped = _grid(config, shape)
+    for name, spec in grid:
+        log(f"{name}: {spec.describe()}")
+    for name, reason in skipped:
+        log(f"skipped {name}: {reason}")
+    log(f"{len(grid)} setting(s) x {config.keys} key(s) = {len(grid) * config.keys} disguised trainings on "
+        f"{config.source} {shape}; attacks per training: {', '.join(config.selected_attacks()) or 'none'}")
+    return grid
 
 
 def calibrate(config: CalibrationConfig, log: Callable[[str], None] = print) -> dict:
