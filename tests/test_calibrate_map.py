@@ -239,7 +239,8 @@ def test_keygen_flags(tmp_path, capsys):
 def test_list_settings_sizes_a_map_without_training(sources, tmp_path, capsys):
     data, _ = sources
     argv = ["calibrate", "--input", data, "--out", str(tmp_path / "unused"), "--block-sizes", "2,4",
-            "--mechanisms", "aes,scramble", "--noise-levels", "0,30", "--keys", "4", "--attacks", "block_norm", "--list-settings"]
+            "--mechanisms", "aes,scramble", "--noise-levels", "0,30", "--keys", "4", "--attacks", "block_norm",
+            "--list-settings"]
     assert cli.main(argv) == 0
     shown = capsys.readouterr().out.splitlines()
     assert "b4x4-n30-aes-perm: block 4x4: aes > permute > noise(30)" in shown
