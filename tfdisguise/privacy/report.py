@@ -124,7 +124,7 @@ def _verdict(row: dict) -> str:
 
     def said(name, a):
         spread = f" ± {a['success_sd']:.2f}" if a.get("success_sd") is not None else ""
-        under = f", {a['broken_keys']}/{keys} keys" if keys > 1 and "broken_keys" in a else ""
+        under = f", {a['broken_keys']}/{keys} keys" if keys > 1 and a.get("broken_keys") else ""
         return f"`{name}` (level {a.get('level', '?')}, success {a['success']:.2f}{spread}{under})"
 
     broken = [(n, a) for n, a in attacks.items() if a["success"] >= BROKEN_AT]
