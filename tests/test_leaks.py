@@ -12,10 +12,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import make_key
 
 from tfdisguise import Disguise, export_disguised
-
-from helpers import make_key
 
 
 def secret_patterns(key):
@@ -23,13 +22,22 @@ def secret_patterns(key):
     secret = key._secret
     patterns = [secret, base64.b64encode(secret), secret.hex().encode()]
     for material in key.materials:
-        if material is None or material.dtype.kind != "f":
+        if material is None:
+            continue
+        if material.dtype.kind in "iu" and material.nbytes >= 32:
+            # Whole arrays only: a short run of small ints (a 4-block permutation) occurs by chance.
+            patterns.append(material.tobytes())
+            if material.dtype == np.uint8:  # an AES key or a hash table: as bytes, hex and base64
+                patterns += [material.tobytes().hex().encode(), base64.b64encode(material.tobytes())]
+        if material.dtype.kind != "f":
             continue
         for m in material:
             patterns += [m.astype("<f4").tobytes(), m.astype("<f8").tobytes()]
     for op in key.plan.ops:
         if getattr(op, "matrices", None) is not None:
             patterns += [m.astype("<f4").tobytes() for m in op.matrices]
+        if isinstance(getattr(op, "key", None), bytes):
+            patterns.append(op.key)
     return patterns
 
 
@@ -42,10 +50,30 @@ def key():
     return make_key(image_shape=(14, 14, 1), block_size=7, rmt="orthogonal", rmt_mode="vector", noise=10)
 
 
+@pytest.fixture
+def mechanism_key():
+    """Every step beyond the papers' in one key: AES (its AES key), block_scramble and negpos_hash (their tables)."""
+    return make_key(image_shape=(16, 16, 1), block_size=4, rmt=None, scramble="per_position", negpos_hash=True,
+                    aes=True)
+
+
+def scan_dir(path, key) -> dict:
+    """{file: leaked pattern indices} for every file under `path` that holds key material."""
+    found = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                hits = leaks(f.read(), key)
+            if hits:
+                found[os.path.relpath(os.path.join(root, name), path)] = hits
+    return found
+
+
 def test_scan_finds_planted_material(key, tmp_path):
     # Positive controls: the key file holds the secret; raw matrices hold their bytes.
     key.save(str(tmp_path / "key.json"))
-    assert leaks(open(tmp_path / "key.json", "rb").read(), key)
+    with open(tmp_path / "key.json", "rb") as f:
+        assert leaks(f.read(), key)
     assert leaks(b"xx" + key.materials[0][3].astype("<f4").tobytes() + b"yy", key)
 
 
@@ -71,4 +99,39 @@ def test_manifest_and_shards_hold_no_key_material(key, mnist_like, tmp_path):
     names = os.listdir(out)
     assert "manifest.json" in names and len(names) == 3
     for name in names:
-        assert leaks(open(os.path.join(out, name), "rb").read(), key) == [], name
+        with open(os.path.join(out, name), "rb") as f:
+            assert leaks(f.read(), key) == [], name
+
+
+def test_scan_finds_planted_aes_and_table_material(mechanism_key, tmp_path):
+    aes_key = mechanism_key.materials[2]
+    assert aes_key.shape == (32,) and leaks(b"xx" + aes_key.tobytes() + b"yy", mechanism_key)
+    assert leaks(aes_key.tobytes().hex().encode(), mechanism_key)
+    assert leaks(mechanism_key.materials[1].tobytes(), mechanism_key)  # the negpos_hash table
+    assert leaks(mechanism_key.materials[0].tobytes(), mechanism_key)  # the scramble choices
+    mechanism_key.save(str(tmp_path / "key.json"))
+    assert scan_dir(str(tmp_path), mechanism_key)
+
+
+def test_shards_of_new_mechanisms_hold_no_key_material(mechanism_key, rng, tmp_path):
+    x = rng.integers(0, 256, (6, 16, 16, 1), dtype=np.uint8)
+    x[:3, :8] = 0  # identical blocks: the ECB leak is in the data, not the key
+    out = str(tmp_path / "upload")
+    export_disguised(tf.data.Dataset.from_tensor_slices((x, np.arange(6))), mechanism_key, out, shard_size=4,
+                     progress=False)
+    assert len(os.listdir(out)) == 3 and scan_dir(out, mechanism_key) == {}
+
+
+def test_export_and_keras_files_of_new_mechanisms_hold_no_key_material(mechanism_key, tmp_path):
+    from tfdisguise.export import export
+
+    config = json.dumps(Disguise(mechanism_key).get_config()).encode()
+    assert leaks(config, mechanism_key) == []
+    owner = keras.Sequential([keras.Input((16, 16, 1)), Disguise(mechanism_key), keras.layers.Flatten()])
+    owner.save(str(tmp_path / "owner.keras"))
+    with zipfile.ZipFile(str(tmp_path / "owner.keras")) as z:
+        assert leaks(z.read("config.json"), mechanism_key) == []
+    model = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(2, activation="softmax")])
+    path = export(model, str(tmp_path / "serving"), "m", key=mechanism_key)
+    assert os.listdir(path) and scan_dir(path, mechanism_key) == {}

@@ -137,7 +137,7 @@ def test_bad_step_parameters_are_clear_errors():
     with pytest.raises(ValueError, match="`level` must be a finite number"):
         tfdisguise.Noise(level=-1)
     with pytest.raises(ValueError, match="Unknown step 'aes'"):
-        Spec.from_dict({"image_shape": [8, 8, 1], "block_size": [4, 4], "steps": [{"name": "aes"}]})
+        Spec.from_dict({"image_shape": [8, 8, 1], "block_size": [4, 4], "steps": [{"name": "instahide"}]})
 
 
 def test_apply_requires_noise_source_for_noisy_plans(mnist_like):

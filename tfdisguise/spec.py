@@ -239,12 +239,20 @@ class Spec:
         permute: bool = True,
         noise: float = 0.0,
         noise_position: str = "after",
+        aes: bool = False,
+        scramble: str | None = None,
+        negpos_hash: bool = False,
     ) -> Spec:
         """The usual pipeline: RMT, then permutation, then noise.
 
         `block_size=None` means one block covering the whole image (whole-image
         RMT). `rmt=None` (or "none") leaves RMT out. `noise_position="before"`
         adds the noise before the transforms, as in the arXiv paper.
+
+        Further mechanisms, each off by default: `scramble` ("shared" or
+        "per_position") adds Kiya-style block scrambling, `negpos_hash=True` the
+        hashed negative-positive step, `aes=True` block-wise AES. The full order is
+        noise (before) > block_scramble > negpos_hash > aes > rmt > permute > noise (after).
         """
         image_shape = tuple(image_shape)
         if block_size is None:
@@ -254,6 +262,12 @@ class Spec:
                 f"`noise_position` must be 'after' or 'before'. Received: noise_position={noise_position!r}"
             )
         steps: list[Step] = []
+        if scramble not in (None, "none"):
+            steps.append(BlockScramble.variant(scramble))
+        if negpos_hash:
+            steps.append(NegPosHash())
+        if aes:
+            steps.append(AES())
         if rmt not in (None, "none"):
             steps.append(RMT(kind=rmt, mode=rmt_mode))
         if permute:
@@ -333,6 +347,9 @@ class Spec:
 # The built-in steps live with their ops in `tfdisguise.mechanisms`; they subclass
 # `Step`, so they are imported here, after it is defined. Importing them keeps
 # `from tfdisguise.spec import RMT` working and registers them before any spec is read.
+from tfdisguise.mechanisms.aes import AES  # noqa: E402
+from tfdisguise.mechanisms.negpos_hash import NegPosHash  # noqa: E402
 from tfdisguise.mechanisms.noise import Noise  # noqa: E402
 from tfdisguise.mechanisms.permute import Permute  # noqa: E402
 from tfdisguise.mechanisms.rmt import RMT  # noqa: E402
+from tfdisguise.mechanisms.scramble import BlockScramble  # noqa: E402

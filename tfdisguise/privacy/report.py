@@ -1,19 +1,29 @@
 """The calibration report: markdown, JSON and figures, from the runner's rows.
 
-A row is a `PrivacyReport.to_dict()`; its `attacks` maps each attack's name to
-its result's dict, whose `headline` numbers become the table's columns, so a newly
+A row is one setting: the mean over its keys of `PrivacyReport.to_dict()`,
+with the spread in `sd`, `success_sd` and `headline_sd` (see
+`calibrate.aggregate_runs`). Its `attacks` maps each attack's name to its
+result's dict, whose `headline` numbers become the table's columns, so a newly
 registered attack shows up without a change here.
+
+An attack *breaks* a setting when its success (the examiner's accuracy on what
+it recovers over its accuracy on the originals) is at least `BROKEN_AT` = 0.5
+on average over the keys; the report says so in words for every setting.
 
 Example (a constructed report with one setting and one attack):
 
 >>> row = {"setting": "s1", "disguised_accuracy": 0.9, "plain_accuracy": 0.95, "visual_privacy": 0.8,
-...        "misusability": 0.1, "attacks": {"toy": {"level": 1, "headline": {"toy accuracy": 0.5, "toy score": 2}}}}
+...        "misusability": 0.1, "attacks": {"toy": {"level": 1, "success": 0.6,
+...                                                 "headline": {"toy accuracy": 0.5, "toy score": 2}}}}
 >>> report = {"source": "data.npz", "train_images": 8, "validation_images": 2, "seconds": 1.0,
 ...           "baseline": {"model": "simple_cnn", "epochs": 1, "val_accuracy": 0.95}, "settings": [row]}
->>> print(report_markdown(report).splitlines()[4])
-| setting | accuracy | gap to plain | visual privacy | misusability | toy accuracy | toy score |
->>> print(report_markdown(report).splitlines()[6])
-| s1 | 90.0% | 5.0 pts | 80.0% | 10.0% | 50.0% | 2.00 |
+>>> lines = report_markdown(report).splitlines()
+>>> print(lines[4])
+| setting | accuracy | gap to plain | visual privacy | misusability | worst level-1 success | toy accuracy | toy score |
+>>> print(lines[6])
+| s1 | 90.0% | 5.0 pts | 80.0% | 10.0% | 0.60 (toy) | 50.0% | 2.00 |
+>>> print(next(line for line in lines if line.startswith("- `s1`")))
+- `s1`: **broken** by `toy` (level 1, success 0.60).
 """
 
 from __future__ import annotations
@@ -27,13 +37,19 @@ from tfdisguise import io
 from tfdisguise.privacy.attacks import ATTACKS
 
 __all__ = [
+    "BROKEN_AT",
     "attack_columns",
+    "frontier_figure",
+    "frontier_settings",
     "kpa_figure",
+    "pareto_front",
     "report_markdown",
     "samples_figure",
     "tradeoff_figure",
     "write_report",
 ]
+
+BROKEN_AT = 0.5  # an attack with at least this success breaks a setting
 
 
 def attack_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
@@ -50,10 +66,79 @@ def attack_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
     return [(name, key, key if keys.count(key) == 1 else f"{name}: {key}") for name, key in pairs]
 
 
-def _fmt(value, percent: bool = True) -> str:
+def _fmt(value, percent: bool = True, sd: float | None = None) -> str:
+    """A table cell: "90.0%" or "0.83", with " ± sd" (in points for percentages) when the keys spread."""
     if value is None:
         return "-"
-    return f"{100 * value:.1f}%" if percent else f"{value:.2f}"
+    if percent:
+        return f"{100 * value:.1f}%" + (f" ± {100 * sd:.1f}" if sd is not None else "")
+    return f"{value:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+
+
+def _worst_level1(row: dict) -> dict | None:
+    """The row's worst level-1 attack (as `aggregate_runs` gives it, or from the attacks' successes)."""
+    if "worst_level1" in row:
+        return row["worst_level1"]
+    level1 = {n: a["success"] for n, a in row.get("attacks", {}).items()
+              if a.get("level") == 1 and a.get("success") is not None}
+    if not level1:
+        return None
+    name = max(level1, key=level1.get)
+    return {"success": level1[name], "sd": None, "attack": name}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (attack success, accuracy) points that no other point beats on both, by rising success.
+
+    Lower success and higher accuracy are better.
+
+    >>> pareto_front([(0.9, 0.95), (0.2, 0.80), (0.5, 0.70), (0.1, 0.60), (0.2, 0.85)])
+    [3, 4, 0]
+    """
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _frontier_points(rows: list[dict]) -> list[tuple[dict, dict]]:
+    return [(r, w) for r in rows if (w := _worst_level1(r)) is not None]
+
+
+def frontier_settings(rows: list[dict]) -> list[str]:
+    """The settings on the Pareto front of accuracy against the worst level-1 attack's success."""
+    points = _frontier_points(rows)
+    front = pareto_front([(w["success"], r["disguised_accuracy"]) for r, w in points])
+    return [points[i][0]["setting"] for i in front]
+
+
+def _verdict(row: dict) -> str:
+    """One sentence: which attacks break the setting (mean success >= BROKEN_AT), which do under some keys."""
+    attacks = row.get("attacks", {})
+    if not attacks:
+        return f"- `{row['setting']}`: no attack ran."
+    keys = row.get("keys", 1)
+
+    def said(name, a):
+        spread = f" ± {a['success_sd']:.2f}" if a.get("success_sd") is not None else ""
+        under = f", {a['broken_keys']}/{keys} keys" if keys > 1 and a.get("broken_keys") else ""
+        return f"`{name}` (level {a.get('level', '?')}, success {a['success']:.2f}{spread}{under})"
+
+    broken = [(n, a) for n, a in attacks.items() if a["success"] >= BROKEN_AT]
+    partly = [(n, a) for n, a in attacks.items() if a["success"] < BROKEN_AT and a.get("broken_keys")]
+    if broken:
+        text = "**broken** by " + ", ".join(said(n, a) for n, a in broken)
+    else:
+        worst = _worst_level1(row)
+        strongest = f"; the strongest level-1 attack is {said(worst['attack'], attacks[worst['attack']])}" \
+            if worst else ""
+        text = f"no attack reaches success {BROKEN_AT:g}{strongest}"
+    if partly:
+        text += "; under some keys: " + ", ".join(said(n, a) for n, a in partly)
+    return f"- `{row['setting']}`: {text}."
 
 
 def _attack_notes(rows: list[dict]) -> list[str]:
@@ -68,30 +153,50 @@ def _attack_notes(rows: list[dict]) -> list[str]:
     return notes
 
 
+def _public_sentence(report: dict) -> str:
+    public = report.get("public")
+    if not public:
+        return ""
+    shared = public.get("shared_with_victim")
+    overlap = (f"; {shared} of them identical to one of the victim's images" if shared
+               else "; none identical to any of the victim's images")
+    return f" Attacker's public data: {public['description']} ({public['images']} images{overlap})."
+
+
 def report_markdown(report: dict) -> str:
-    """The report as a markdown table: one row per setting, one column per attack headline number."""
+    """The report as markdown: a table (one row per setting, mean ± sd over keys, one column per attack
+    headline number), then in words which attacks break each setting."""
     rows = report["settings"]
     columns = attack_columns(rows)
-    head = ["setting", "accuracy", "gap to plain", "visual privacy", "misusability"] + [t for _, _, t in columns]
+    head = ["setting", "accuracy", "gap to plain", "visual privacy", "misusability", "worst level-1 success"]
+    head += [t for _, _, t in columns]
+    keys = report.get("keys", 1)
+    spread = f" Each setting ran under {keys} keys (each its own model); cells are mean ± sd." if keys > 1 else ""
     lines = [
         f"# Calibration report: {report['source']}",
         "",
         f"{report['train_images']} training / {report['validation_images']} validation images; "
         f"model {report['baseline']['model']}, {report['baseline']['epochs']} epochs per training; "
-        f"plain baseline accuracy {_fmt(report['baseline']['val_accuracy'])}; total {report['seconds']:.0f}s.",
+        f"plain baseline accuracy {_fmt(report['baseline']['val_accuracy'])}; total {report['seconds']:.0f}s."
+        + spread + _public_sentence(report),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     for r in rows:
+        sd = r.get("sd", {})
+        worst = _worst_level1(r)
         cells = [
-            r["setting"], _fmt(r["disguised_accuracy"]),
+            r["setting"], _fmt(r["disguised_accuracy"], sd=sd.get("disguised_accuracy")),
             f"{100 * (r['plain_accuracy'] - r['disguised_accuracy']):.1f} pts",
-            _fmt(r["visual_privacy"]), _fmt(r["misusability"]),
+            _fmt(r["visual_privacy"], sd=sd.get("visual_privacy")),
+            _fmt(r["misusability"], sd=sd.get("misusability")),
+            f"{_fmt(worst['success'], False, worst.get('sd'))} ({worst['attack']})" if worst else "-",
         ]
         for name, key, _ in columns:
-            value = r.get("attacks", {}).get(name, {}).get("headline", {}).get(key)
-            cells.append(_fmt(value, percent=key.endswith("accuracy")))
+            attack = r.get("attacks", {}).get(name, {})
+            value = attack.get("headline", {}).get(key)
+            cells.append(_fmt(value, percent=key.endswith("accuracy"), sd=attack.get("headline_sd", {}).get(key)))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -99,13 +204,68 @@ def report_markdown(report: dict) -> str:
         "plain-trained examiner's accuracy on disguised images. Misusability: the disguised model's accuracy on plain "
         "images (lower is better). Attack success: the examiner's accuracy on what the attack recovers over its "
         "accuracy on the originals (1.00 = fully broken); an accuracy column is the attacker's accuracy on the "
-        "victim's disguised images. Level 1 attackers hold public images only; level 2 also hold leaked pairs.",
+        "victim's disguised images; an attack that only guesses scores about 1 / the number of classes. "
+        "Worst level-1 success: for each key the highest success of any level-1 attack, "
+        "averaged over the keys (in brackets the attack worst on average). Level 1 attackers hold public images "
+        "only; level 2 also hold leaked pairs.",
+        "",
+        f"## Which attacks break each setting (success >= {BROKEN_AT:g})",
+        "",
+        *[_verdict(r) for r in rows],
         "",
     ]
+    front = frontier_settings(rows)
+    if front:
+        lines += ["Pareto front of accuracy against the worst level-1 attack (frontier.png), from the least attacked: "
+                  + ", ".join(f"`{name}`" for name in front) + ".", ""]
+    if report.get("skipped"):
+        lines += ["## Settings not run", "", *[f"- `{s['setting']}`: {s['reason']}" for s in report["skipped"]], ""]
     notes = _attack_notes(rows)
     if notes:
         lines += ["Attacks:", "", *notes, ""]
     return "\n".join(lines)
+
+
+def _sd_of(row: dict, measure: str) -> float:
+    return row.get("sd", {}).get(measure) or 0.0
+
+
+def frontier_figure(report: dict):
+    """Accuracy against the worst level-1 attack's success, one point per setting (error bars: sd over keys),
+    with the Pareto front drawn and the broken region (success >= 0.5) shaded."""
+    from tfdisguise.plots import new_figure
+
+    fig, ax = new_figure(figsize=(7, 4.8))
+    points = _frontier_points(report["settings"])
+    ax.axvspan(BROKEN_AT, 1.05, color="tab:red", alpha=0.07, label=f"broken (success >= {BROKEN_AT:g})")
+    placed: dict = {}
+    for r, worst in points:
+        x, y = worst["success"], 100 * r["disguised_accuracy"]
+        ax.errorbar(x, y, xerr=worst.get("sd") or 0.0, yerr=100 * _sd_of(r, "disguised_accuracy"), fmt="o",
+                    ms=4, capsize=2, alpha=0.85)
+        # Settings on the same spot get their names stacked, and names near the right edge go left.
+        spot = (round(x, 2), round(y, 1))
+        placed[spot] = placed.get(spot, -1) + 1
+        right = x > 0.75
+        ax.annotate(r["setting"], (x, y), fontsize=6, xytext=(-3 if right else 3, 3 + 7 * placed[spot]),
+                    textcoords="offset points", ha="right" if right else "left")
+    front = pareto_front([(w["success"], r["disguised_accuracy"]) for r, w in points])
+    if front:
+        xs = [points[i][1]["success"] for i in front]
+        ys = [100 * points[i][0]["disguised_accuracy"] for i in front]
+        ax.step(xs + [1.05], ys + [ys[-1]], where="post", color="black", lw=1, label="Pareto front")
+    if not points:
+        ax.text(0.5, 0.5, "no level-1 attack ran", ha="center", va="center", transform=ax.transAxes)
+    ax.axhline(100 * report["baseline"]["val_accuracy"], ls="--", color="gray", label="plain baseline")
+    ax.set_xlim(-0.03, 1.05)
+    ax.set_xlabel("worst level-1 attack success (lower is more private)")
+    ax.set_ylabel("accuracy on disguised data (%)")
+    keys = report.get("keys", 1)
+    ax.set_title(f"privacy map: {report['source']}" + (f" ({keys} keys per setting)" if keys > 1 else ""), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
 
 
 def tradeoff_figure(report: dict):
@@ -114,7 +274,8 @@ def tradeoff_figure(report: dict):
 
     fig, ax = new_figure(figsize=(6, 4.2))
     for r in report["settings"]:
-        ax.scatter(100 * r["visual_privacy"], 100 * r["disguised_accuracy"])
+        ax.errorbar(100 * r["visual_privacy"], 100 * r["disguised_accuracy"], xerr=100 * _sd_of(r, "visual_privacy"),
+                    yerr=100 * _sd_of(r, "disguised_accuracy"), fmt="o", ms=4, capsize=2)
         ax.annotate(r["setting"], (100 * r["visual_privacy"], 100 * r["disguised_accuracy"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     ax.axhline(100 * report["baseline"]["val_accuracy"], ls="--", color="gray", label="plain baseline")
@@ -163,11 +324,13 @@ def samples_figure(title: str, plain, disguised, results: Iterable):
 
 
 def write_report(report: dict, out: str) -> None:
-    """Writes report.json, report.md, tradeoff.png and, when the known-plaintext attack ran, kpa_curve.png."""
+    """Writes report.json, report.md, frontier.png, tradeoff.png and, when the known-plaintext attack ran,
+    kpa_curve.png."""
     from tfdisguise.plots import save_figure
 
     io.write_json(os.path.join(out, "report.json"), report)
     io.write_text(os.path.join(out, "report.md"), report_markdown(report))
+    save_figure(frontier_figure(report), os.path.join(out, "frontier.png"))
     save_figure(tradeoff_figure(report), os.path.join(out, "tradeoff.png"))
     if any(_kpa_by_k(r) for r in report["settings"]):
         save_figure(kpa_figure(report), os.path.join(out, "kpa_curve.png"))
