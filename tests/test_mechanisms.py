@@ -136,7 +136,7 @@ def test_bad_step_parameters_are_clear_errors():
         tfdisguise.RMT(kind="rotation")
     with pytest.raises(ValueError, match="`level` must be a finite number"):
         tfdisguise.Noise(level=-1)
-    with pytest.raises(ValueError, match="Unknown step 'aes'"):
+    with pytest.raises(ValueError, match="Unknown step 'instahide'"):
         Spec.from_dict({"image_shape": [8, 8, 1], "block_size": [4, 4], "steps": [{"name": "instahide"}]})
 
 
