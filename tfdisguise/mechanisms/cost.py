@@ -7,9 +7,12 @@ Every step reports its own `Step.cost(spec)`; `Spec.cost()` adds them up and
 The figures are estimates from the spec alone, computed in microseconds:
 
 - `matrix_bytes`: the float32 matrices the disguise reads on its hot path.
-- `plan_bytes`: the peak memory of deriving and holding them: the plan's
-  float32 matrices, the backend's copy of them (a captured tensor) and the
-  transient copy made while either is built (3x `matrix_bytes`), plus small parts.
+- `plan_bytes`: the peak memory of deriving and holding them, counted as three
+  copies of `matrix_bytes` (the plan's float32 matrices, the transient copy made
+  when a permutation is fused into them, and the backend's tensor), plus one
+  float64 QR per thread while deriving. On TensorFlow the tensor shares the
+  plan's memory (see `constants`), so the measured peak is nearer two copies:
+  the estimate errs on the side of refusing.
 - `flops_per_image`: floating-point operations per image (a multiply-add counts
   2; one per element for added noise).
 
@@ -35,8 +38,8 @@ __all__ = [
     "transient_bytes",
 ]
 
-# The plan's float32 matrices, the backend's captured copy, and the transient
-# copy made while building either (fusing a permutation, converting a tensor).
+# The plan's float32 matrices, the transient copy made when a permutation is
+# fused, and the backend's tensor (shared on TensorFlow, a copy elsewhere).
 _PEAK_COPIES = 3
 
 

@@ -48,20 +48,16 @@ import functools
 import threading
 from typing import ClassVar
 
-import keras
 import numpy as np
 from keras import ops
 
+from tfdisguise.mechanisms.constants import aligned_empty, as_aligned, hot_array
 from tfdisguise.mechanisms.op import Op
 
-__all__ = ["DENSE_FUSE_BYTES", "INLINE_BYTES", "BlockLinear", "expand_matrix_mode"]
+__all__ = ["DENSE_FUSE_BYTES", "BlockLinear", "expand_matrix_mode"]
 
 # Row-form and dense ops fuse through the dense expansion only up to this size.
 DENSE_FUSE_BYTES = 64 * 2**20
-# Arrays up to this size are handed to the backend as they are (a graph constant,
-# placed next to the op that reads it); larger ones are converted once and
-# captured, so that graphs and XLA never copy hundreds of MB of constants.
-INLINE_BYTES = 16 * 2**20
 
 
 def expand_matrix_mode(small: np.ndarray, bh: int, channels: int) -> np.ndarray:
@@ -87,17 +83,6 @@ def apply_numpy(x: np.ndarray, matrices: np.ndarray, rows) -> np.ndarray:
     t, n, _ = x.shape
     y = np.einsum("tnhwc,twv->tnhvc", x.reshape(t, n, bh, bw, c), matrices)
     return y.reshape(t, n, bh * bw * c)
-
-
-def _backend_constant(array: np.ndarray):
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        # Created once, outside any function being traced, on the host: a
-        # captured eager tensor is valid in every graph (tf.data, Keras, XLA).
-        with tf.init_scope(), tf.device("/CPU:0"):
-            return tf.convert_to_tensor(array)
-    return ops.convert_to_tensor(array)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -228,8 +213,10 @@ class BlockLinear(Op):
         return None if op.matrices is None else getattr(op, "rows", None)
 
     @staticmethod
-    def fusable(first, second, max_bytes: int = DENSE_FUSE_BYTES) -> bool:
-        """Whether `compose(first, second)` stays small: same form, or a dense expansion under `max_bytes`."""
+    def fusable(first, second, max_bytes: int | None = None) -> bool:
+        """Whether `compose(first, second)` stays small: same form, or a dense expansion under
+        `max_bytes` (default `DENSE_FUSE_BYTES`)."""
+        max_bytes = DENSE_FUSE_BYTES if max_bytes is None else max_bytes
         if first.matrices is None or second.matrices is None:
             return True
         if BlockLinear._form(first) == BlockLinear._form(second):
@@ -261,7 +248,7 @@ class BlockLinear(Op):
             perm = p1
         else:
             perm = p2 if p1 is None else p1[p2]
-            m1 = None if m1 is None else m1[p2]
+            m1 = None if m1 is None else _take_rows(m1, p2)
             b1 = None if b1 is None else b1[p2]
         if m1 is None:
             matrices, rows = m2, r2
@@ -308,17 +295,21 @@ class BlockLinear(Op):
         return sum(a.nbytes for a in self._parts().values() if a is not None)
 
     def _hot(self, name: str, dtype: str):
-        """`matrices` or `bias` in `dtype`, ready for the backend; converted once, then cached."""
+        """`matrices` or `bias` in `dtype`, ready for the backend (see `constants.hot_array`); made once."""
         key = (name, dtype)
         value = self._hot_cache.get(key)
         if value is None:
             with self._hot_lock:
                 value = self._hot_cache.get(key)
                 if value is None:
-                    array = np.ascontiguousarray(getattr(self, name), dtype=dtype)
+                    array = getattr(self, name)
                     if name == "bias":
                         array = array[:, np.newaxis, :]
-                    value = array if array.nbytes <= INLINE_BYTES else _backend_constant(array)
+                    aligned = as_aligned(array, dtype)
+                    if name == "matrices" and aligned.dtype == array.dtype and aligned is not array:
+                        # The same values in memory the backend can share: keep one copy, not two.
+                        object.__setattr__(self, "matrices", aligned)
+                    value = hot_array(aligned)
                     self._hot_cache[key] = value
         return value
 
@@ -351,3 +342,9 @@ def _row_matmul(blocks, matrices, rows):
     if c > 1:
         y = ops.transpose(ops.reshape(y, (t, -1, c, bw)), (0, 1, 3, 2))
     return ops.reshape(y, (t, -1, bh * bw * c))
+
+
+def _take_rows(a: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """a[perm] in aligned memory (see `constants`), without an intermediate copy."""
+    # mode="wrap": with the default mode="raise" numpy first copies `a` when `out` is given.
+    return np.take(a, perm, axis=0, out=aligned_empty(a.shape, a.dtype), mode="wrap")

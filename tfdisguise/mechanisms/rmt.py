@@ -31,6 +31,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from tfdisguise.mechanisms.constants import aligned_empty
 from tfdisguise.mechanisms.cost import Cost, transient_bytes
 from tfdisguise.mechanisms.linear import BlockLinear, expand_matrix_mode
 from tfdisguise.mechanisms.reference import join_blocks, split_blocks
@@ -90,7 +91,7 @@ def random_matrices(rng: np.random.Generator, count: int, n: int, kind: str, dty
     >>> all(np.array_equal(m, random_matrix(rng, 70, "orthogonal")) for m in a)
     True
     """
-    out = np.empty((count, n, n), dtype)
+    out = aligned_empty((count, n, n), dtype)  # so that the backend can share it (see `constants`)
     workers = min(_cpus(), count)
     if kind == "projection" or n < _PARALLEL_MIN_N or workers < 2:
         with _single_threaded_blas() if kind != "projection" else contextlib.nullcontext():
