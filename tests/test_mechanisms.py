@@ -385,3 +385,21 @@ def test_large_arrays_run_as_one_shared_tensor_everywhere(cifar_like, monkeypatc
     model = keras.Sequential([keras.Input((8, 8, 3)), tfdisguise.Disguise(key)])
     np.testing.assert_allclose(model.predict(cifar_like, verbose=0), want, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(undisguise(got, key), cifar_like, atol=1e-5 * np.linalg.cond(key.materials[0]).max())
+
+
+def test_large_dense_matmuls_are_not_handed_to_xla(cifar_like):
+    small = make_key(image_shape=(8, 8, 3), block_size=4, rmt_mode="vector")  # d = 48: XLA fuses the layout changes
+    large = make_key(image_shape=(16, 16, 3), block_size=8, rmt_mode="vector")  # d = 192: TF's matmul is faster
+    rows = make_key(image_shape=(16, 16, 3), block_size=8, rmt_mode="matrix")
+    assert small.plan.ops[0].jit and not large.plan.ops[0].jit and rows.plan.ops[0].jit
+    compiled = []
+
+    def compile_fn(fn):
+        compiled.append(fn)
+        return fn
+
+    for key, n in ((small, 1), (large, 0), (rows, 1)):
+        compiled.clear()
+        x = np.zeros((2,) + key.spec.image_shape, np.uint8)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(apply(x, key.plan, compile_fn=compile_fn)), 0)
+        assert len(compiled) == n

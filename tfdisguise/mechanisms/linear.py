@@ -54,10 +54,14 @@ from keras import ops
 from tfdisguise.mechanisms.constants import aligned_empty, as_aligned, hot_array
 from tfdisguise.mechanisms.op import Op
 
-__all__ = ["DENSE_FUSE_BYTES", "BlockLinear", "expand_matrix_mode"]
+__all__ = ["DENSE_FUSE_BYTES", "XLA_MAX_DENSE_DIM", "BlockLinear", "expand_matrix_mode"]
 
 # Row-form and dense ops fuse through the dense expansion only up to this size.
 DENSE_FUSE_BYTES = 64 * 2**20
+# Dense matrices of at least this d run outside XLA: measured on CPU at batch 32,
+# TensorFlow's batched matmul beats XLA's from d = 147 (2x at d = 768), while
+# below it XLA's fusion of the layout changes wins.
+XLA_MAX_DENSE_DIM = 128
 
 
 def expand_matrix_mode(small: np.ndarray, bh: int, channels: int) -> np.ndarray:
@@ -164,6 +168,11 @@ class BlockLinear(Op):
         if self.matrices is not None:
             return self.matrices.shape[2]
         return None if self.bias is None else self.bias.shape[1]
+
+    @property
+    def jit(self) -> bool:
+        """False for a large dense matmul, which runs faster outside XLA (see `XLA_MAX_DENSE_DIM`)."""
+        return self.matrices is None or self.rows is not None or self.block_dim < XLA_MAX_DENSE_DIM
 
     @property
     def dense_nbytes(self) -> int:

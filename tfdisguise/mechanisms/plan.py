@@ -128,7 +128,8 @@ def _run_op(x, op, spec, uniform, dtype, compile_fn):
     fn = lambda t: _in_layout(t, call, op.layout, spec, dtype)
     # Only deterministic keras ops are compiled: XLA cannot run numpy, and the
     # noise is fastest with the plain RNG kernel outside the fused linear kernel.
-    if compile_fn is not None and op.backend == "keras" and not op.stochastic:
+    # An op may decline XLA (`jit`), as a large dense matmul does.
+    if compile_fn is not None and op.backend == "keras" and not op.stochastic and getattr(op, "jit", True):
         fn = compile_fn(fn)
     return fn(x)
 
