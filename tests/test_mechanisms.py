@@ -403,3 +403,19 @@ def test_large_dense_matmuls_are_not_handed_to_xla(cifar_like):
         x = np.zeros((2,) + key.spec.image_shape, np.uint8)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(apply(x, key.plan, compile_fn=compile_fn)), 0)
         assert len(compiled) == n
+
+
+def test_fusing_reorders_matrices_in_place_only_when_the_plan_owns_them(rng):
+    m = rng.normal(size=(50, 3, 3))
+    keep, perm = m.copy(), rng.permutation(50)
+    fused = BlockLinear.compose(BlockLinear(matrices=m), BlockLinear(perm=perm))
+    np.testing.assert_array_equal(m, keep)  # the caller's op is left alone
+    np.testing.assert_array_equal(fused.matrices, keep[perm])
+    owned = BlockLinear.compose(BlockLinear(matrices=m), BlockLinear(perm=perm), reuse_first=True)
+    assert owned.matrices is m  # no second copy
+    np.testing.assert_array_equal(m, keep[perm])
+    # A key whose material was derived first keeps it intact when its plan is built.
+    key = make_key(image_shape=(8, 8, 1), block_size=2, rmt_mode="vector", rmt="projection")
+    material = key.materials[0].copy()
+    np.testing.assert_array_equal(key.plan.ops[0].matrices, material[key.materials[1]].astype(np.float32))
+    np.testing.assert_array_equal(key.materials[0], material)

@@ -146,7 +146,8 @@ class Key:
                 m = derived[i] if derived is not None else step.plan_material(self._step_rng(i, step), self._spec)
                 yield step.build(m, self._spec)
 
-        return Plan.compile(self._spec, ops())
+        # Freshly derived material belongs to the plan alone; cached material is shared with `materials`.
+        return Plan.compile(self._spec, ops(), owned=derived is None)
 
     def check_matches(self, identity: Identity, what: str) -> None:
         """Raises KeyMismatchError unless `what` (recorded as `identity`) was made with this key."""

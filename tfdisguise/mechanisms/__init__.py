@@ -13,6 +13,8 @@ hatch, `numpy_bridge.py`), so the same code runs on the TensorFlow backend insid
 - `plan.py`: `Plan` (the fused ops of a key), `apply` and `invert`.
 - `cost.py`: `Cost`, what a spec's plan needs in memory and FLOPs per image,
   known before anything is built (`Spec.cost`, checked by `Spec.create`).
+- `constants.py`: how a plan's large arrays reach the backend (once, shared,
+  never as copied graph constants).
 - `layout.py`: the image and block layouts; `numpy_bridge.py`: running numpy ops.
 - `eager.py`: `disguise` and `undisguise` on numpy arrays.
 - `reference.py`: the independent per-image numpy reference.

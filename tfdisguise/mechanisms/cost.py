@@ -7,21 +7,21 @@ Every step reports its own `Step.cost(spec)`; `Spec.cost()` adds them up and
 The figures are estimates from the spec alone, computed in microseconds:
 
 - `matrix_bytes`: the float32 matrices the disguise reads on its hot path.
-- `plan_bytes`: the peak memory of deriving and holding them, counted as three
-  copies of `matrix_bytes` (the plan's float32 matrices, the transient copy made
-  when a permutation is fused into them, and the backend's tensor), plus one
-  float64 QR per thread while deriving. On TensorFlow the tensor shares the
-  plan's memory (see `constants`), so the measured peak is nearer two copies:
-  the estimate errs on the side of refusing.
+- `plan_bytes`: the peak memory of deriving and holding them, counted as two
+  copies of `matrix_bytes` (the plan's float32 matrices and one more: the
+  backend's tensor where it cannot share their memory, or a transient copy when
+  a plan is compiled from ops that it may not reorder in place), plus one
+  float64 QR per thread while deriving. On TensorFlow, for a key's own plan,
+  the measured peak is nearer one copy (see `constants`).
 - `flops_per_image`: floating-point operations per image (a multiply-add counts
   2; one per element for added noise).
 
 >>> from tfdisguise.spec import Spec
 >>> cost = Spec.create((224, 224, 3), 16, rmt_mode="vector", noise=25).cost()
 >>> cost.summary()
-'plan 1.40 GB (0.46 GB of float32 matrices), 231.4 MFLOP per image'
+'plan 0.94 GB (0.46 GB of float32 matrices), 231.4 MFLOP per image'
 >>> Spec.create((224, 224, 3), 16).cost().summary()  # matrix mode: R_i is 16x16
-'plan 0.61 MB (0.20 MB of float32 matrices), 4.8 MFLOP per image'
+'plan 0.41 MB (0.20 MB of float32 matrices), 4.8 MFLOP per image'
 """
 
 from __future__ import annotations
@@ -38,9 +38,8 @@ __all__ = [
     "transient_bytes",
 ]
 
-# The plan's float32 matrices, the transient copy made when a permutation is
-# fused, and the backend's tensor (shared on TensorFlow, a copy elsewhere).
-_PEAK_COPIES = 3
+# The plan's float32 matrices and one more copy (see the module docstring).
+_PEAK_COPIES = 2
 
 
 def transient_bytes(matrix_bytes: int) -> int:

@@ -61,11 +61,13 @@ class Plan:
     ops: tuple
 
     @classmethod
-    def compile(cls, spec, step_ops: Iterable) -> Plan:
+    def compile(cls, spec, step_ops: Iterable, *, owned: bool = False) -> Plan:
         """Checks each step's op against `spec` and fuses consecutive linear ones.
 
         `step_ops` may be a generator: each op is fused as it arrives, so a
-        large step's unfused op is freed as soon as it is fused.
+        large step's unfused op is freed as soon as it is fused. `owned=True`
+        says that the ops were built for this plan alone (as `Key.plan` does):
+        fusing may then reorder their matrices in place rather than copy them.
         """
         fused: list = []
         for op in step_ops:
@@ -73,7 +75,7 @@ class Plan:
             if hasattr(op, "check"):
                 op.check(spec)
             if op.linear and fused and fused[-1].linear and BlockLinear.fusable(fused[-1], op):
-                fused[-1] = BlockLinear.compose(fused[-1], op)
+                fused[-1] = BlockLinear.compose(fused[-1], op, reuse_first=owned)
             else:
                 fused.append(op)
         return cls(spec=spec, ops=tuple(fused))

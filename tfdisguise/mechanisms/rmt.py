@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from tfdisguise.mechanisms.constants import aligned_empty
+from tfdisguise.mechanisms.constants import aligned_empty, as_aligned
 from tfdisguise.mechanisms.cost import Cost, transient_bytes
 from tfdisguise.mechanisms.linear import BlockLinear, expand_matrix_mode
 from tfdisguise.mechanisms.reference import join_blocks, split_blocks
@@ -151,7 +151,7 @@ class RMT(Step):
         return random_matrices(rng, spec.num_blocks, self.matrix_size(spec), self.kind, dtype=np.float32)
 
     def build(self, material, spec):
-        matrices = np.asarray(material).astype(np.float32, copy=False)
+        matrices = as_aligned(material, np.float32)  # a copy only when given float64 (`Key.materials`)
         if self.mode == "matrix":
             return BlockLinear(matrices=matrices, rows=(*spec.block_size, spec.image_shape[2]))
         return BlockLinear(matrices=matrices)
