@@ -30,7 +30,7 @@ plan-memory cap are listed as refused. It writes sweep.json and sweep.png
 
   python benchmarks/disguise_speed.py --only sweep --out-dir docs/results/large \
       [--sizes 28,32,64,128,224] [--blocks 4,8,16,32] [--modes matrix,vector] \
-      [--sweep-batch 32] [--rounds 5] [--round-seconds 0.3]
+      [--sweep-batch 32] [--rounds 5] [--round-seconds 0.3] [--max-matrix-mb 500]
 """
 
 from __future__ import annotations
@@ -175,10 +175,10 @@ def sweep_one(size: int, block: int, mode: str, batch: int, rounds: int, round_s
     """One setting, in this (fresh) process: `wrap` against the same-shapes limit, interleaved round by round."""
     rss_start = _rss_bytes()
     spec = tfdisguise.Spec.create((size, size, 3), block, rmt="orthogonal", rmt_mode=mode, noise=noise)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     key = tfdisguise.Key.generate(spec)
     plan = key.plan
-    keygen_s = time.perf_counter() - t0
+    keygen_s, keygen_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), np.uint8)
     source = tf.data.Dataset.from_tensors(x)
 
@@ -229,7 +229,7 @@ def sweep_one(size: int, block: int, mode: str, batch: int, rounds: int, round_s
         "wrap_img_per_s": wrap_med, "wrap_mb_per_s": wrap_med * size * size * 3 / 1e6,
         "limit_img_per_s": limit_med, "wrap_over_limit": wrap_med / limit_med,
         "wrap_all": wraps, "limit_all": limits, "batches_per_round": k,
-        "keygen_plan_s": keygen_s, "first_call_s": first_call_s,
+        "keygen_plan_s": keygen_s, "keygen_plan_cpu_s": keygen_cpu_s, "first_call_s": first_call_s,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss_at_start_bytes": rss_start,
         "plan_bytes": cost.plan_bytes, "matrix_bytes": cost.matrix_bytes, "flops_per_image": cost.flops_per_image,
     }
@@ -254,6 +254,14 @@ def sweep(args) -> list[dict]:
                           flush=True)
                     rows.append(row)
                     continue
+                cost = spec.cost()
+                if args.max_matrix_mb is not None and cost.matrix_bytes > args.max_matrix_mb * 1e6:
+                    # Bounds the run: such keys take minutes of QRs (d = 3072 at block 32).
+                    rows.append({"size": size, "block": block, "mode": mode, "skipped": True,
+                                 "plan_bytes": cost.plan_bytes, "flops_per_image": cost.flops_per_image})
+                    print(f"{size}x{size}x3 block {block} {mode}: skipped (--max-matrix-mb; {cost.summary()})",
+                          flush=True)
+                    continue
                 cmd = [sys.executable, __file__, "--one", f"{size},{block},{mode}", "--sweep-batch",
                        str(args.sweep_batch), "--rounds", str(args.rounds), "--round-seconds",
                        str(args.round_seconds), "--noise", str(args.noise)]
@@ -270,7 +278,7 @@ def sweep(args) -> list[dict]:
 
 
 def sweep_table(rows: list[dict]) -> str:
-    out = ["| image | block | mode | plan (est.) | MFLOP/img | keygen + plan | `wrap` img/s | MB/s | "
+    out = ["| image | block | mode | plan (est.) | MFLOP/img | keygen + plan: wall (CPU) | `wrap` img/s | MB/s | "
            "limit img/s | wrap / limit | peak RSS |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         head = f"| {r['size']}x{r['size']}x3 | {r['block']} | {r['mode']} | {r['plan_bytes'] / 1e6:,.1f} MB | " \
@@ -278,7 +286,11 @@ def sweep_table(rows: list[dict]) -> str:
         if r.get("refused"):
             out.append(head + " refused by `Spec.create` (over the 2 GB cap) | | | | | | |")
             continue
-        out.append(head + f" {r['keygen_plan_s']:.2f} s | {r['wrap_img_per_s']:,.0f} | {r['wrap_mb_per_s']:,.1f} | "
+        if r.get("skipped"):
+            out.append(head + " not run (`--max-matrix-mb`, to bound the run's time) | | | | | | |")
+            continue
+        out.append(head + f" {r['keygen_plan_s']:.2f} s ({r['keygen_plan_cpu_s']:.2f} s) | "
+                          f"{r['wrap_img_per_s']:,.0f} | {r['wrap_mb_per_s']:,.1f} | "
                           f"{r['limit_img_per_s']:,.0f} | **{r['wrap_over_limit']:.2f}** | "
                           f"{r['peak_rss_bytes'] / 1e9:.2f} GB |")
     return "\n".join(out)
@@ -294,7 +306,7 @@ def sweep_figure(rows: list[dict]):
     colours = dict(zip(blocks, ["C0", "C1", "C2", "C3", "C4", "C5"]))
     for ax, mode in zip(axes[0], modes):
         for block in blocks:
-            ran = sorted((r for r in rows if r["mode"] == mode and r["block"] == block and not r.get("refused")),
+            ran = sorted((r for r in rows if r["mode"] == mode and r["block"] == block and "wrap_img_per_s" in r),
                          key=lambda r: r["size"])
             if not ran:
                 continue
@@ -337,6 +349,7 @@ def main(argv=None) -> int:
     parser.add_argument("--round-seconds", type=float, default=0.3, help="sweep: about this long per timing")
     parser.add_argument("--noise", type=float, default=25.0, help="sweep: noise level")
     parser.add_argument("--out-dir", default="benchmarks/out/sweep", help="sweep: where sweep.json/.png go")
+    parser.add_argument("--max-matrix-mb", type=float, help="sweep: skip settings with more float32 matrices")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # SIZE,BLOCK,MODE: one sweep setting, in this process
     args = parser.parse_args(argv)
 
