@@ -316,8 +316,8 @@ def sweep_figure(rows: list[dict]):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ticks = sorted({r["size"] for r in rows})
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([str(t) for t in ticks])
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xticks([], minor=True)
         ax.set_xlabel("image side (HxWx3)")
         ax.set_ylabel("images/s")
         ax.set_title(f"{mode}-mode RMT + permutation + noise: wrap (solid), limit (dashed)", fontsize=9)
@@ -350,6 +350,8 @@ def main(argv=None) -> int:
     parser.add_argument("--noise", type=float, default=25.0, help="sweep: noise level")
     parser.add_argument("--out-dir", default="benchmarks/out/sweep", help="sweep: where sweep.json/.png go")
     parser.add_argument("--max-matrix-mb", type=float, help="sweep: skip settings with more float32 matrices")
+    parser.add_argument("--replot", action="store_true", help="sweep: redraw sweep.png and reprint the table "
+                        "from --out-dir/sweep.json, measuring nothing")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # SIZE,BLOCK,MODE: one sweep setting, in this process
     args = parser.parse_args(argv)
 
@@ -357,6 +359,14 @@ def main(argv=None) -> int:
         size, block, mode = args.one.split(",")
         row = sweep_one(int(size), int(block), mode, args.sweep_batch, args.rounds, args.round_seconds, args.noise)
         print(json.dumps(row))
+        return 0
+    if args.only == "sweep" and args.replot:
+        from tfdisguise.plots import save_figure
+
+        with open(os.path.join(args.out_dir, "sweep.json")) as f:
+            rows = json.load(f)["rows"]
+        save_figure(sweep_figure(rows), os.path.join(args.out_dir, "sweep.png"))
+        print(sweep_table(rows))
         return 0
     if args.only == "sweep":
         t0 = time.perf_counter()
