@@ -94,7 +94,7 @@ def random_matrices(rng: np.random.Generator, count: int, n: int, kind: str, dty
     out = aligned_empty((count, n, n), dtype)  # so that the backend can share it (see `constants`)
     workers = min(_cpus(), count)
     if kind == "projection" or n < _PARALLEL_MIN_N or workers < 2:
-        with _single_threaded_blas() if kind != "projection" else contextlib.nullcontext():
+        with _single_threaded_blas() if kind != "projection" and n >= _PARALLEL_MIN_N else contextlib.nullcontext():
             for i in range(count):
                 out[i] = random_matrix(rng, n, kind)
         return out
