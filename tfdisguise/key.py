@@ -46,6 +46,15 @@ SECRET_BYTES = 32
 MAX_KEY_FILE_BYTES = 64 << 10  # a key file is about 1 KiB; anything far larger is not one
 
 
+def _check_fits_in_memory(spec: Spec) -> None:
+    # A key file may hold a spec that Spec.create would refuse (written with a
+    # raised cap, or by hand): refuse to derive what this machine cannot hold,
+    # before allocating it.
+    from tfdisguise.mechanisms.cost import check_plan_size, physical_memory_bytes
+
+    check_plan_size(spec, physical_memory_bytes(), what="this machine's memory")
+
+
 class KeyFileError(ValueError):
     """A key file is missing, corrupt, tampered with, or unsafe to use."""
 
@@ -120,19 +129,35 @@ class Key:
 
         Owner-side only: this *is* key material.
         """
-        out = []
-        for i, step in enumerate(self._spec.steps):
-            rng = self.derive(f"step/{i}/{step.name}") if step.keyed else None
-            out.append(step.material(rng, self._spec))
-        return tuple(out)
+        _check_fits_in_memory(self._spec)
+        return tuple(step.material(self._step_rng(i, step), self._spec) for i, step in enumerate(self._spec.steps))
+
+    def _step_rng(self, i: int, step) -> np.random.Generator | None:
+        return self.derive(f"step/{i}/{step.name}") if step.keyed else None
 
     @functools.cached_property
     def plan(self):
-        """The spec compiled with this key's material (see `mechanisms.Plan`)."""
+        """The spec compiled with this key's material (see `mechanisms.Plan`).
+
+        Built from each step's `plan_material` (RMT: float32, drawn without a
+        float64 copy of every matrix) unless `materials` was already derived;
+        either way it holds the same values.
+        """
         from tfdisguise.mechanisms import Plan
 
-        ops = [step.build(m, self._spec) for step, m in zip(self._spec.steps, self.materials)]
-        return Plan.compile(self._spec, ops)
+        _check_fits_in_memory(self._spec)
+        derived = self.__dict__.get("materials")
+        steps = self._spec.steps
+
+        def ops():
+            # A generator, so that the plan fuses each op as it comes and a large
+            # unfused one is freed at once.
+            for i, step in enumerate(steps):
+                m = derived[i] if derived is not None else step.plan_material(self._step_rng(i, step), self._spec)
+                yield step.build(m, self._spec)
+
+        # Freshly derived material belongs to the plan alone; cached material is shared with `materials`.
+        return Plan.compile(self._spec, ops(), owned=derived is None)
 
     def check_matches(self, identity: Identity, what: str) -> None:
         """Raises KeyMismatchError unless `what` (recorded as `identity`) was made with this key."""

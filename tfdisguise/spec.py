@@ -27,9 +27,24 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["Noise", "Permute", "RMT", "Spec", "Step", "register_step", "registered_steps", "step_from_dict"]
+__all__ = [
+    "DEFAULT_MAX_PLAN_BYTES",
+    "Cost",
+    "Noise",
+    "Permute",
+    "PlanTooLargeError",
+    "RMT",
+    "Spec",
+    "Step",
+    "register_step",
+    "registered_steps",
+    "step_from_dict",
+]
 
 _STEPS: dict[str, type[Step]] = {}
+
+# `Spec.create` refuses a spec whose plan would need more memory than this (see `Spec.cost`).
+DEFAULT_MAX_PLAN_BYTES = 2 * 10**9
 
 
 def register_step(cls: type[Step]) -> type[Step]:
@@ -121,6 +136,11 @@ class Step:
             `backend = "numpy"`; see `tfdisguise.mechanisms.numpy_bridge`.
         reference(image, material, spec, rng): optional, an independent
             per-image numpy implementation that tests compare against.
+        cost(spec): optional, the step's plan memory and FLOPs per image
+            (`tfdisguise.mechanisms.cost.Cost`), so that `Spec.create` can
+            refuse a spec too large to build before anything is allocated.
+        plan_material(rng, spec): optional, the material in a leaner form that
+            `build` accepts (RMT: float32); by default `material(rng, spec)`.
         validate(spec): optional, raises ValueError for a geometry it cannot run on.
         describe(): optional; the default lists the parameters in field order.
     See `register_step` for a complete example.
@@ -154,6 +174,14 @@ class Step:
     def material(self, rng: np.random.Generator | None, spec: Spec):
         """The step's secret material, drawn from `rng` (None for unkeyed steps)."""
         return None
+
+    def plan_material(self, rng: np.random.Generator | None, spec: Spec):
+        """The material as the plan needs it: `material(rng, spec)` unless a step saves memory here."""
+        return self.material(rng, spec)
+
+    def cost(self, spec: Spec) -> Cost:
+        """This step's plan memory and work per image on `spec` (nothing, unless a step says)."""
+        return Cost()
 
     def build(self, material, spec: Spec):
         """Returns the op (see `tfdisguise.mechanisms.op`) that carries out this step with `material`."""
@@ -242,6 +270,7 @@ class Spec:
         aes: bool = False,
         scramble: str | None = None,
         negpos_hash: bool = False,
+        max_plan_bytes: int | None = DEFAULT_MAX_PLAN_BYTES,
     ) -> Spec:
         """The usual pipeline: RMT, then permutation, then noise.
 
@@ -253,6 +282,17 @@ class Spec:
         "per_position") adds Kiya-style block scrambling, `negpos_hash=True` the
         hashed negative-positive step, `aes=True` block-wise AES. The full order is
         noise (before) > block_scramble > negpos_hash > aes > rmt > permute > noise (after).
+
+        A spec whose plan would need more than `max_plan_bytes` (2 GB by default;
+        None for no cap) is refused here, before anything is allocated, with a
+        `PlanTooLargeError` that names the memory needed and the block sizes
+        that fit (see `cost`):
+
+        >>> try:
+        ...     Spec.create((224, 224, 3), rmt_mode="vector")  # whole-image vector RMT: d = 150528
+        ... except PlanTooLargeError as e:
+        ...     print(str(e).split(". ")[1])
+        Block sizes that fit this image and these steps: 16, 14, 8, 7, 4, 2
         """
         image_shape = tuple(image_shape)
         if block_size is None:
@@ -275,7 +315,9 @@ class Spec:
         if noise:
             noise_step = Noise(level=noise)
             steps.insert(0, noise_step) if noise_position == "before" else steps.append(noise_step)
-        return cls(image_shape=image_shape, block_size=block_size, steps=tuple(steps))
+        spec = cls(image_shape=image_shape, block_size=block_size, steps=tuple(steps))
+        check_plan_size(spec, max_plan_bytes)
+        return spec
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -304,6 +346,17 @@ class Spec:
     def has(self, step_type) -> bool:
         """True if any step is of `step_type` (a Step class or a registered name)."""
         return bool(self.steps_of(step_type))
+
+    def cost(self) -> Cost:
+        """Plan memory and FLOPs per image of this spec, from the spec alone (see `mechanisms.cost`).
+
+        >>> Spec.create((32, 32, 3), 4, rmt_mode="vector").cost().matrix_bytes  # 64 blocks of 48x48 float32
+        589824
+        """
+        total = Cost()
+        for step in self.steps:
+            total = total + step.cost(self)
+        return total
 
     @property
     def is_linear(self) -> bool:
@@ -343,6 +396,9 @@ class Spec:
         parts = [s.describe() for s in self.steps]
         return f"block {self.block_size[0]}x{self.block_size[1]}: " + " > ".join(parts or ["identity"])
 
+
+# What a spec costs, checked by `Spec.create`; it needs nothing from this module.
+from tfdisguise.mechanisms.cost import Cost, PlanTooLargeError, check_plan_size  # noqa: E402
 
 # The built-in steps live with their ops in `tfdisguise.mechanisms`; they subclass
 # `Step`, so they are imported here, after it is defined. Importing them keeps

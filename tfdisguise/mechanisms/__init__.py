@@ -11,6 +11,10 @@ hatch, `numpy_bridge.py`), so the same code runs on the TensorFlow backend insid
 - `op.py`: what every op declares (layout, backend, linear, stochastic, inverse).
 - `linear.py`: `BlockLinear`, the affine block op that linear steps build and fuse into.
 - `plan.py`: `Plan` (the fused ops of a key), `apply` and `invert`.
+- `cost.py`: `Cost`, what a spec's plan needs in memory and FLOPs per image,
+  known before anything is built (`Spec.cost`, checked by `Spec.create`).
+- `constants.py`: how a plan's large arrays reach the backend (once, shared,
+  never as copied graph constants).
 - `layout.py`: the image and block layouts; `numpy_bridge.py`: running numpy ops.
 - `eager.py`: `disguise` and `undisguise` on numpy arrays.
 - `reference.py`: the independent per-image numpy reference.
@@ -25,19 +29,21 @@ hatch, `numpy_bridge.py`), so the same code runs on the TensorFlow backend insid
 # The spec module first: it imports the built-in step modules below at its end,
 # and they need its `Step` base class, so this order keeps the import acyclic.
 import tfdisguise.spec  # noqa: F401  isort: skip
+from tfdisguise.mechanisms.cost import Cost, PlanTooLargeError
 from tfdisguise.mechanisms.eager import disguise, undisguise
 from tfdisguise.mechanisms.layout import from_blocks, to_blocks
-from tfdisguise.mechanisms.linear import BlockLinear
+from tfdisguise.mechanisms.linear import BlockLinear, expand_matrix_mode
 from tfdisguise.mechanisms.noise import AddNoise, SubtractMean
 from tfdisguise.mechanisms.op import Op
 from tfdisguise.mechanisms.plan import Plan, Uniform, apply, invert, uniform_source
-from tfdisguise.mechanisms.rmt import expand_matrix_mode
 
 __all__ = [
     "AddNoise",
     "BlockLinear",
+    "Cost",
     "Op",
     "Plan",
+    "PlanTooLargeError",
     "SubtractMean",
     "Uniform",
     "apply",

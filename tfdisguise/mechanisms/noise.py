@@ -21,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 from keras import ops
 
+from tfdisguise.mechanisms.cost import Cost
 from tfdisguise.mechanisms.op import Op
 from tfdisguise.spec import Step, register_step
 
@@ -84,6 +85,10 @@ class Noise(Step):
 
     def build(self, material, spec):
         return AddNoise(level=self.level)
+
+    def cost(self, spec) -> Cost:
+        # One add per element (the draw itself is memory-bound random bits, not counted).
+        return Cost(flops_per_image=int(np.prod(spec.image_shape)) if self.level else 0)
 
     def reference(self, image, material, spec, rng):
         if self.level == 0:

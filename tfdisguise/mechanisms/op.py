@@ -17,6 +17,10 @@ new mechanism is a new step module and nothing else:
   and the plan fuses it with its linear neighbours into one `BlockLinear`.
 - `stochastic`: True when the op draws fresh randomness at every call. Such an op
   is never handed to `compile_fn` (XLA), so the noise keeps the fast RNG kernel.
+- `jit` (optional, default True): whether the plan's `compile_fn` (XLA inside
+  `wrap`) should compile the op. XLA fuses layout changes, gathers and casts
+  into one pass, but on CPU its batched matmul is slower than TensorFlow's own
+  for large matrices, so a large dense `BlockLinear` says False.
 - `backend`: "keras" (written with `keras.ops`: runs on every backend, in
   `tf.data` and under XLA) or "numpy" (the escape hatch for mechanisms that
   `keras.ops` cannot express, such as a block cipher; see `numpy_bridge.py`).
@@ -60,6 +64,7 @@ class Op:
     backend: ClassVar[str] = "keras"
     linear: ClassVar[bool] = False
     stochastic: ClassVar[bool] = False
+    jit: ClassVar[bool] = True
     exact_inverse: ClassVar[bool] = True
 
     def __call__(self, x, uniform=None, dtype="float32"):

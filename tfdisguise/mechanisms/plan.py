@@ -3,9 +3,16 @@
 Consecutive linear ops (RMT, permutation, affine steps) are fused at compile
 time into one `BlockLinear`. That op moves images into the block layout
 `[t, N, d]` (block position, image, flattened block of length d = bh*bw*C), runs
-one gather plus one batched matmul `[t, N, d] @ [t, d, d]` (plus a bias), and
-moves them back; under XLA (as in `wrap`) the whole op is one fused kernel.
-Noise is i.i.d. per element, so it is added in image layout between linear ops.
+one gather plus one batched matmul (plus a bias), and moves them back; under XLA
+(as in `wrap`) the whole op is one fused kernel. The matmul is
+`[t, N, d] @ [t, d, d]` in vector mode and `[t, N*bh*C, bw] @ [t, bw, bw]` in
+matrix mode, whose bw x bw matrices are never expanded to d x d. A matrix-mode
+op and a dense (vector-mode) one fuse only while the expansion is small;
+otherwise they stay two ops. Noise is i.i.d. per element, so it is added in
+image layout between linear ops.
+
+The plan holds what the forward pass reads, in float32. The float64 inverse
+ops are built on the first `invert` (the owner's `undisguise`) and kept.
 
 `_run` knows nothing about particular ops: it reads each op's declarations
 (`layout`, `backend`, `stochastic`; see `op.py`) and `invert` runs each op's
@@ -29,7 +36,8 @@ True
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterable
 
 import keras
 from keras import ops
@@ -53,15 +61,21 @@ class Plan:
     ops: tuple
 
     @classmethod
-    def compile(cls, spec, step_ops: Sequence) -> Plan:
-        """Checks each step's op against `spec` and fuses consecutive linear ones."""
+    def compile(cls, spec, step_ops: Iterable, *, owned: bool = False) -> Plan:
+        """Checks each step's op against `spec` and fuses consecutive linear ones.
+
+        `step_ops` may be a generator: each op is fused as it arrives, so a
+        large step's unfused op is freed as soon as it is fused. `owned=True`
+        says that the ops were built for this plan alone (as `Key.plan` does):
+        fusing may then reorder their matrices in place rather than copy them.
+        """
         fused: list = []
         for op in step_ops:
             check_op(op)
             if hasattr(op, "check"):
                 op.check(spec)
-            if op.linear and fused and fused[-1].linear:
-                fused[-1] = BlockLinear.compose(fused[-1], op)
+            if op.linear and fused and fused[-1].linear and BlockLinear.fusable(fused[-1], op):
+                fused[-1] = BlockLinear.compose(fused[-1], op, reuse_first=owned)
             else:
                 fused.append(op)
         return cls(spec=spec, ops=tuple(fused))
@@ -86,12 +100,19 @@ class Plan:
         """All linear ops composed, ignoring the others (what a known-plaintext attacker estimates).
 
         Meaningful when the spec is linear up to additive noise (`spec.is_linear`).
+        In matrix mode its `matrices` are the bw x bw R_i in row form (`rows`
+        set); `dense_matrices()` expands them to d x d for small specs.
         """
         out = BlockLinear()
         for op in self.ops:
             if op.linear:
                 out = BlockLinear.compose(out, op)
         return out
+
+    @functools.cached_property
+    def inverse_ops(self) -> tuple:
+        """Each op's `inverse()`, in reverse order: what `invert` runs. Built on first use, then kept."""
+        return tuple(op.inverse() for op in reversed(self.ops))
 
 
 def _in_layout(x, call, layout, spec, dtype):
@@ -109,7 +130,8 @@ def _run_op(x, op, spec, uniform, dtype, compile_fn):
     fn = lambda t: _in_layout(t, call, op.layout, spec, dtype)
     # Only deterministic keras ops are compiled: XLA cannot run numpy, and the
     # noise is fastest with the plain RNG kernel outside the fused linear kernel.
-    if compile_fn is not None and op.backend == "keras" and not op.stochastic:
+    # An op may decline XLA (`jit`), as a large dense matmul does.
+    if compile_fn is not None and op.backend == "keras" and not op.stochastic and getattr(op, "jit", True):
         fn = compile_fn(fn)
     return fn(x)
 
@@ -148,9 +170,8 @@ def invert(disguised, plan: Plan):
     ops are inverted exactly; what remains is the zero-mean part of the noise,
     passed through the inverse transforms.
     """
-    inverse_ops = [op.inverse() for op in reversed(plan.ops)]
     # float64: the inverse of a poorly conditioned projection amplifies float32 error.
-    return _run(disguised, plan, inverse_ops, None, dtype="float64")
+    return _run(disguised, plan, plan.inverse_ops, None, dtype="float64")
 
 
 def uniform_source(seed_generator) -> Uniform:
