@@ -133,3 +133,35 @@ def test_calibrate_passes_attacks_only_when_asked(monkeypatch, tmp_path):
     assert cli.main([*argv, "--attacks", "known_plaintext, block_norm"]) == 0
     assert "attacks" not in configs[0] and configs[0]["block_sizes"] == (4, 8)
     assert configs[1]["attacks"] == ("known_plaintext", "block_norm")
+
+
+def test_keygen_defaults_to_the_recommended_setting_and_explains_it(tmp_path, capsys):
+    out = tmp_path / "new" / "owner" / "key.json"  # missing parents are created
+    assert cli.main(["keygen", "--image-shape", "28,28,1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    spec = Key.load(str(out)).spec
+    assert spec.block_size == (7, 7) and spec.noise_level == 100 and spec.has("permute")
+    assert "16 blocks of 7x7" in printed and "cost: plan" in printed and "docs/RESULTS.md" in printed
+    assert oct(os.stat(out.parent).st_mode & 0o777) == "0o700"
+
+
+def test_keygen_never_writes_a_permutation_of_one_block(tmp_path):
+    out = tmp_path / "k.json"
+    assert cli.main(["keygen", "--image-shape", "32,32,3", "--block-size", "full", "--out", str(out)]) == 0
+    spec = Key.load(str(out)).spec
+    assert spec.num_blocks == 1 and not spec.has("permute")
+
+
+def test_keygen_refuses_a_plan_over_the_cap_and_suggests_block_sizes(tmp_path, capsys):
+    out = tmp_path / "k.json"
+    code = cli.main(["keygen", "--image-shape", "224,224,3", "--block-size", "full", "--rmt-mode", "vector",
+                     "--out", str(out)])
+    assert code != 0 and not out.exists()
+    assert "Block sizes that fit this image" in capsys.readouterr().err
+
+
+def test_every_option_shows_its_default_in_help():
+    for command in ("keygen", "train", "calibrate"):
+        text = subprocess.run([sys.executable, "-m", "tfdisguise.cli", command, "--help"], capture_output=True,
+                              text=True, check=True).stdout
+        assert "(default:" in text, command

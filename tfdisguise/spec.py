@@ -310,7 +310,9 @@ class Spec:
             steps.append(AES())
         if rmt not in (None, "none"):
             steps.append(RMT(kind=rmt, mode=rmt_mode))
-        if permute:
+        # A permutation of one block does nothing; leave it out rather than pretend.
+        if permute and (image_shape[0] // _as_pair(block_size, "block_size")[0]) * (
+                image_shape[1] // _as_pair(block_size, "block_size")[1]) > 1:
             steps.append(Permute())
         if noise:
             noise_step = Noise(level=noise)
@@ -371,6 +373,32 @@ class Spec:
         """The same geometry and steps, noise steps left out."""
         return dataclasses.replace(self, steps=tuple(s for s in self.steps if not s.adds_noise))
 
+    @classmethod
+    def recommended(cls, image_shape, **overrides) -> Spec:
+        """The setting `tfdisguise keygen` writes when given only an image shape.
+
+        Today that is the paper's setting for the shape: block 7, noise 100 for
+        28x28 images; block 4, noise 25 for 32x32 and anything else (block 4
+        where it divides the image, otherwise the largest divisor up to 8);
+        orthogonal matrix-mode RMT plus the block permutation, noise after the
+        transforms. docs/RESULTS.md says how it fares against each attacker.
+        `overrides` are `Spec.create` arguments.
+
+        >>> Spec.recommended((28, 28, 1)).describe()
+        'block 7x7: rmt(orthogonal,matrix) > permute > noise(100)'
+        >>> Spec.recommended((32, 32, 3)).describe()
+        'block 4x4: rmt(orthogonal,matrix) > permute > noise(25)'
+        """
+        h, w = int(image_shape[0]), int(image_shape[1])
+        if (h, w) == (28, 28):
+            block, noise = 7, 100.0
+        else:
+            fits = [b for b in range(1, 9) if h % b == 0 and w % b == 0]
+            block, noise = (4 if 4 in fits else max(fits)), 25.0
+        kwargs = {"block_size": block, "rmt": "orthogonal", "rmt_mode": "matrix", "permute": True, "noise": noise}
+        kwargs.update(overrides)
+        return cls.create(image_shape, **kwargs)
+
     def plain(self) -> Spec:
         """The same geometry with no steps (the identity disguise)."""
         return dataclasses.replace(self, steps=())
@@ -398,12 +426,11 @@ class Spec:
 
 
 # What a spec costs, checked by `Spec.create`; it needs nothing from this module.
-from tfdisguise.mechanisms.cost import Cost, PlanTooLargeError, check_plan_size  # noqa: E402
-
 # The built-in steps live with their ops in `tfdisguise.mechanisms`; they subclass
 # `Step`, so they are imported here, after it is defined. Importing them keeps
 # `from tfdisguise.spec import RMT` working and registers them before any spec is read.
 from tfdisguise.mechanisms.aes import AES  # noqa: E402
+from tfdisguise.mechanisms.cost import Cost, PlanTooLargeError, check_plan_size  # noqa: E402
 from tfdisguise.mechanisms.negpos_hash import NegPosHash  # noqa: E402
 from tfdisguise.mechanisms.noise import Noise  # noqa: E402
 from tfdisguise.mechanisms.permute import Permute  # noqa: E402

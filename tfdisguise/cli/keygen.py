@@ -7,15 +7,40 @@ import argparse
 from tfdisguise.cli import args as cli_args
 
 
+class _Recommended:
+    """Marks an option left at its default, which then comes from Spec.recommended for the image shape.
+
+    Not a string: argparse would run a string default through the option's type.
+    """
+
+    def __repr__(self):
+        return "recommended"
+
+    __str__ = __repr__
+
+
+RECOMMENDED = _Recommended()
+
+
 def register_subparser(subparsers) -> None:
     p = subparsers.add_parser("keygen", help="generate a key file (mode 0600)")
     p.add_argument("--image-shape", type=cli_args.ints, required=True, help="H,W,C, e.g. 32,32,3")
-    p.add_argument("--block-size", type=cli_args.block, default=None, help="N or H,W; 'full' (default) = whole image")
-    p.add_argument("--rmt", choices=("orthogonal", "projection", "none"), default="orthogonal")
-    p.add_argument("--rmt-mode", choices=("matrix", "vector"), default="matrix")
-    p.add_argument("--permute", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--noise", type=float, default=0.0, help="noise level N on the 0..255 scale")
-    p.add_argument("--noise-position", choices=("after", "before"), default="after")
+    p.add_argument("--block-size", type=cli_args.block, default=RECOMMENDED,
+                   help="N or H,W, or 'full' (one block = whole-image RMT); the default is the recommended setting for "
+                        "the shape: 7 for 28x28, else 4 (Spec.recommended)")
+    p.add_argument("--rmt", choices=("orthogonal", "projection", "none"), default="orthogonal",
+                   help="kind of the secret matrix per block position")
+    p.add_argument("--rmt-mode", choices=("matrix", "vector"), default="matrix",
+                   help="matrix: B @ R per channel (R is bw x bw); vector: the flattened block times a d x d R")
+    p.add_argument("--permute", action=argparse.BooleanOptionalAction, default=True,
+                   help="keyed permutation of block positions (left out when there is one block)")
+    p.add_argument("--noise", type=float, default=RECOMMENDED,
+                   help="noise level N on the 0..255 scale; the default is the recommended level for the shape: "
+                        "100 for 28x28, else 25")
+    p.add_argument("--noise-position", choices=("after", "before"), default="after",
+                   help="add the noise after the transforms (poster) or before them (arXiv paper)")
+    p.add_argument("--max-plan-bytes", type=float, default=2e9,
+                   help="refuse a spec whose plan needs more memory than this")
     p.add_argument("--aes", action="store_true",
                    help="add keyed AES-256-ECB over each pixel block (blocks of >= 16 bytes; use with --rmt none for "
                         "AES alone)")
@@ -24,7 +49,7 @@ def register_subparser(subparsers) -> None:
                         "once for all blocks (shared) or for each block position (per-position)")
     p.add_argument("--negpos-hash", action="store_true",
                    help="add the hashed negative-positive step (each block inverted by a keyed hash of its content)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the key file to write (mode 0600; missing directories are made 0700)")
     p.add_argument("--force", action="store_true", help="overwrite an existing key file")
     p.set_defaults(run=run)
 
@@ -35,10 +60,19 @@ def run(args) -> int:
 
     if len(args.image_shape) != 3:
         raise ValueError(f"--image-shape must be H,W,C. Received: {args.image_shape}")
-    spec = Spec.create(args.image_shape, args.block_size, rmt=args.rmt, rmt_mode=args.rmt_mode, permute=args.permute,
-                       noise=args.noise, noise_position=args.noise_position, aes=args.aes,
-                       scramble=args.scramble.replace("-", "_"), negpos_hash=args.negpos_hash)
+    defaults = Spec.recommended(args.image_shape)
+    block = defaults.block_size if args.block_size is RECOMMENDED else args.block_size
+    noise = defaults.noise_level if args.noise is RECOMMENDED else args.noise
+    spec = Spec.create(args.image_shape, block, rmt=args.rmt, rmt_mode=args.rmt_mode, permute=args.permute,
+                       noise=noise, noise_position=args.noise_position, aes=args.aes,
+                       scramble=args.scramble.replace("-", "_"), negpos_hash=args.negpos_hash,
+                       max_plan_bytes=args.max_plan_bytes)
     key = Key.generate(spec)
     key.save(args.out, overwrite=args.force)
-    print(f"wrote {args.out} (mode 0600): fingerprint {key.fingerprint}, {spec.describe()}, image {spec.image_shape}")
+    gh, gw = spec.grid
+    print(f"wrote {args.out} (mode 0600): fingerprint {key.fingerprint}")
+    print(f"  image {spec.image_shape}, {gh}x{gw} = {spec.num_blocks} blocks of {spec.block_size[0]}x"
+          f"{spec.block_size[1]}: {spec.describe().split(': ', 1)[1]}")
+    print(f"  cost: {spec.cost().summary()}")
+    print("  how this setting fares against each attacker: docs/RESULTS.md, or run `tfdisguise calibrate`")
     return 0
