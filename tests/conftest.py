@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

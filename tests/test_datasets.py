@@ -47,7 +47,8 @@ def test_truncated_idx_is_a_clear_error(images, tmp_path):
     x, y = images
     write_idx(tmp_path / "t-images-idx3-ubyte.gz", x)
     write_idx(tmp_path / "t-labels-idx1-ubyte.gz", y)
-    raw = gzip.open(tmp_path / "t-images-idx3-ubyte.gz").read()
+    with gzip.open(tmp_path / "t-images-idx3-ubyte.gz") as f:
+        raw = f.read()
     with gzip.open(tmp_path / "t-images-idx3-ubyte.gz", "wb") as f:
         f.write(raw[:-10])
     with pytest.raises(ValueError, match="truncated IDX"):

@@ -4,10 +4,9 @@ import os
 import keras
 import numpy as np
 import pytest
+from test_privacy import synthetic_classes
 
 from tfdisguise import cli
-
-from test_privacy import synthetic_classes
 
 
 @pytest.fixture
@@ -27,7 +26,8 @@ def key_path(tmp_path):
 
 def check_outputs(out):
     assert {"model.keras", "history.json", "history.png"} <= set(os.listdir(out))
-    history = json.load(open(os.path.join(out, "history.json")))
+    with open(os.path.join(out, "history.json")) as f:
+        history = json.load(f)
     assert len(history["history"]["loss"]) == 1 and 0 <= history["val_accuracy"] <= 1
     model = keras.models.load_model(os.path.join(out, "model.keras"))
     assert model.output_shape == (None, 2)
@@ -35,10 +35,12 @@ def check_outputs(out):
 
 
 def test_train_plain_and_on_the_fly(npz, key_path, tmp_path):
-    assert cli.main(["train", "--input", npz, "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "plain")]) == 0
+    plain = ["train", "--input", npz, "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "plain")]
+    assert cli.main(plain) == 0
     assert check_outputs(str(tmp_path / "plain"))["disguised"] is False
     out = str(tmp_path / "wrapped")
-    assert cli.main(["train", "--input", npz, "--key", key_path, "--epochs", "1", "--batch-size", "32", "--out", out]) == 0
+    wrapped = ["train", "--input", npz, "--key", key_path, "--epochs", "1", "--batch-size", "32", "--out", out]
+    assert cli.main(wrapped) == 0
     history = check_outputs(out)
     assert history["disguised"] is True and len(history["fingerprint"]) == 16
 

@@ -241,7 +241,9 @@ def load(
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
     if not 0 <= validation_fraction < 1:
-        raise ValueError(f"`validation_fraction` must be in [0, 1). Received: validation_fraction={validation_fraction}")
+        raise ValueError(
+            f"`validation_fraction` must be in [0, 1). Received: validation_fraction={validation_fraction}"
+        )
     data = _read_source(source, tfds_split)
     order = np.random.default_rng(seed).permutation(len(data))
     n_val = int(round(len(data) * validation_fraction))

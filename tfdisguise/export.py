@@ -74,7 +74,9 @@ def _check_inside(model_dir: str, base_dir: str) -> None:
 
 
 def _next_version(model_dir: str) -> int:
-    versions = [int(n) for n in tf.io.gfile.listdir(model_dir) if re.fullmatch(r"\d+/?", n)] if tf.io.gfile.exists(model_dir) else []
+    if not tf.io.gfile.exists(model_dir):
+        return 1
+    versions = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(model_dir) if re.fullmatch(r"\d+/?", n)]
     return max(versions, default=0) + 1
 
 

@@ -86,7 +86,10 @@ class Key:
 
     def __init__(self, secret: bytes, spec: Spec):
         if not isinstance(secret, (bytes, bytearray)) or len(secret) != SECRET_BYTES:
-            raise ValueError(f"`secret` must be {SECRET_BYTES} bytes. Received: {type(secret).__name__} of length {len(secret) if hasattr(secret, '__len__') else '?'}")
+            length = len(secret) if hasattr(secret, "__len__") else "?"
+            raise ValueError(
+                f"`secret` must be {SECRET_BYTES} bytes. Received: {type(secret).__name__} of length {length}"
+            )
         if not isinstance(spec, Spec):
             raise TypeError(f"`spec` must be a tfdisguise Spec. Received: {type(spec).__name__}")
         self._secret = bytes(secret)
