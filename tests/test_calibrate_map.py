@@ -225,11 +225,11 @@ def test_markdown_verdicts_name_partial_breaks():
 def test_keygen_flags(tmp_path, capsys):
     path = str(tmp_path / "aes.json")
     assert cli.main(["keygen", "--image-shape", "28,28,1", "--block-size", "4", "--rmt", "none", "--aes",
-                     "--out", path]) == 0
+                     "--noise", "0", "--out", path]) == 0
     assert Key.load(path).spec.describe() == "block 4x4: aes > permute"
     path = str(tmp_path / "scramble.json")
     assert cli.main(["keygen", "--image-shape", "32,32,3", "--block-size", "4", "--rmt", "none",
-                     "--scramble", "per-position", "--negpos-hash", "--out", path]) == 0
+                     "--scramble", "per-position", "--negpos-hash", "--noise", "0", "--out", path]) == 0
     assert Key.load(path).spec.describe() == "block 4x4: block_scramble(per-position) > negpos_hash > permute"
     assert cli.main(["keygen", "--image-shape", "32,32,3", "--block-size", "2", "--aes", "--out",
                      str(tmp_path / "small.json")]) == 1
