@@ -1,4 +1,4 @@
-# The README's two commands: `make demo` and `make test`. Each sets up .venv on first use.
+# The README's two commands: `make demo` and `make test` (ruff, then pytest). Each sets up .venv on first use.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(PY) -m tfdisguise.demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
