@@ -6,8 +6,8 @@ from typing import ClassVar
 import keras
 import numpy as np
 
-from tfdisguise import Key, Spec, disguise
-from tfdisguise.mechanisms import Op
+from tfdisguise import Key, Spec
+from tfdisguise.mechanisms import Op, apply, uniform_source
 from tfdisguise.privacy.attacks import AttackInput
 from tfdisguise.spec import Step, register_step
 
@@ -93,14 +93,20 @@ def fixed_key(spec: Spec, key_seed: int = 0) -> Key:
     return Key(np.random.default_rng(key_seed).bytes(32), spec)
 
 
-def attack_input(spec: Spec, public, victim, examiner, seed: int = 0, key_seed: int = 0) -> AttackInput:
+def disguise_seeded(images, key: Key, noise_seed: int = 0):
+    """`disguise` with reproducible noise, so that the tests do not depend on luck."""
+    return keras.ops.convert_to_numpy(apply(images, key.plan, uniform_source(keras.random.SeedGenerator(noise_seed))))
+
+
+def attack_input(spec: Spec, public, victim, examiner, seed: int = 0, key_seed: int = 0,
+                 noise_seed: int = 0) -> AttackInput:
     """The victims disguised under `fixed_key(spec, key_seed)`, with the true permutation for scoring."""
     key = fixed_key(spec, key_seed)
     names = [s.name for s in spec.steps]
     true_perm = key.materials[names.index("permute")] if "permute" in names else None
     (xp, yp), (xv, yv) = public, victim
-    return AttackInput(spec=spec, victim_disguised=disguise(xv, key), victim_labels=yv, victim_plain=xv,
-                       num_classes=2, public_plain=xp, public_labels=yp, examiner=examiner,
+    return AttackInput(spec=spec, victim_disguised=disguise_seeded(xv, key, noise_seed), victim_labels=yv,
+                       victim_plain=xv, num_classes=2, public_plain=xp, public_labels=yp, examiner=examiner,
                        true_perm=true_perm, seed=seed)
 
 

@@ -15,19 +15,21 @@ correlations between positions; those, which no invertible M_j can change,
 also match the positions when the spec permutes. An LMMSE inverse with the
 public data as the prior reconstructs the images.
 
-Example (projection vector RMT, no noise, no permutation; synthetic data with
-distinct cross-position correlations):
+Example (projection matrix RMT and permutation, no noise; synthetic data whose
+rows and positions have distinct statistics):
 
 >>> import numpy as np
 >>> from tfdisguise.key import Key
 >>> from tfdisguise.spec import Spec
 >>> from tfdisguise.mechanisms import disguise
 >>> rng = np.random.default_rng(0)
->>> base, mix = rng.uniform(60, 200, 16), rng.normal(size=(16, 16))
->>> public = (base + rng.normal(size=(20000, 16)) @ mix).reshape(-1, 4, 4, 1)
->>> victim = (base + rng.normal(size=(4000, 16)) @ mix).reshape(-1, 4, 4, 1)
->>> key = Key.generate(Spec.create((4, 4, 1), 2, rmt="projection", rmt_mode="vector", permute=False))
+>>> base, mix = rng.uniform(60, 200, 64), rng.normal(size=(64, 64))
+>>> public = (base + rng.normal(size=(4000, 64)) @ mix).reshape(-1, 8, 8, 1)
+>>> victim = (base + rng.normal(size=(1000, 64)) @ mix).reshape(-1, 8, 8, 1)
+>>> key = Key(bytes(32), Spec.create((8, 8, 1), 4, rmt="projection", rmt_mode="matrix"))
 >>> est = estimate_whitened(public, disguise(victim, key), key.spec)
+>>> bool(np.array_equal(est.perm, key.materials[1]))
+True
 >>> bool(np.abs(est.reconstruct(disguise(victim[:5], key)) - np.clip(victim[:5], 0, 255)).max() < 5)
 True
 """
@@ -69,9 +71,14 @@ def whitening_floor(model: LinearModel, victims: int) -> float:
     return (model.var_before + model.var_after) * (2.0 * np.sqrt(r) + r)
 
 
-def whiten(plain: Moments, disguised: Moments, model: LinearModel, victims: int, eps: float = 1e-3):
+def whiten(plain: Moments, disguised: Moments, model: LinearModel, victims: int, eps: float = 1e-6):
     """(z_x, z_y, W_x, W_y^-1, regularization): both sides' moments with every position's row covariance
-    whitened, regularized by the larger of `eps` times the mean public variance and `whitening_floor`."""
+    whitened, regularized by the larger of `eps` times the mean public variance and `whitening_floor`.
+
+    Without noise the regularization only guards against exactly singular
+    covariances (MNIST's empty border): a Gaussian M_j is often badly
+    conditioned, and its weak directions still carry the image.
+    """
     pooled_x, pooled_y = plain.pooled(), disguised.pooled()
     reg = max(eps * float(np.mean(np.trace(pooled_x, axis1=1, axis2=2))) / model.n,
               whitening_floor(model, victims), 1e-9)
@@ -81,7 +88,7 @@ def whiten(plain: Moments, disguised: Moments, model: LinearModel, victims: int,
 
 
 def estimate_whitened(public_plain, victim_disguised, spec: Spec, *, restarts: int = 8, random_inits: int = 4,
-                      seed: int = 0, eps: float = 1e-3) -> LinearEstimate:
+                      seed: int = 0, eps: float = 1e-6) -> LinearEstimate:
     """The permutation and every M_j (orthogonal or not), from public plain and victim disguised images.
 
     `eps` regularizes the whitening (see `whiten`). `restarts` and
