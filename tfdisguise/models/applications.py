@@ -13,7 +13,8 @@ def application(x, num_classes, *, input_shape, spec=None, application: str):
     del spec
     app = getattr(keras.applications, application, None)
     if app is None or not callable(app):
-        raise ValueError(f"Unknown Keras application {application!r}. Received: name='keras.applications.{application}'")
+        raise ValueError(
+            f"Unknown Keras application {application!r}. Received: name='keras.applications.{application}'")
     backbone = app(weights=None, include_top=True, input_shape=input_shape, classes=num_classes,
                    classifier_activation="softmax")
     return backbone(x)

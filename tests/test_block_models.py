@@ -1,0 +1,224 @@
+"""block_vit and block_adapter: exact absorption of a disguise, training under wrap, save/load, export."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import make_key
+from test_leaks import leaks
+
+from tfdisguise import disguise, export, models, wrap
+from tfdisguise.mechanisms import to_blocks
+
+TINY_VIT = {"dim": 16, "depth": 1, "heads": 2, "dropout": 0.0}
+
+
+def _blocks(image, spec):
+    """[H, W, C] -> [t, d] numpy."""
+    return keras.ops.convert_to_numpy(to_blocks(image[np.newaxis], spec))[:, 0]
+
+
+def absorbing_copy(model, key):
+    """A copy of `model` for inputs disguised by `key` (noise-free), built analytically.
+
+    With y_j = x_{perm[j]} @ M_j: the input normalization keeps only the mean, moved
+    into the disguised basis (mean' = disguise(mean), variance 1); the per-position
+    map absorbs M_j^-1 and the plain per-pixel scaling; whatever follows per
+    position (position embeddings, the soft permutation) is permuted to match.
+    """
+    spec = key.spec
+    linear = key.plan.linear
+    perm = np.arange(spec.num_blocks) if linear.perm is None else linear.perm
+    inverse = np.linalg.inv(linear.matrices.astype(np.float64))  # M_j^-1
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+
+    norm = model.get_layer("normalization")
+    mean = keras.ops.convert_to_numpy(norm.adapt_mean).astype(np.float64)
+    std = np.sqrt(np.maximum(keras.ops.convert_to_numpy(norm.adapt_variance), keras.backend.epsilon() ** 2))
+    new_norm = copy.get_layer("normalization")
+    new_norm.adapt_mean.assign(disguise(mean[np.newaxis], key)[0])
+    new_norm.adapt_variance.assign(np.ones_like(mean))
+    new_norm.finalize_state()
+    inv_std = 1.0 / _blocks(std, spec)[perm]  # [t, d]: the plain scaling of the block that lands at j
+    # M_j^-1 diag(1/s_{perm[j]}): disguised normalized block j -> plain normalized block perm[j].
+    undo = inverse * inv_std[:, np.newaxis, :]
+
+    names = {layer.name for layer in model.layers}
+    if "block_tokens" in names:
+        kernel = keras.ops.convert_to_numpy(model.get_layer("block_tokens").kernel)
+        copy.get_layer("block_tokens").kernel.assign(undo @ kernel[perm])
+        pos = keras.ops.convert_to_numpy(model.get_layer("position_embedding").embedding)
+        copy.get_layer("position_embedding").embedding.assign(pos[perm])
+    else:
+        adapter = model.get_layer("block_adapter")
+        matrices = keras.ops.convert_to_numpy(adapter.matrices)
+        bias = keras.ops.convert_to_numpy(adapter.bias * adapter.lr_multiplier)
+        copy.get_layer("block_adapter").assign_matrices(undo @ matrices[perm], bias[perm])
+        if "block_permutation" in names:
+            # Adapter output j is plain block perm[j], so S'[k, j] = S[k, perm[j]]; Sinkhorn commutes
+            # with permuting columns, so permuting the logits' columns gives exactly that.
+            logits = keras.ops.convert_to_numpy(model.get_layer("block_permutation").logits)
+            copy.get_layer("block_permutation").logits.assign(logits[:, perm])
+    return copy
+
+
+def _models_and_inputs(name, key, rng, **options):
+    x = rng.integers(0, 256, (64, *key.spec.image_shape)).astype("float32")
+    model = models.build(name, key.spec.image_shape, 5, adapt_data=x, spec=key.spec, **options)
+    return model, x
+
+
+def _predict(model, x):
+    return model.predict(x, verbose=0, batch_size=64)
+
+
+@pytest.mark.parametrize("mode,shape,block", [("matrix", (8, 8, 1), 4), ("vector", (8, 8, 1), 4),
+                                              ("matrix", (8, 8, 3), 2), ("vector", (6, 6, 2), 3)])
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_block_vit_absorbs_the_disguise_exactly(rng, mode, shape, block, pool):
+    key = make_key(image_shape=shape, block_size=block, rmt="orthogonal", rmt_mode=mode)
+    model, x = _models_and_inputs("block_vit", key, rng, pool=pool, **TINY_VIT)
+    absorbing = absorbing_copy(model, key)
+    y = disguise(x, key)
+    plain_out, disguised_out = _predict(model, x), _predict(absorbing, y)
+    np.testing.assert_allclose(disguised_out, plain_out, atol=2e-5)
+    # Negative control: the plain model on disguised inputs is another function.
+    assert np.abs(_predict(model, y) - plain_out).max() > 1e-2
+
+
+def test_block_vit_absorbs_a_projection_disguise(rng):
+    key = make_key(image_shape=(8, 8, 1), block_size=4, rmt="projection", rmt_mode="vector")
+    model, x = _models_and_inputs("block_vit", key, rng, **TINY_VIT)
+    np.testing.assert_allclose(_predict(absorbing_copy(model, key), disguise(x, key)), _predict(model, x), atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["matrix", "vector"])
+def test_block_adapter_absorbs_the_disguise_exactly(rng, mode):
+    key = make_key(image_shape=(8, 8, 1), block_size=4, rmt="orthogonal", rmt_mode=mode, permute=False)
+    model, x = _models_and_inputs("block_adapter", key, rng, backbone="simple_cnn", lr_multiplier=3.0)
+    assert "block_permutation" not in {layer.name for layer in model.layers}
+    absorbing = absorbing_copy(model, key)
+    y = disguise(x, key)
+    np.testing.assert_allclose(_predict(absorbing, y), _predict(model, x), atol=2e-5)
+    assert np.abs(_predict(model, y) - _predict(model, x)).max() > 1e-2
+
+
+def test_block_adapter_with_soft_permutation_absorbs_a_permuting_disguise(rng):
+    key = make_key(image_shape=(8, 8, 1), block_size=4, rmt="orthogonal", rmt_mode="vector")
+    model, x = _models_and_inputs("block_adapter", key, rng, backbone="simple_cnn", lr_multiplier=2.0)
+    # Start the plain model at an exact identity permutation, so that the copy's hard permutation matches it.
+    model.get_layer("block_permutation").assign_permutation(np.arange(key.spec.num_blocks))
+    absorbing = absorbing_copy(model, key)
+    np.testing.assert_allclose(_predict(absorbing, disguise(x, key)), _predict(model, x), atol=2e-5)
+
+
+def test_block_size_comes_from_the_spec_or_an_option():
+    model = models.build("block_vit", (8, 8, 1), 3, block_size=2, **TINY_VIT)
+    assert tuple(model.get_layer("block_tokens").kernel.shape) == (16, 4, 16)
+    with pytest.raises(ValueError, match="`block_size` option"):
+        models.build("block_vit", (8, 8, 1), 3)
+    with pytest.raises(ValueError, match=r"`block_size` \(3, 3\) must divide the image shape"):
+        models.build("block_vit", (8, 8, 1), 3, block_size=3)
+    with pytest.raises(ValueError, match="`backbone` must be one of"):
+        models.build("block_adapter", (8, 8, 1), 3, block_size=4, backbone="block_adapter")
+    with pytest.raises(ValueError, match="`permutation` must be one of"):
+        models.build("block_adapter", (8, 8, 1), 3, block_size=4, permutation="hungarian")
+
+
+def test_block_adapter_takes_any_backbone():
+    key = make_key(image_shape=(32, 32, 3), block_size=4, rmt="orthogonal", noise=10)
+    for backbone in ("resnet20", "keras.applications.MobileNetV2"):
+        model = models.build("block_adapter", (32, 32, 3), 4, spec=key.spec, backbone=backbone)
+        assert model.output_shape == (None, 4)
+        assert {"block_adapter", "block_permutation"} <= {layer.name for layer in model.layers}
+    model = models.build("block_adapter", (32, 32, 3), 4, spec=key.spec, channels=8, permutation="none",
+                         backbone="resnet20", backbone_options={"weight_decay": 0.0})
+    assert model.get_layer("block_adapter").output.shape == (None, 32, 32, 8)
+
+
+@pytest.mark.parametrize("name,options", [("block_vit", TINY_VIT),
+                                          ("block_adapter", {"backbone": "simple_cnn", "lr_multiplier": 5.0})])
+def test_trains_under_wrap_saves_loads_and_exports_without_key_material(rng, tmp_path, name, options):
+    key = make_key(image_shape=(14, 14, 1), block_size=7, rmt="orthogonal", rmt_mode="vector", noise=10)
+    x = rng.integers(0, 256, (64, 14, 14, 1), dtype=np.uint8)
+    y = np.arange(64) % 2
+    model = models.build(name, (14, 14, 1), 2, adapt_data=disguise(x, key), spec=key.spec, **options)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    before = [w.copy() for w in model.get_weights()]
+    history = model.fit(wrap(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), key), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    probe = disguise(x[:8], key)
+    np.testing.assert_allclose(loaded.predict(probe, verbose=0), model.predict(probe, verbose=0), atol=1e-6)
+
+    version_dir = export(loaded, str(tmp_path / "saved_models"), name, key=key)
+    served = tf.saved_model.load(version_dir).signatures["serving_default"]
+    out = served(image=tf.constant(probe))["probabilities"].numpy()
+    np.testing.assert_allclose(out, model.predict(probe, verbose=0), atol=1e-5)
+    for root, _, files in os.walk(version_dir):
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                assert leaks(fh.read(), key) == [], f
+    with open(path, "rb") as fh:
+        assert leaks(fh.read(), key) == []
+    _assert_no_key_matrix_in_weights(loaded, key)
+
+
+def _assert_no_key_matrix_in_weights(model, key):
+    """No weight (nor a block layer's effective matrix) starts with a key matrix, its inverse or transpose."""
+    secrets_ = []
+    for m in key.plan.linear.matrices:
+        secrets_ += [m, m.T, np.linalg.inv(m)]
+    for material in key.materials:
+        if material is not None and material.dtype.kind == "f":
+            secrets_ += list(material)
+    arrays = [(w.path, keras.ops.convert_to_numpy(w)) for w in model.weights]
+    arrays += [(layer.name, keras.ops.convert_to_numpy(layer.matrices)) for layer in model.layers
+               if hasattr(layer, "matrices")]
+    for path, w in arrays:
+        if w.ndim < 2:
+            continue
+        stack = w.reshape(-1, *w.shape[-2:]).astype(np.float64)
+        for s in secrets_:
+            r, c = s.shape
+            if stack.shape[1] >= r and stack.shape[2] >= c:
+                assert not np.any(np.all(np.abs(stack[:, :r, :c] - s) < 1e-4, axis=(1, 2))), path
+
+
+def test_block_models_use_keras_ops_only():
+    # Keras's numpy and JAX backends need jax, which this environment lacks; so check the source instead:
+    # the block models and every tfdisguise module they import use no TensorFlow, only keras.ops.
+    import ast
+    import importlib
+
+    todo, seen = ["tfdisguise.models.block_vit", "tfdisguise.models.block_adapter"], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        module = importlib.import_module(name)
+        with open(module.__file__) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "tensorflow" for n in names), f"{name} imports TensorFlow"
+            todo += [n for n in names if n.startswith("tfdisguise.models") or n == "tfdisguise.mechanisms.layout"]
+    assert {"tfdisguise.models.block_layers", "tfdisguise.models.registry", "tfdisguise.mechanisms.layout"} <= seen
+
+
+def test_the_weight_scan_finds_a_planted_key_matrix():
+    # Positive control for `_assert_no_key_matrix_in_weights`: an adapter set to the exact inverse is caught.
+    key = make_key(image_shape=(8, 8, 1), block_size=4, rmt="orthogonal", rmt_mode="vector", permute=False)
+    model = models.build("block_adapter", (8, 8, 1), 2, spec=key.spec, lr_multiplier=4.0)
+    model.get_layer("block_adapter").assign_matrices(np.linalg.inv(key.plan.linear.matrices))
+    with pytest.raises(AssertionError, match="block_adapter"):
+        _assert_no_key_matrix_in_weights(model, key)
