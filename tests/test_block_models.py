@@ -56,6 +56,13 @@ def absorbing_copy(model, key):
         adapter = model.get_layer("block_adapter")
         matrices = keras.ops.convert_to_numpy(adapter.matrices)
         bias = keras.ops.convert_to_numpy(adapter.bias * adapter.lr_multiplier)
+        if adapter.structure == "matrix":
+            # M_j = kron(I_bh, kron(R_j, I_C)): R_j sits in M_j's first row of pixels, channel 0. With one
+            # scale per block (block normalization), M_j^-1 diag(1/s) is R_j^-1 / s, still of that form.
+            c, bw = spec.image_shape[2], spec.block_size[1]
+            small_inverse = np.linalg.inv(linear.matrices[:, :bw * c:c, :bw * c:c])
+            assert np.allclose(inv_std, inv_std[:, :1]), "matrix structure needs one scale per block"
+            undo = small_inverse * inv_std[:, :1, np.newaxis]
         copy.get_layer("block_adapter").assign_matrices(undo @ matrices[perm], bias[perm])
         if "block_permutation" in names:
             # Adapter output j is plain block perm[j], so S'[k, j] = S[k, perm[j]]; Sinkhorn commutes
@@ -95,11 +102,15 @@ def test_block_vit_absorbs_a_projection_disguise(rng):
     np.testing.assert_allclose(_predict(absorbing_copy(model, key), disguise(x, key)), _predict(model, x), atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["matrix", "vector"])
-def test_block_adapter_absorbs_the_disguise_exactly(rng, mode):
-    key = make_key(image_shape=(8, 8, 1), block_size=4, rmt="orthogonal", rmt_mode=mode, permute=False)
-    model, x = _models_and_inputs("block_adapter", key, rng, backbone="simple_cnn", lr_multiplier=3.0)
+@pytest.mark.parametrize("mode,structure,shape", [("matrix", "auto", (8, 8, 1)), ("matrix", "auto", (8, 8, 3)),
+                                                  ("matrix", "vector", (8, 8, 2)), ("vector", "auto", (8, 8, 1))])
+def test_block_adapter_absorbs_the_disguise_exactly(rng, mode, structure, shape):
+    key = make_key(image_shape=shape, block_size=4, rmt="orthogonal", rmt_mode=mode, permute=False)
+    model, x = _models_and_inputs("block_adapter", key, rng, backbone="simple_cnn", lr_multiplier=3.0,
+                                  structure=structure)
     assert "block_permutation" not in {layer.name for layer in model.layers}
+    expected = "matrix" if (mode, structure) == ("matrix", "auto") else "vector"
+    assert model.get_layer("block_adapter").structure == expected
     absorbing = absorbing_copy(model, key)
     y = disguise(x, key)
     np.testing.assert_allclose(_predict(absorbing, y), _predict(model, x), atol=2e-5)

@@ -16,7 +16,9 @@ cloud's own model, an estimate of the inverse key (and of the permutation).
 
 Options: `backbone`, `backbone_options` (a dict for the backbone family),
 `block_size` (when there is no spec), `permutation` ("auto": Sinkhorn when the
-spec permutes blocks; "sinkhorn"; "none"), `channels` (adapter output channels),
+spec permutes blocks; "sinkhorn"; "none"), `structure` ("auto": "matrix", a
+bw x bw map per position, when the spec's RMT is in matrix mode, else "vector",
+a d x d map), `channels` (adapter output channels, vector structure),
 `lr_multiplier` (the stem's learning-rate multiplier under Adam),
 `sinkhorn_iterations`, `temperature`.
 
@@ -39,6 +41,7 @@ from tfdisguise.models.registry import APPLICATIONS_PREFIX, MODELS, register_mod
 __all__ = ["block_adapter"]
 
 PERMUTATIONS = ("auto", "sinkhorn", "none")
+STRUCTURES = ("auto", "vector", "matrix")
 
 
 def _backbone(name: str):
@@ -50,19 +53,25 @@ def _backbone(name: str):
     raise ValueError(f"`backbone` must be one of {choices}. Received: backbone={name!r}")
 
 
-@register_model("block_adapter")
+@register_model("block_adapter", block_normalization=True)
 def block_adapter(x, num_classes, *, input_shape, spec=None, backbone: str = "simple_cnn",
                   backbone_options: dict | None = None, block_size=None, permutation: str = "auto",
-                  channels: int | None = None, lr_multiplier: float = 1.0, sinkhorn_iterations: int = 20,
+                  structure: str = "auto", channels: int | None = None, lr_multiplier: float = 1.0, sinkhorn_iterations: int = 20,
                   temperature: float = 1.0):
     """Per-position adapter, optional soft block permutation, then the backbone on the image layout."""
     block = block_size_of(spec, block_size, input_shape)
     if permutation not in PERMUTATIONS:
         raise ValueError(f"`permutation` must be one of {PERMUTATIONS}. Received: permutation={permutation!r}")
+    if structure not in STRUCTURES:
+        raise ValueError(f"`structure` must be one of {STRUCTURES}. Received: structure={structure!r}")
     family, extra = _backbone(backbone)
     if permutation == "auto":
         permutation = "sinkhorn" if spec is not None and spec.has("permute") else "none"
-    x = BlockAdapter(block, channels=channels, lr_multiplier=lr_multiplier, name="block_adapter")(x)
+    if structure == "auto":
+        modes = {step.mode for step in spec.steps_of("rmt")} if spec is not None else set()
+        structure = "matrix" if modes == {"matrix"} and channels is None else "vector"
+    x = BlockAdapter(block, structure=structure, channels=channels, lr_multiplier=lr_multiplier,
+                     name="block_adapter")(x)
     if permutation == "sinkhorn":
         x = SoftBlockPermutation(block, iterations=sinkhorn_iterations, temperature=temperature,
                                  lr_multiplier=lr_multiplier, name="block_permutation")(x)

@@ -159,14 +159,20 @@ class PositionEmbedding(keras.layers.Layer):
 class BlockAdapter(keras.layers.Layer):
     """A per-position linear map of each block, back in image layout: `out_j = block_j @ A_j + b_j`.
 
-    With `channels` = the input's C, `A_j` is d x d and starts at the identity, so
-    the layer starts as a no-op; it can undo any invertible block-wise linear map
-    exactly (`A_j = M_j^-1`). With more channels, each output pixel gets
+    `structure="vector"`: A_j is d x d (d = bh*bw*C), so the layer can undo any
+    invertible block-wise linear map exactly (A_j = M_j^-1). `structure="matrix"`:
+    A_j is bw x bw and multiplies every row of every channel of the block
+    (B -> B @ A_j), the form of a `matrix`-mode RMT; it has bw^2 instead of d^2
+    parameters per position and still undoes such an RMT exactly. Either way
+    A_j starts at the identity, so the layer starts as a no-op.
+
+    With more `channels` (vector structure only), each output pixel gets
     `channels` values: the first C start as the identity, the others as small
     random features.
 
     Args:
         block_size: int or (bh, bw); must divide the image.
+        structure: "vector" or "matrix" (see above).
         channels: output channels (default: the input's).
         use_bias: adds a learned per-position bias (starts at 0).
         lr_multiplier: scales the layer's effective learning rate under Adam
@@ -180,12 +186,20 @@ class BlockAdapter(keras.layers.Layer):
         `(batch, H, W, channels)`.
     """
 
-    def __init__(self, block_size, channels: int | None = None, use_bias: bool = True, lr_multiplier: float = 1.0,
-                 extra_stddev: float = 0.1, **kwargs):
+    STRUCTURES = ("vector", "matrix")
+
+    def __init__(self, block_size, structure: str = "vector", channels: int | None = None, use_bias: bool = True,
+                 lr_multiplier: float = 1.0, extra_stddev: float = 0.1, **kwargs):
         super().__init__(**kwargs)
+        if structure not in self.STRUCTURES:
+            raise ValueError(f"`structure` must be one of {self.STRUCTURES}. Received: structure={structure!r}")
         if channels is not None and int(channels) < 1:
             raise ValueError(f"`channels` must be >= 1. Received: channels={channels}")
+        if structure == "matrix" and channels is not None:
+            raise ValueError(f"`channels` needs structure='vector' (a matrix-structured adapter keeps the channels). "
+                             f"Received: channels={channels}, structure={structure!r}")
         self.block_size = block_size
+        self.structure = structure
         self.channels = None if channels is None else int(channels)
         self.use_bias = bool(use_bias)
         self.lr_multiplier = _check_multiplier(lr_multiplier)
@@ -201,39 +215,48 @@ class BlockAdapter(keras.layers.Layer):
         t, d, d_out = self.geometry.num_blocks, self.geometry.block_dim, self.out_geometry.block_dim
         c, out_c = self.geometry.image_shape[2], self.out_geometry.image_shape[2]
         extra_stddev = self.extra_stddev
+        bw = self.geometry.block_size[1]
 
         def initial(shape):
+            if self.structure == "matrix":
+                return np.broadcast_to(np.eye(bw, dtype=np.float32), shape).copy()
             # Identity from input (pixel, channel) to output (pixel, channel) for the first C channels.
             pixels = d // c
             eye = np.zeros((pixels, c, pixels, out_c), np.float32)
             for ch in range(min(c, out_c)):
                 eye[:, ch, :, ch] = np.eye(pixels)
-            eye = eye.reshape(d, d_out)
             extra = np.zeros((pixels, c, pixels, out_c), np.float32)
             if out_c > c:
                 rng = np.random.default_rng(0)
                 extra[..., c:] = rng.normal(0, extra_stddev, extra[..., c:].shape)
-            return np.broadcast_to(eye + extra.reshape(d, d_out), shape).copy()
+            return np.broadcast_to((eye + extra).reshape(d, d_out), shape).copy()
 
-        scale = self.lr_multiplier
-        self.kernel = self.add_weight(name="kernel", shape=(t, d, d_out), initializer=_ScaledInit(initial, scale))
+        shape = (t, bw, bw) if self.structure == "matrix" else (t, d, d_out)
+        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=_ScaledInit(initial, self.lr_multiplier))
         self.bias = self.add_weight(name="bias", shape=(t, 1, d_out), initializer="zeros") if self.use_bias else None
 
     @property
     def matrices(self):
-        """The effective per-position matrices A_j, [t, d, d_out]."""
+        """The effective per-position matrices A_j: [t, d, d_out] (vector) or [t, bw, bw] (matrix)."""
         return self.kernel * self.lr_multiplier
 
     def assign_matrices(self, matrices, bias=None):
-        """Sets the effective A_j (and b_j), for example to an analytic inverse."""
-        self.kernel.assign(np.asarray(matrices, np.float32) / self.lr_multiplier)
+        """Sets the effective A_j (and b_j, [t, d_out]), for example to an analytic inverse."""
+        self.kernel.assign(np.asarray(matrices, np.float32).reshape(self.kernel.shape) / self.lr_multiplier)
         if bias is not None:
             if self.bias is None:
                 raise ValueError("This BlockAdapter has no bias (use_bias=False). Received: bias")
             self.bias.assign(np.asarray(bias, np.float32).reshape(self.bias.shape) / self.lr_multiplier)
 
     def call(self, x):
-        blocks = ops.matmul(to_blocks(x, self.geometry), self.matrices)  # [t, N, d_out]
+        blocks = to_blocks(x, self.geometry)  # [t, N, d]
+        if self.structure == "matrix":
+            (bh, bw), c = self.geometry.block_size, self.geometry.image_shape[2]
+            rows = ops.reshape(blocks, (self.geometry.num_blocks, -1, bh, bw, c))
+            rows = ops.einsum("tnrwc,twv->tnrvc", rows, self.matrices)
+            blocks = ops.reshape(rows, (self.geometry.num_blocks, -1, self.geometry.block_dim))
+        else:
+            blocks = ops.matmul(blocks, self.matrices)
         if self.bias is not None:
             blocks = blocks + self.bias * self.lr_multiplier
         return from_blocks(blocks, self.out_geometry)
@@ -243,8 +266,8 @@ class BlockAdapter(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(block_size=self.block_size, channels=self.channels, use_bias=self.use_bias,
-                      lr_multiplier=self.lr_multiplier, extra_stddev=self.extra_stddev)
+        config.update(block_size=self.block_size, structure=self.structure, channels=self.channels,
+                      use_bias=self.use_bias, lr_multiplier=self.lr_multiplier, extra_stddev=self.extra_stddev)
         return config
 
 

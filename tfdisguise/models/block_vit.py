@@ -95,7 +95,7 @@ class FirstToken(keras.layers.Layer):
         return (input_shape[0], input_shape[2])
 
 
-@register_model("block_vit")
+@register_model("block_vit", block_normalization=True)
 def block_vit(x, num_classes, *, input_shape, spec=None, block_size=None, dim: int = 128, depth: int = 4,
               heads: int = 4, mlp_dim: int | None = None, dropout: float = 0.1, pool: str = "mean"):
     """Unshared block embedding, position embeddings, `depth` pre-norm transformer blocks, pooled softmax head."""

@@ -1,0 +1,247 @@
+"""The accuracy gap between plain and disguised training, at the same budget and recipe.
+
+For each part (a data set and a disguise setting) and each recipe (a model
+family with its options and training tricks), it trains the recipe on plain
+images and on images disguised under each of `--keys` fresh keys, with the same
+budget. The plain runs use the same seeds as the disguised ones, so both sides
+get a mean and a standard deviation. The reference is the best plain recipe of
+the part, whatever its architecture; each disguised recipe's gap is measured
+against it.
+
+Parts:
+  mnist-paper    MNIST t10k as 8k/2k (seed 0), block 7, orthogonal matrix RMT + permutation, noise 100
+  mnist-noise0   the same disguise without noise
+  mnist-adapter  the issue's adapter prototype setting: the same without permutation, noise 100
+  cifar-poster   CIFAR-10 train.npz as 40k/10k (seed 0), block 2, orthogonal matrix RMT, noise 25
+  cifar-perm     the same with block permutation
+
+Writes `results.jsonl` (one line per training, appended, so an interrupted run
+resumes with `--resume`), `summary.md` (mean +- sd per recipe, gaps) and
+`curves_<part>.png` (validation accuracy per epoch, mean over keys) to `--out`.
+
+Usage (the figures in docs/RESULTS.md):
+  python benchmarks/model_gap.py --data ../shared/data --parts mnist-paper,mnist-noise0 \
+      --recipes cnn,cnn+aug,vit+aug --epochs 10 --keys 3 --out benchmarks/out/model_gap
+Sizing the budget: `--epochs`, `--limit` (training images), `--val-limit`,
+`--keys`, `--parts`, `--recipes`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+PARTS = {
+    "mnist-paper": {"data": "mnist", "spec": {"block_size": 7, "rmt": "orthogonal", "rmt_mode": "matrix",
+                                              "permute": True, "noise": 100}},
+    "mnist-noise0": {"data": "mnist", "spec": {"block_size": 7, "rmt": "orthogonal", "rmt_mode": "matrix",
+                                               "permute": True, "noise": 0}},
+    "mnist-adapter": {"data": "mnist", "spec": {"block_size": 7, "rmt": "orthogonal", "rmt_mode": "matrix",
+                                                "permute": False, "noise": 100}},
+    "cifar-poster": {"data": "cifar10", "spec": {"block_size": 2, "rmt": "orthogonal", "rmt_mode": "matrix",
+                                                 "permute": False, "noise": 25}},
+    "cifar-perm": {"data": "cifar10", "spec": {"block_size": 2, "rmt": "orthogonal", "rmt_mode": "matrix",
+                                               "permute": True, "noise": 25}},
+}
+
+SOURCES = {"mnist": "mnist", "cifar10": "cifar10/train.npz"}
+
+# Recipe name -> TrainConfig fields per data set (epochs and seed come from the command line).
+_VIT_MNIST = {"dim": 128, "depth": 4, "heads": 4, "dropout": 0.1}
+_VIT_CIFAR = {"dim": 96, "depth": 4, "heads": 4, "dropout": 0.1}
+RECIPES = {
+    "mnist": {
+        "cnn": {"model": "simple_cnn"},
+        "cnn+aug": {"model": "simple_cnn", "augment": "translate=0.08,rotate=0.03", "label_smoothing": 0.1},
+        "vit": {"model": "block_vit", "model_options": _VIT_MNIST, "warmup_epochs": 1},
+        "vit+aug": {"model": "block_vit", "model_options": _VIT_MNIST, "warmup_epochs": 1,
+                    "augment": "translate=0.08,rotate=0.03", "label_smoothing": 0.1},
+        "adapter": {"model": "block_adapter", "model_options": {"backbone": "simple_cnn"}},
+        "adapter-lr10": {"model": "block_adapter", "model_options": {"backbone": "simple_cnn", "lr_multiplier": 10}},
+    },
+    "cifar10": {
+        "resnet20": {"model": "resnet20"},
+        "resnet20+aug": {"model": "resnet20", "augment": "crop=0.125,flip", "label_smoothing": 0.1},
+        "vit+aug": {"model": "block_vit", "model_options": _VIT_CIFAR, "warmup_epochs": 1,
+                    "augment": "crop=0.125,flip", "label_smoothing": 0.1},
+        "adapter+aug": {"model": "block_adapter", "model_options": {"backbone": "resnet20", "lr_multiplier": 10},
+                        "augment": "crop=0.125,flip", "label_smoothing": 0.1},
+    },
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="../shared/data", help="directory with mnist/ and cifar10/train.npz")
+    p.add_argument("--parts", default="mnist-paper,mnist-noise0", help=f"comma list of {sorted(PARTS)}")
+    p.add_argument("--recipes", default=None, help="comma list of recipe names (default: all for the data set)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--keys", type=int, default=3, help="keys (and plain seeds) per recipe")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--val-limit", type=int, default=None, help="use only the first N validation images")
+    p.add_argument("--no-plain", action="store_true", help="skip plain runs (reuse them from results.jsonl)")
+    p.add_argument("--out", default="benchmarks/out/model_gap")
+    p.add_argument("--resume", action="store_true", help="skip trainings already in results.jsonl")
+    return p.parse_args(argv)
+
+
+def load_part(args, part):
+    from tfdisguise import datasets
+
+    source = os.path.join(args.data, SOURCES[PARTS[part]["data"]])
+    train = datasets.load(source, "train", validation_fraction=0.2, seed=0)
+    val = datasets.load(source, "validation", validation_fraction=0.2, seed=0)
+    if args.limit:
+        train = train.take(args.limit)
+    if args.val_limit:
+        val = val.take(args.val_limit)
+    return train, val
+
+
+def run_id(part, recipe, side, seed, args, n_train):
+    return f"{part}|{recipe}|{side}|seed{seed}|e{args.epochs}|b{args.batch_size}|n{n_train}"
+
+
+def done_runs(path):
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {r["id"]: r for r in (json.loads(line) for line in f if line.strip())}
+
+
+def train_one(train, val, recipe_fields, seed, args, key):
+    from tfdisguise.train import TrainConfig, train_classifier
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=seed, **recipe_fields)
+    _, result = train_classifier(train.x, train.y, (val.x, val.y), key=key, config=config, progress=False,
+                                 num_classes=10)
+    return result
+
+
+def mean_sd(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(records, parts):
+    lines = ["| part | recipe | plain acc. (mean ± sd) | disguised acc. (mean ± sd) | gap to best plain | "
+             "gap to own plain | n |", "|---|---|---|---|---|---|---|"]
+    summary = {}
+    for part in parts:
+        rows = [r for r in records if r["part"] == part]
+        recipes = sorted({r["recipe"] for r in rows}, key=lambda n: [r["recipe"] for r in rows].index(n))
+        stats = {}
+        for recipe in recipes:
+            plain = [r["val_accuracy"] for r in rows if r["recipe"] == recipe and r["side"] == "plain"]
+            disg = [r["val_accuracy"] for r in rows if r["recipe"] == recipe and r["side"] == "disguised"]
+            stats[recipe] = (mean_sd(plain), mean_sd(disg), len(plain), len(disg))
+        best_plain = max((s[0][0] for s in stats.values() if s[2]), default=float("nan"))
+        best_name = next((n for n, s in stats.items() if s[2] and s[0][0] == best_plain), None)
+        for recipe, ((pm, ps), (dm, ds), n_p, n_d) in stats.items():
+            gap = 100 * (best_plain - dm) if n_d else float("nan")
+            own = 100 * (pm - dm) if n_d and n_p else float("nan")
+            lines.append(f"| {part} | {recipe} | {_pct(pm, ps, n_p)} | {_pct(dm, ds, n_d)} | {gap:.2f} pts | "
+                         f"{own:.2f} pts | {n_p}/{n_d} |")
+        summary[part] = {"best_plain": best_name, "best_plain_accuracy": best_plain,
+                         "recipes": {n: {"plain": s[0], "disguised": s[1]} for n, s in stats.items()}}
+    return "\n".join(lines) + "\n", summary
+
+
+def _pct(mean, sd, n):
+    return f"{100 * mean:.2f}% ± {100 * sd:.2f}" if n else "-"
+
+
+def curves_figure(records, part):
+    from tfdisguise.plots import new_figure
+
+    rows = [r for r in records if r["part"] == part]
+    recipes = sorted({r["recipe"] for r in rows}, key=lambda n: [r["recipe"] for r in rows].index(n))
+    fig, ax = new_figure(1, 1, figsize=(7, 4))
+    for i, recipe in enumerate(recipes):
+        for side, style in (("plain", "--"), ("disguised", "-")):
+            curves = [r["curve"] for r in rows if r["recipe"] == recipe and r["side"] == side]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            mean = np.mean([c[:n] for c in curves], axis=0)
+            sd = np.std([c[:n] for c in curves], axis=0)
+            epochs = np.arange(1, n + 1)
+            ax.plot(epochs, 100 * mean, style, color=f"C{i}", marker="o", ms=3, label=f"{recipe} ({side})")
+            ax.fill_between(epochs, 100 * (mean - sd), 100 * (mean + sd), color=f"C{i}", alpha=0.12)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{part}: plain (dashed) vs disguised (solid), mean ± sd over keys")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from tfdisguise import Key, Spec
+    from tfdisguise.plots import save_figure
+
+    os.makedirs(args.out, exist_ok=True)
+    log_path = os.path.join(args.out, "results.jsonl")
+    done = done_runs(log_path) if args.resume else {}
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        sys.exit(f"--parts: unknown {unknown}; choose from {sorted(PARTS)}")
+    for part in parts:
+        data = PARTS[part]["data"]
+        names = args.recipes.split(",") if args.recipes else list(RECIPES[data])
+        bad = [n for n in names if n not in RECIPES[data]]
+        if bad:
+            sys.exit(f"--recipes: unknown for {data}: {bad}; choose from {sorted(RECIPES[data])}")
+        train, val = load_part(args, part)
+        spec = Spec.create(train.image_shape, **PARTS[part]["spec"])
+        print(f"== {part}: {spec.describe()}; {len(train)} train / {len(val)} validation images, "
+              f"{args.epochs} epochs, {args.keys} keys", flush=True)
+        for name in names:
+            for seed in range(args.keys):
+                sides = (("disguised",) if args.no_plain else ("plain", "disguised"))
+                for side in sides:
+                    rid = run_id(part, name, side, seed, args, len(train))
+                    if rid in done:
+                        continue
+                    key = Key.generate(spec) if side == "disguised" else None
+                    started = time.time()
+                    result = train_one(train, val, RECIPES[data][name], seed, args, key)
+                    record = {"id": rid, "part": part, "recipe": name, "side": side, "seed": seed,
+                              "fingerprint": key.fingerprint if key else None, "spec": spec.describe(),
+                              "recipe_fields": RECIPES[data][name], "epochs": args.epochs,
+                              "train_images": len(train), "val_images": len(val),
+                              "val_accuracy": result.val_accuracy, "curve": result.history.get("val_accuracy"),
+                              "seconds": round(time.time() - started, 1)}
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    done[rid] = record
+                    print(f"{part} {name:>14} {side:>9} seed {seed}: {100 * result.val_accuracy:.2f}% "
+                          f"({record['seconds']:.0f}s)", flush=True)
+    records = [r for r in done.values() if r["part"] in parts and r["epochs"] == args.epochs]
+    table, summary = summarize(records, parts)
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(table)
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    for part in parts:
+        save_figure(curves_figure(records, part), os.path.join(args.out, f"curves_{part}.png"))
+    print(table)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
