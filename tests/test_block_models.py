@@ -50,6 +50,9 @@ def absorbing_copy(model, key):
     if "block_tokens" in names:
         kernel = keras.ops.convert_to_numpy(model.get_layer("block_tokens").kernel)
         copy.get_layer("block_tokens").kernel.assign(undo @ kernel[perm])
+        if model.get_layer("block_tokens").bias is not None:
+            bias = keras.ops.convert_to_numpy(model.get_layer("block_tokens").bias)
+            copy.get_layer("block_tokens").bias.assign(bias[perm])
         pos = keras.ops.convert_to_numpy(model.get_layer("position_embedding").embedding)
         copy.get_layer("position_embedding").embedding.assign(pos[perm])
     else:
@@ -84,10 +87,13 @@ def _predict(model, x):
 
 @pytest.mark.parametrize("mode,shape,block", [("matrix", (8, 8, 1), 4), ("vector", (8, 8, 1), 4),
                                               ("matrix", (8, 8, 3), 2), ("vector", (6, 6, 2), 3)])
-@pytest.mark.parametrize("pool", ["mean", "cls"])
-def test_block_vit_absorbs_the_disguise_exactly(rng, mode, shape, block, pool):
+@pytest.mark.parametrize("pool,embed_hidden", [("mean", None), ("cls", None), ("mean", 12)])
+def test_block_vit_absorbs_the_disguise_exactly(rng, mode, shape, block, pool, embed_hidden):
     key = make_key(image_shape=shape, block_size=block, rmt="orthogonal", rmt_mode=mode)
-    model, x = _models_and_inputs("block_vit", key, rng, pool=pool, **TINY_VIT)
+    model, x = _models_and_inputs("block_vit", key, rng, pool=pool, embed_hidden=embed_hidden, **TINY_VIT)
+    if embed_hidden:  # a non-zero per-position bias, so that a wrong permutation of it would show
+        layer = model.get_layer("block_tokens")
+        layer.bias.assign(rng.normal(0, 1, tuple(layer.bias.shape)))
     absorbing = absorbing_copy(model, key)
     y = disguise(x, key)
     plain_out, disguised_out = _predict(model, x), _predict(absorbing, y)
@@ -233,3 +239,24 @@ def test_the_weight_scan_finds_a_planted_key_matrix():
     model.get_layer("block_adapter").assign_matrices(np.linalg.inv(key.plan.linear.matrices))
     with pytest.raises(AssertionError, match="block_adapter"):
         _assert_no_key_matrix_in_weights(model, key)
+
+
+@pytest.mark.parametrize("mode", ["matrix", "vector"])
+def test_block_normalization_commutes_with_an_orthogonal_disguise(rng, mode):
+    key = make_key(image_shape=(8, 8, 2), block_size=4, rmt="orthogonal", rmt_mode=mode)
+    x = rng.integers(0, 256, (256, 8, 8, 2)).astype("float32")
+    x[:, :4, :4] *= 0.2  # blocks with different scales, so that a wrong permutation would show
+    plain = models.build("block_vit", (8, 8, 2), 2, adapt_data=x, block_size=4, **TINY_VIT)
+    disguised = models.build("block_vit", (8, 8, 2), 2, adapt_data=disguise(x, key), spec=key.spec, **TINY_VIT)
+
+    def block_scales(model):
+        variance = keras.ops.convert_to_numpy(model.get_layer("normalization").variance)[0]
+        per_block = _blocks(variance, key.spec)
+        assert np.allclose(per_block, per_block[:, :1])  # one scale per block position
+        return per_block[:, 0]
+
+    np.testing.assert_allclose(block_scales(disguised), block_scales(plain)[key.plan.linear.perm], rtol=1e-4)
+    # The per-pixel normalization of other families has no such structure.
+    cnn = models.build("simple_cnn", (8, 8, 2), 2, adapt_data=x)
+    cnn_variance = _blocks(keras.ops.convert_to_numpy(cnn.get_layer("normalization").variance)[0], key.spec)
+    assert not np.allclose(cnn_variance, cnn_variance[:, :1])

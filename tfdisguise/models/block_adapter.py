@@ -56,8 +56,8 @@ def _backbone(name: str):
 @register_model("block_adapter", block_normalization=True)
 def block_adapter(x, num_classes, *, input_shape, spec=None, backbone: str = "simple_cnn",
                   backbone_options: dict | None = None, block_size=None, permutation: str = "auto",
-                  structure: str = "auto", channels: int | None = None, lr_multiplier: float = 1.0, sinkhorn_iterations: int = 20,
-                  temperature: float = 1.0):
+                  structure: str = "auto", channels: int | None = None, lr_multiplier: float = 1.0,
+                  sinkhorn_iterations: int = 20, temperature: float = 1.0):
     """Per-position adapter, optional soft block permutation, then the backbone on the image layout."""
     block = block_size_of(spec, block_size, input_shape)
     if permutation not in PERMUTATIONS:

@@ -86,6 +86,7 @@ class BlockTokens(keras.layers.Layer):
             an isotropic Gaussian with variance 1/d, is the same in distribution
             in every orthogonal basis of a block, so the initial model does not
             favour plain over orthogonally disguised blocks.
+        use_bias: adds a learned per-position bias [t, units] (starts at 0).
 
     Input shape:
         `(batch, H, W, C)`.
@@ -94,12 +95,13 @@ class BlockTokens(keras.layers.Layer):
         `(batch, t, units)`, t = (H/bh)(W/bw).
     """
 
-    def __init__(self, block_size, units: int, kernel_initializer=None, **kwargs):
+    def __init__(self, block_size, units: int, kernel_initializer=None, use_bias: bool = False, **kwargs):
         super().__init__(**kwargs)
         if int(units) < 1:
             raise ValueError(f"`units` must be >= 1. Received: units={units}")
         self.block_size = block_size
         self.units = int(units)
+        self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer) if kernel_initializer else None
 
     def build(self, input_shape):
@@ -107,10 +109,12 @@ class BlockTokens(keras.layers.Layer):
         t, d = self.geometry.num_blocks, self.geometry.block_dim
         init = self.kernel_initializer or keras.initializers.RandomNormal(stddev=float(np.sqrt(1.0 / d)))
         self.kernel = self.add_weight(name="kernel", shape=(t, d, self.units), initializer=init)
+        self.bias = self.add_weight(name="bias", shape=(t, self.units), initializer="zeros") if self.use_bias else None
 
     def call(self, x):
         blocks = to_blocks(x, self.geometry)  # [t, N, d]
-        return ops.einsum("tnd,tde->nte", blocks, self.kernel)
+        tokens = ops.einsum("tnd,tde->nte", blocks, self.kernel)
+        return tokens if self.bias is None else tokens + self.bias
 
     def compute_output_shape(self, input_shape):
         geometry = block_geometry(input_shape[1:], self.block_size)
@@ -118,7 +122,7 @@ class BlockTokens(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(block_size=self.block_size, units=self.units,
+        config.update(block_size=self.block_size, units=self.units, use_bias=self.use_bias,
                       kernel_initializer=keras.initializers.serialize(self.kernel_initializer)
                       if self.kernel_initializer else None)
         return config

@@ -13,7 +13,10 @@ It uses `keras.ops` and Keras layers only, so it runs on every Keras backend.
 
 Options (besides `spec`): `block_size` (when there is no spec), `dim` (token
 width), `depth` (transformer blocks), `heads`, `mlp_dim`, `dropout`,
-`pool` ("mean" or "cls").
+`pool` ("mean" or "cls"), `embed_hidden` (when set, the embedding is a
+per-token MLP: the unshared map to `embed_hidden` units with a per-position
+bias, GELU, then a shared dense layer to `dim`; the first map is still
+unshared and linear, so the disguise is still absorbed exactly).
 
 Example:
 
@@ -97,14 +100,20 @@ class FirstToken(keras.layers.Layer):
 
 @register_model("block_vit", block_normalization=True)
 def block_vit(x, num_classes, *, input_shape, spec=None, block_size=None, dim: int = 128, depth: int = 4,
-              heads: int = 4, mlp_dim: int | None = None, dropout: float = 0.1, pool: str = "mean"):
+              heads: int = 4, mlp_dim: int | None = None, dropout: float = 0.1, pool: str = "mean",
+              embed_hidden: int | None = None):
     """Unshared block embedding, position embeddings, `depth` pre-norm transformer blocks, pooled softmax head."""
     block = block_size_of(spec, block_size, input_shape)
     if dim % heads:
         raise ValueError(f"`dim` must be a multiple of `heads`. Received: dim={dim}, heads={heads}")
     if pool not in POOLS:
         raise ValueError(f"`pool` must be one of {POOLS}. Received: pool={pool!r}")
-    x = BlockTokens(block, dim, name="block_tokens")(x)
+    if embed_hidden:
+        x = BlockTokens(block, embed_hidden, use_bias=True, name="block_tokens")(x)
+        x = layers.Activation("gelu", name="embedding_gelu")(x)
+        x = layers.Dense(dim, name="embedding_dense")(x)
+    else:
+        x = BlockTokens(block, dim, name="block_tokens")(x)
     x = PositionEmbedding(name="position_embedding")(x)
     if pool == "cls":
         # After the position embedding: the CLS token has no block position, so a disguise's
