@@ -9,19 +9,24 @@ the part, whatever its architecture; each disguised recipe's gap is measured
 against it.
 
 Parts:
-  mnist-paper    MNIST t10k as 8k/2k (seed 0), block 7, orthogonal matrix RMT + permutation, noise 100
-  mnist-noise0   the same disguise without noise
-  mnist-adapter  the issue's adapter prototype setting: the same without permutation, noise 100
-  cifar-poster   CIFAR-10 train.npz as 40k/10k (seed 0), block 2, orthogonal matrix RMT, noise 25
-  cifar-perm     the same with block permutation
+  mnist-paper      MNIST t10k as 8k/2k (seed 0), block 7, orthogonal matrix RMT + permutation, noise 100
+  mnist-noise0     the same disguise without noise
+  mnist-adapter    the issue's adapter prototype setting: the same without permutation, noise 100
+  mnist-noiseonly  noise 100 alone (no RMT, no permutation): the floor that undoing the linear part leaves
+  cifar-poster     CIFAR-10 train.npz as 40k/10k (seed 0), block 2, orthogonal matrix RMT, noise 25
+  cifar-perm       the same with block permutation
+  cifar-noiseonly  noise 25 alone
+
+Plain runs do not depend on the disguise, so they run once per data set and
+recipe and serve every part of that data set.
 
 Writes `results.jsonl` (one line per training, appended, so an interrupted run
 resumes with `--resume`), `summary.md` (mean +- sd per recipe, gaps) and
 `curves_<part>.png` (validation accuracy per epoch, mean over keys) to `--out`.
 
 Usage (the figures in docs/RESULTS.md):
-  python benchmarks/model_gap.py --data ../shared/data --parts mnist-paper,mnist-noise0 \
-      --recipes cnn,cnn+aug,vit+aug --epochs 10 --keys 3 --out benchmarks/out/model_gap
+  python benchmarks/model_gap.py --data ../shared/data --parts mnist-paper \
+      --recipes cnn+aug,adapter+aug,vit+aug --epochs 6 --keys 3 --out benchmarks/out/model_gap --resume
 Sizing the budget: `--epochs`, `--limit` (training images), `--val-limit`,
 `--keys`, `--parts`, `--recipes`.
 """
@@ -46,34 +51,37 @@ PARTS = {
                                                "permute": True, "noise": 0}},
     "mnist-adapter": {"data": "mnist", "spec": {"block_size": 7, "rmt": "orthogonal", "rmt_mode": "matrix",
                                                 "permute": False, "noise": 100}},
+    "mnist-noiseonly": {"data": "mnist", "spec": {"block_size": 7, "rmt": None, "permute": False, "noise": 100}},
     "cifar-poster": {"data": "cifar10", "spec": {"block_size": 2, "rmt": "orthogonal", "rmt_mode": "matrix",
                                                  "permute": False, "noise": 25}},
     "cifar-perm": {"data": "cifar10", "spec": {"block_size": 2, "rmt": "orthogonal", "rmt_mode": "matrix",
                                                "permute": True, "noise": 25}},
+    "cifar-noiseonly": {"data": "cifar10", "spec": {"block_size": 2, "rmt": None, "permute": False, "noise": 25}},
 }
 
 SOURCES = {"mnist": "mnist", "cifar10": "cifar10/train.npz"}
 
-# Recipe name -> TrainConfig fields per data set (epochs and seed come from the command line).
-_VIT_MNIST = {"dim": 128, "depth": 4, "heads": 4, "dropout": 0.1}
-_VIT_CIFAR = {"dim": 96, "depth": 4, "heads": 4, "dropout": 0.1}
+# Recipe name -> TrainConfig fields per data set (epochs and seed come from the command line). Block models
+# name their block size and adapter structure, so that the plain run builds the same architecture.
+_MNIST_AUG = {"augment": "translate=0.08,rotate=0.03", "label_smoothing": 0.1}
+_CIFAR_AUG = {"augment": "crop=0.125,flip", "label_smoothing": 0.1}
+_ADAPTER = {"structure": "matrix", "lr_multiplier": 100}
 RECIPES = {
     "mnist": {
         "cnn": {"model": "simple_cnn"},
-        "cnn+aug": {"model": "simple_cnn", "augment": "translate=0.08,rotate=0.03", "label_smoothing": 0.1},
-        "vit": {"model": "block_vit", "model_options": _VIT_MNIST, "warmup_epochs": 1},
-        "vit+aug": {"model": "block_vit", "model_options": _VIT_MNIST, "warmup_epochs": 1,
-                    "augment": "translate=0.08,rotate=0.03", "label_smoothing": 0.1},
-        "adapter": {"model": "block_adapter", "model_options": {"backbone": "simple_cnn"}},
-        "adapter-lr10": {"model": "block_adapter", "model_options": {"backbone": "simple_cnn", "lr_multiplier": 10}},
+        "cnn+aug": {"model": "simple_cnn", **_MNIST_AUG},
+        "adapter+aug": {"model": "block_adapter", **_MNIST_AUG,
+                        "model_options": {"block_size": 7, "backbone": "simple_cnn", **_ADAPTER}},
+        "vit+aug": {"model": "block_vit", **_MNIST_AUG, "warmup_epochs": 1,
+                    "model_options": {"block_size": 7, "dim": 64, "depth": 4, "heads": 4, "dropout": 0.1}},
     },
     "cifar10": {
         "resnet20": {"model": "resnet20"},
-        "resnet20+aug": {"model": "resnet20", "augment": "crop=0.125,flip", "label_smoothing": 0.1},
-        "vit+aug": {"model": "block_vit", "model_options": _VIT_CIFAR, "warmup_epochs": 1,
-                    "augment": "crop=0.125,flip", "label_smoothing": 0.1},
-        "adapter+aug": {"model": "block_adapter", "model_options": {"backbone": "resnet20", "lr_multiplier": 10},
-                        "augment": "crop=0.125,flip", "label_smoothing": 0.1},
+        "resnet20+aug": {"model": "resnet20", **_CIFAR_AUG},
+        "adapter+aug": {"model": "block_adapter", **_CIFAR_AUG,
+                        "model_options": {"block_size": 2, "backbone": "resnet20", **_ADAPTER}},
+        "vit+aug": {"model": "block_vit", **_CIFAR_AUG, "warmup_epochs": 1,
+                    "model_options": {"block_size": 2, "dim": 64, "depth": 4, "heads": 4, "dropout": 0.1}},
     },
 }
 
@@ -88,9 +96,11 @@ def parse_args(argv=None):
     p.add_argument("--keys", type=int, default=3, help="keys (and plain seeds) per recipe")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--val-limit", type=int, default=None, help="use only the first N validation images")
-    p.add_argument("--no-plain", action="store_true", help="skip plain runs (reuse them from results.jsonl)")
+    p.add_argument("--no-plain", action="store_true", help="skip plain runs that are not yet in results.jsonl")
     p.add_argument("--out", default="benchmarks/out/model_gap")
     p.add_argument("--resume", action="store_true", help="skip trainings already in results.jsonl")
+    p.add_argument("--summary-only", action="store_true",
+                   help="train nothing: summarize what results.jsonl holds for --parts (implies --resume)")
     return p.parse_args(argv)
 
 
@@ -107,8 +117,9 @@ def load_part(args, part):
     return train, val
 
 
-def run_id(part, recipe, side, seed, args, n_train):
-    return f"{part}|{recipe}|{side}|seed{seed}|e{args.epochs}|b{args.batch_size}|n{n_train}"
+def run_id(where, recipe, side, seed, args, n_train):
+    """`where` is the part for disguised runs and the data set for plain ones (shared by its parts)."""
+    return f"{where}|{recipe}|{side}|seed{seed}|e{args.epochs}|b{args.batch_size}|n{n_train}"
 
 
 def done_runs(path):
@@ -136,15 +147,17 @@ def mean_sd(values):
 
 def summarize(records, parts):
     lines = ["| part | recipe | plain acc. (mean ± sd) | disguised acc. (mean ± sd) | gap to best plain | "
-             "gap to own plain | n |", "|---|---|---|---|---|---|---|"]
+             "gap to own plain | runs (plain/disguised) |", "|---|---|---|---|---|---|---|"]
     summary = {}
     for part in parts:
-        rows = [r for r in records if r["part"] == part]
-        recipes = sorted({r["recipe"] for r in rows}, key=lambda n: [r["recipe"] for r in rows].index(n))
+        data = PARTS[part]["data"]
+        plain_rows = [r for r in records if r["side"] == "plain" and r["data"] == data]
+        rows = [r for r in records if r["side"] == "disguised" and r["part"] == part]
+        recipes = list(dict.fromkeys(r["recipe"] for r in plain_rows + rows))
         stats = {}
         for recipe in recipes:
-            plain = [r["val_accuracy"] for r in rows if r["recipe"] == recipe and r["side"] == "plain"]
-            disg = [r["val_accuracy"] for r in rows if r["recipe"] == recipe and r["side"] == "disguised"]
+            plain = [r["val_accuracy"] for r in plain_rows if r["recipe"] == recipe]
+            disg = [r["val_accuracy"] for r in rows if r["recipe"] == recipe]
             stats[recipe] = (mean_sd(plain), mean_sd(disg), len(plain), len(disg))
         best_plain = max((s[0][0] for s in stats.values() if s[2]), default=float("nan"))
         best_name = next((n for n, s in stats.items() if s[2] and s[0][0] == best_plain), None)
@@ -154,7 +167,7 @@ def summarize(records, parts):
             lines.append(f"| {part} | {recipe} | {_pct(pm, ps, n_p)} | {_pct(dm, ds, n_d)} | {gap:.2f} pts | "
                          f"{own:.2f} pts | {n_p}/{n_d} |")
         summary[part] = {"best_plain": best_name, "best_plain_accuracy": best_plain,
-                         "recipes": {n: {"plain": s[0], "disguised": s[1]} for n, s in stats.items()}}
+                         "recipes": {n: {"plain": s[0], "disguised": s[1], "runs": s[2:]} for n, s in stats.items()}}
     return "\n".join(lines) + "\n", summary
 
 
@@ -165,8 +178,9 @@ def _pct(mean, sd, n):
 def curves_figure(records, part):
     from tfdisguise.plots import new_figure
 
-    rows = [r for r in records if r["part"] == part]
-    recipes = sorted({r["recipe"] for r in rows}, key=lambda n: [r["recipe"] for r in rows].index(n))
+    data = PARTS[part]["data"]
+    rows = [r for r in records if (r["side"] == "plain" and r["data"] == data) or r["part"] == part]
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     fig, ax = new_figure(1, 1, figsize=(7, 4))
     for i, recipe in enumerate(recipes):
         for side, style in (("plain", "--"), ("disguised", "-")):
@@ -195,33 +209,37 @@ def main(argv=None):
 
     os.makedirs(args.out, exist_ok=True)
     log_path = os.path.join(args.out, "results.jsonl")
-    done = done_runs(log_path) if args.resume else {}
+    done = done_runs(log_path) if args.resume or args.summary_only else {}
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         sys.exit(f"--parts: unknown {unknown}; choose from {sorted(PARTS)}")
+    loaded = {}
     for part in parts:
         data = PARTS[part]["data"]
         names = args.recipes.split(",") if args.recipes else list(RECIPES[data])
         bad = [n for n in names if n not in RECIPES[data]]
         if bad:
             sys.exit(f"--recipes: unknown for {data}: {bad}; choose from {sorted(RECIPES[data])}")
-        train, val = load_part(args, part)
+        if data not in loaded:
+            loaded[data] = load_part(args, part)
+        train, val = loaded[data]
         spec = Spec.create(train.image_shape, **PARTS[part]["spec"])
         print(f"== {part}: {spec.describe()}; {len(train)} train / {len(val)} validation images, "
               f"{args.epochs} epochs, {args.keys} keys", flush=True)
-        for name in names:
+        for name in [] if args.summary_only else names:
             for seed in range(args.keys):
-                sides = (("disguised",) if args.no_plain else ("plain", "disguised"))
-                for side in sides:
-                    rid = run_id(part, name, side, seed, args, len(train))
-                    if rid in done:
+                for side in ("plain", "disguised"):
+                    where = data if side == "plain" else part
+                    rid = run_id(where, name, side, seed, args, len(train))
+                    if rid in done or (side == "plain" and args.no_plain):
                         continue
                     key = Key.generate(spec) if side == "disguised" else None
                     started = time.time()
                     result = train_one(train, val, RECIPES[data][name], seed, args, key)
-                    record = {"id": rid, "part": part, "recipe": name, "side": side, "seed": seed,
-                              "fingerprint": key.fingerprint if key else None, "spec": spec.describe(),
+                    record = {"id": rid, "data": data, "part": where, "recipe": name, "side": side, "seed": seed,
+                              "fingerprint": key.fingerprint if key else None,
+                              "spec": spec.describe() if key else "plain",
                               "recipe_fields": RECIPES[data][name], "epochs": args.epochs,
                               "train_images": len(train), "val_images": len(val),
                               "val_accuracy": result.val_accuracy, "curve": result.history.get("val_accuracy"),
@@ -229,9 +247,11 @@ def main(argv=None):
                     with open(log_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     done[rid] = record
-                    print(f"{part} {name:>14} {side:>9} seed {seed}: {100 * result.val_accuracy:.2f}% "
+                    print(f"{where} {name:>14} {side:>9} seed {seed}: {100 * result.val_accuracy:.2f}% "
                           f"({record['seconds']:.0f}s)", flush=True)
-    records = [r for r in done.values() if r["part"] in parts and r["epochs"] == args.epochs]
+    datas = {PARTS[p]["data"] for p in parts}
+    records = [r for r in done.values() if r["data"] in datas and r["epochs"] == args.epochs
+               and r["train_images"] == len(loaded[r["data"]][0])]
     table, summary = summarize(records, parts)
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(table)

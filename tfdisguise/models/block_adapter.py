@@ -20,7 +20,8 @@ spec permutes blocks; "sinkhorn"; "none"), `structure` ("auto": "matrix", a
 bw x bw map per position, when the spec's RMT is in matrix mode, else "vector",
 a d x d map), `channels` (adapter output channels, vector structure),
 `lr_multiplier` (the stem's learning-rate multiplier under Adam),
-`sinkhorn_iterations`, `temperature`.
+`smoothness` (a natural-image prior on the adapter's output, see
+`BlockAdapter`), `sinkhorn_iterations`, `temperature`.
 
 Example:
 
@@ -57,7 +58,7 @@ def _backbone(name: str):
 def block_adapter(x, num_classes, *, input_shape, spec=None, backbone: str = "simple_cnn",
                   backbone_options: dict | None = None, block_size=None, permutation: str = "auto",
                   structure: str = "auto", channels: int | None = None, lr_multiplier: float = 1.0,
-                  sinkhorn_iterations: int = 20, temperature: float = 1.0):
+                  smoothness: float = 0.0, sinkhorn_iterations: int = 20, temperature: float = 1.0):
     """Per-position adapter, optional soft block permutation, then the backbone on the image layout."""
     block = block_size_of(spec, block_size, input_shape)
     if permutation not in PERMUTATIONS:
@@ -71,7 +72,7 @@ def block_adapter(x, num_classes, *, input_shape, spec=None, backbone: str = "si
         modes = {step.mode for step in spec.steps_of("rmt")} if spec is not None else set()
         structure = "matrix" if modes == {"matrix"} and channels is None else "vector"
     x = BlockAdapter(block, structure=structure, channels=channels, lr_multiplier=lr_multiplier,
-                     name="block_adapter")(x)
+                     smoothness=smoothness, name="block_adapter")(x)
     if permutation == "sinkhorn":
         x = SoftBlockPermutation(block, iterations=sinkhorn_iterations, temperature=temperature,
                                  lr_multiplier=lr_multiplier, name="block_permutation")(x)

@@ -182,6 +182,9 @@ class BlockAdapter(keras.layers.Layer):
         lr_multiplier: scales the layer's effective learning rate under Adam
             (see the module docstring).
         extra_stddev: the initial scale of the extra channels' weights.
+        smoothness: when > 0, adds `smoothness` x the mean squared difference
+            between neighbouring output pixels to the loss: a natural-image
+            prior that favours adapters which undo a block transform.
 
     Input shape:
         `(batch, H, W, C)`.
@@ -193,8 +196,10 @@ class BlockAdapter(keras.layers.Layer):
     STRUCTURES = ("vector", "matrix")
 
     def __init__(self, block_size, structure: str = "vector", channels: int | None = None, use_bias: bool = True,
-                 lr_multiplier: float = 1.0, extra_stddev: float = 0.1, **kwargs):
+                 lr_multiplier: float = 1.0, extra_stddev: float = 0.1, smoothness: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        if not float(smoothness) >= 0:
+            raise ValueError(f"`smoothness` must be >= 0. Received: smoothness={smoothness}")
         if structure not in self.STRUCTURES:
             raise ValueError(f"`structure` must be one of {self.STRUCTURES}. Received: structure={structure!r}")
         if channels is not None and int(channels) < 1:
@@ -208,6 +213,7 @@ class BlockAdapter(keras.layers.Layer):
         self.use_bias = bool(use_bias)
         self.lr_multiplier = _check_multiplier(lr_multiplier)
         self.extra_stddev = float(extra_stddev)
+        self.smoothness = float(smoothness)
 
     def _geometries(self, input_shape):
         h, w, c = (int(v) for v in input_shape[1:])
@@ -263,7 +269,12 @@ class BlockAdapter(keras.layers.Layer):
             blocks = ops.matmul(blocks, self.matrices)
         if self.bias is not None:
             blocks = blocks + self.bias * self.lr_multiplier
-        return from_blocks(blocks, self.out_geometry)
+        out = from_blocks(blocks, self.out_geometry)
+        if self.smoothness:
+            dy = ops.mean(ops.square(out[:, 1:] - out[:, :-1]))
+            dx = ops.mean(ops.square(out[:, :, 1:] - out[:, :, :-1]))
+            self.add_loss(self.smoothness * (dx + dy))
+        return out
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self._geometries(input_shape)[1].image_shape)
@@ -271,7 +282,8 @@ class BlockAdapter(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(block_size=self.block_size, structure=self.structure, channels=self.channels,
-                      use_bias=self.use_bias, lr_multiplier=self.lr_multiplier, extra_stddev=self.extra_stddev)
+                      use_bias=self.use_bias, lr_multiplier=self.lr_multiplier, extra_stddev=self.extra_stddev,
+                      smoothness=self.smoothness)
         return config
 
 
