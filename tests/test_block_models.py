@@ -260,3 +260,66 @@ def test_block_normalization_commutes_with_an_orthogonal_disguise(rng, mode):
     cnn = models.build("simple_cnn", (8, 8, 2), 2, adapt_data=x)
     cnn_variance = _blocks(keras.ops.convert_to_numpy(cnn.get_layer("normalization").variance)[0], key.spec)
     assert not np.allclose(cnn_variance, cnn_variance[:, :1])
+
+
+def _layers_under_test():
+    from tfdisguise.models.block_layers import BlockAdapter, BlockTokens, PositionEmbedding, SoftBlockPermutation
+    from tfdisguise.models.block_vit import ClassToken, FirstToken
+
+    return [
+        (BlockTokens(2, 5, use_bias=True), (3, 4, 4, 2)),
+        (PositionEmbedding(), (3, 4, 5)),
+        (BlockAdapter(2, structure="vector", channels=3, lr_multiplier=7.0, smoothness=0.5), (3, 4, 4, 2)),
+        (BlockAdapter((2, 4), structure="matrix"), (3, 4, 8, 1)),
+        (SoftBlockPermutation(2, iterations=5, temperature=0.5, init_scale=2.0, lr_multiplier=3.0), (3, 4, 4, 2)),
+        (ClassToken(), (3, 4, 5)),
+        (FirstToken(), (3, 4, 5)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_block_layer_config_round_trip_and_tf_data(rng, index):
+    layer, shape = _layers_under_test()[index]
+    x = rng.normal(0, 1, shape).astype("float32")
+    out = keras.ops.convert_to_numpy(layer(x))
+    assert tuple(layer.compute_output_shape((None, *shape[1:])))[1:] == out.shape[1:]
+    for w in layer.weights:  # non-trivial weights, so that a mix-up between them would show
+        w.assign(w.numpy() + rng.normal(0, 0.1, w.shape).astype("float32"))
+    out = keras.ops.convert_to_numpy(layer(x))
+    clone = type(layer).from_config(layer.get_config())
+    clone(x)
+    clone.set_weights(layer.get_weights())
+    assert clone.get_config() == layer.get_config()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(x)), out, atol=1e-6)
+    mapped = tf.data.Dataset.from_tensor_slices(x).batch(3).map(lambda batch: layer(batch))
+    np.testing.assert_allclose(next(iter(mapped)).numpy(), out, atol=1e-5)
+
+
+def test_soft_permutation_and_smoothness(rng):
+    from tfdisguise.models.block_layers import BlockAdapter, SoftBlockPermutation
+
+    x = rng.normal(0, 1, (2, 4, 4, 1)).astype("float32")
+    layer = SoftBlockPermutation(2)
+    layer(x)
+    s = keras.ops.convert_to_numpy(layer.matrix)
+    np.testing.assert_allclose(s.sum(0), 1, atol=1e-4)
+    np.testing.assert_allclose(s.sum(1), 1, atol=1e-4)
+    assert np.all(np.diag(s) > 0.5)  # identity-leaning start
+    layer.assign_permutation([2, 0, 3, 1])
+    blocks = _blocks(x[0], layer.geometry)
+    out = _blocks(keras.ops.convert_to_numpy(layer(x))[0], layer.geometry)
+    np.testing.assert_allclose(out, blocks[[2, 0, 3, 1]], atol=1e-5)
+
+    smooth = BlockAdapter(2, smoothness=2.0)
+    smooth(x)
+    dy, dx = np.diff(x, axis=1), np.diff(x, axis=2)
+    assert len(smooth.losses) == 1
+    np.testing.assert_allclose(float(smooth.losses[0]), 2.0 * (np.mean(dy ** 2) + np.mean(dx ** 2)), rtol=1e-5)
+    plain = BlockAdapter(2)
+    plain(x)
+    assert plain.losses == []
+    for bad, match in [({"structure": "diagonal"}, "`structure` must be one of"),
+                       ({"structure": "matrix", "channels": 3}, "`channels` needs structure='vector'"),
+                       ({"lr_multiplier": 0}, "`lr_multiplier` must be > 0"), ({"smoothness": -1}, "`smoothness`")]:
+        with pytest.raises(ValueError, match=match):
+            BlockAdapter(2, **bad)
