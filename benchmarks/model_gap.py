@@ -76,6 +76,10 @@ RECIPES = {
                     "model_options": {"block_size": 7, "dim": 64, "depth": 4, "heads": 4, "dropout": 0.1}},
     },
     "cifar10": {
+        # simple_cnn recipes: what 2 CPU cores can train for 15 epochs; resnet20 ones for a GPU.
+        "cnn+aug": {"model": "simple_cnn", **_CIFAR_AUG},
+        "adapter-cnn+aug": {"model": "block_adapter", **_CIFAR_AUG,
+                            "model_options": {"block_size": 2, "backbone": "simple_cnn", **_ADAPTER}},
         "resnet20": {"model": "resnet20"},
         "resnet20+aug": {"model": "resnet20", **_CIFAR_AUG},
         "adapter+aug": {"model": "block_adapter", **_CIFAR_AUG,
