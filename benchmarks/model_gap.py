@@ -70,6 +70,7 @@ RECIPES = {
     "mnist": {
         "cnn": {"model": "simple_cnn"},
         "cnn+aug": {"model": "simple_cnn", **_MNIST_AUG},
+        "adapter": {"model": "block_adapter", "model_options": {"block_size": 7, "backbone": "simple_cnn", **_ADAPTER}},
         "adapter+aug": {"model": "block_adapter", **_MNIST_AUG,
                         "model_options": {"block_size": 7, "backbone": "simple_cnn", **_ADAPTER}},
         "vit+aug": {"model": "block_vit", **_MNIST_AUG, "warmup_epochs": 1,
@@ -137,9 +138,52 @@ def train_one(train, val, recipe_fields, seed, args, key):
     from tfdisguise.train import TrainConfig, train_classifier
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=seed, **recipe_fields)
-    _, result = train_classifier(train.x, train.y, (val.x, val.y), key=key, config=config, progress=False,
-                                 num_classes=10)
-    return result
+    model, result = train_classifier(train.x, train.y, (val.x, val.y), key=key, config=config, progress=False,
+                                     num_classes=10)
+    return model, result
+
+
+def stem_diagnostics(model, key, images) -> dict:
+    """How much of the key a trained `block_adapter` stem has learned (the cloud holds these weights).
+
+    - `inversion_corr`: mean per-pixel correlation between the stem's output on
+      noise-free disguised `images` and the plain images (about 1 if the stem
+      undoes the disguise, about 0 if not).
+    - `diag_share`: for a matrix-mode RMT, the share of each R_j A_j's energy on
+      its diagonal (1 = the adapter is R_j^-1 up to scale; 1/bw for a random one).
+    - `perm_mass`: the soft permutation's mass on the true inverse permutation
+      (1 = learned; 1/t = uniform).
+    """
+    import keras
+
+    from tfdisguise import Key, disguise
+
+    names = [layer.name for layer in model.layers]
+    if "block_adapter" not in names or not key.spec.has("rmt"):
+        return {}
+    spec, linear = key.spec, key.plan.linear
+    out = {}
+    adapter = model.get_layer("block_adapter")
+    if adapter.structure == "matrix" and spec.steps_of("rmt")[0].mode == "matrix":
+        c, bw = spec.image_shape[2], spec.block_size[1]
+        r = linear.matrices[:, :bw * c:c, :bw * c:c]  # M_j = kron(I, kron(R_j, I_C))
+        p = np.einsum("tij,tjk->tik", r, keras.ops.convert_to_numpy(adapter.matrices))
+        p = p / np.linalg.norm(p, axis=(1, 2), keepdims=True)
+        out["diag_share"] = float(np.mean(np.sum(np.diagonal(p, axis1=1, axis2=2) ** 2, axis=-1)))
+    if "block_permutation" in names and linear.perm is not None:
+        s = keras.ops.convert_to_numpy(model.get_layer("block_permutation").matrix)
+        out["perm_mass"] = float(np.mean(s[linear.perm, np.arange(len(linear.perm))]))
+    last = "block_permutation" if "block_permutation" in names else "block_adapter"
+    stem = keras.Model(model.inputs, model.get_layer(last).output)
+    noise_free = Key(key.secret_bytes(), spec.without_noise())
+    feats = stem.predict(disguise(images, noise_free), verbose=0).reshape(len(images), -1).astype(np.float64)
+    plain = images.reshape(len(images), -1).astype(np.float64)
+    varying = plain.std(axis=0) > 1
+    f = feats[:, varying] - feats[:, varying].mean(axis=0)
+    g = plain[:, varying] - plain[:, varying].mean(axis=0)
+    corr = (f * g).sum(axis=0) / np.sqrt((f ** 2).sum(axis=0) * (g ** 2).sum(axis=0) + 1e-12)
+    out["inversion_corr"] = float(np.mean(corr))
+    return out
 
 
 def mean_sd(values):
@@ -240,14 +284,15 @@ def main(argv=None):
                         continue
                     key = Key.generate(spec) if side == "disguised" else None
                     started = time.time()
-                    result = train_one(train, val, RECIPES[data][name], seed, args, key)
+                    model, result = train_one(train, val, RECIPES[data][name], seed, args, key)
                     record = {"id": rid, "data": data, "part": where, "recipe": name, "side": side, "seed": seed,
                               "fingerprint": key.fingerprint if key else None,
                               "spec": spec.describe() if key else "plain",
                               "recipe_fields": RECIPES[data][name], "epochs": args.epochs,
                               "train_images": len(train), "val_images": len(val),
                               "val_accuracy": result.val_accuracy, "curve": result.history.get("val_accuracy"),
-                              "seconds": round(time.time() - started, 1)}
+                              "seconds": round(time.time() - started, 1),
+                              "stem": stem_diagnostics(model, key, val.x[:1000]) if key else {}}
                     with open(log_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     done[rid] = record

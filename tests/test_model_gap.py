@@ -41,3 +41,22 @@ def test_model_gap_runs_plain_once_and_summarizes(rng, tmp_path):
     bench.main(argv)
     with open(os.path.join(out, "results.jsonl")) as f:
         assert len(f.readlines()) == 3
+
+
+def test_stem_diagnostics_see_an_adapter_that_holds_the_key(rng):
+    from helpers import make_key
+    from test_block_models import absorbing_copy
+
+    from tfdisguise import disguise, models
+
+    bench = _load_benchmark()
+    key = make_key(image_shape=(8, 8, 1), block_size=4, rmt="orthogonal", rmt_mode="matrix")
+    x = rng.integers(0, 256, (64, 8, 8, 1)).astype("float32")
+    model = models.build("block_adapter", (8, 8, 1), 3, adapt_data=x, spec=key.spec, lr_multiplier=10.0)
+    model.get_layer("block_permutation").assign_permutation(np.arange(key.spec.num_blocks))
+    holds_key = bench.stem_diagnostics(absorbing_copy(model, key), key, x)
+    assert holds_key["inversion_corr"] > 0.99 and holds_key["diag_share"] > 0.99 and holds_key["perm_mass"] > 0.99
+    fresh = models.build("block_adapter", (8, 8, 1), 3, adapt_data=disguise(x, key), spec=key.spec)
+    unaware = bench.stem_diagnostics(fresh, key, x)
+    assert unaware["inversion_corr"] < 0.5 and unaware["diag_share"] < 0.9 and unaware["perm_mass"] < 0.5
+    assert bench.stem_diagnostics(models.build("simple_cnn", (8, 8, 1), 3), key, x) == {}
