@@ -91,6 +91,17 @@ def batch_disguiser(key: Key, jit_compile: bool = True):
     return fn
 
 
+def _augmented(disguise, augment):
+    """`disguise` preceded by the owner-side augmentation `augment`."""
+    if not callable(augment):
+        raise TypeError(
+            f"`augment` must be a Keras layer or a callable on image batches. Received: augment={augment!r}")
+    if isinstance(augment, keras.layers.Layer):
+        layer = augment
+        augment = lambda images: layer(tf.cast(images, "float32"), training=True)
+    return lambda images: disguise(augment(images))
+
+
 def wrap(
     ds: tf.data.Dataset,
     key: Key,
@@ -98,6 +109,7 @@ def wrap(
     num_parallel_calls=tf.data.AUTOTUNE,
     prefetch: bool = True,
     jit_compile: bool = True,
+    augment=None,
 ):
     """Returns `ds` with every image disguised by `key`; the structure is kept.
 
@@ -109,6 +121,11 @@ def wrap(
 
     `model.fit(tfdisguise.wrap(ds, key))` works as written for a batched `ds`.
     `jit_compile=False` runs the linear ops op by op instead of through XLA.
+
+    `augment` (a Keras layer, such as `keras.layers.RandomTranslation`, or any
+    callable on a batch `[N, H, W, C]`) is applied to the *plain* images on the
+    owner's side, before the disguise: augmenting disguised images would break
+    their block structure. Keras layers are called with `training=True`.
 
     A step whose op runs in numpy (`key.plan.runs_numpy`, the escape hatch for
     mechanisms such as a block cipher) runs through `tf.numpy_function`: such a
@@ -136,6 +153,8 @@ def wrap(
             f"`ds` images have shape {tuple(image_spec.shape[-3:])}, but the key's spec expects {expected}."
         )
     disguise = batch_disguiser(key, jit_compile)
+    if augment is not None:
+        disguise = _augmented(disguise, augment)
 
     is_tuple = isinstance(ds.element_spec, tuple)
 

@@ -96,6 +96,8 @@ def export_disguised(
     overwrite: bool = False,
     progress: bool = True,
     total: int | None = None,
+    copies: int = 1,
+    augment=None,
 ) -> dict[str, Any]:
     """Disguises `ds` with `key` and writes TFRecord shards plus `manifest.json`.
 
@@ -103,6 +105,12 @@ def export_disguised(
     (and optionally "label"). The manifest records the public spec, the key
     fingerprint, counts, each shard's sha256 and label counts; it never holds
     key material. Paths go through `tf.io.gfile`, so `gs://` works.
+
+    `copies=K` writes the data set K times over (pass after pass), each pass
+    with fresh noise and, with `augment` (see `wrap`), a fresh owner-side
+    augmentation of the plain images: K x the images for the cloud to train on.
+    The copies of one image are related, so take validation data from a
+    separate export (`copies=1`, no `augment`), not from a split of this one.
 
     Returns the manifest.
     """
@@ -116,8 +124,11 @@ def export_disguised(
             f"`ds` must hold unbatched images (H, W, C); call .unbatch() first. "
             f"Received: image shape {image_spec.shape}"
         )
+    if int(copies) < 1:
+        raise ValueError(f"`copies` must be >= 1. Received: copies={copies}")
     pairs, has_labels = _as_pairs(ds)
-    disguised = wrap(pairs.batch(batch_size), key)
+    disguised = wrap(pairs.repeat(int(copies)).batch(batch_size), key, augment=augment)
+    total = None if total is None else total * int(copies)
 
     with io.atomic_dir(out_dir, replace=replace) as tmp_dir:
         shards, label_counts, count = [], {}, 0
@@ -154,6 +165,8 @@ def export_disguised(
             "image_shape": list(key.spec.image_shape),
             "dtype": "float32",
             "count": count,
+            "copies": int(copies),
+            "augmented": augment is not None,
             "shards": shards,
             "labels": {
                 "present": has_labels,

@@ -35,7 +35,7 @@ from tfdisguise.data import wrap
 from tfdisguise.key import Key
 from tfdisguise.mechanisms import disguise
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "train_classifier", "train_and_save", "history_figure"]
+__all__ = ["TrainConfig", "TrainResult", "augmentation", "fit", "train_classifier", "train_and_save", "history_figure"]
 
 # Images used to adapt the input normalization; more adds time, not accuracy.
 ADAPT_IMAGES = 4096
@@ -43,19 +43,80 @@ ADAPT_IMAGES = 4096
 
 @dataclasses.dataclass
 class TrainConfig:
-    """The training recipe. Defaults suit `simple_cnn` on MNIST-size data."""
+    """The training recipe. Defaults suit `simple_cnn` on MNIST-size data.
+
+    The options after `seed` are off by default; each applies to plain and
+    disguised training alike, so a comparison stays at an equal recipe:
+    `model_options` (passed to the model family, e.g. `{"dim": 64}` for
+    block_vit), `label_smoothing`, `augment` (an owner-side augmentation
+    recipe applied to the plain images before any disguise, see
+    `augmentation`), `weight_decay` (AdamW instead of Adam) and
+    `warmup_epochs` (a linear learning-rate warm-up before the cosine decay).
+    """
 
     model: str = "simple_cnn"
     epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 1e-3
     seed: int = 0
+    model_options: dict = dataclasses.field(default_factory=dict)
+    label_smoothing: float = 0.0
+    augment: str | None = None
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0
 
     def __post_init__(self):
         if self.epochs < 1:
             raise ValueError(f"`epochs` must be >= 1. Received: epochs={self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={self.batch_size}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={self.label_smoothing}")
+        if self.weight_decay < 0:
+            raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={self.weight_decay}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"`warmup_epochs` must be in [0, epochs). Received: warmup_epochs={self.warmup_epochs}")
+        if self.augment:
+            augmentation(self.augment)  # fail at construction on a bad recipe
+
+
+# Owner-side augmentation recipe terms -> a Keras layer made from the term's value.
+AUGMENTATIONS = {
+    "translate": lambda v: keras.layers.RandomTranslation(v, v, fill_mode="constant"),
+    "rotate": lambda v: keras.layers.RandomRotation(v, fill_mode="constant"),
+    "zoom": lambda v: keras.layers.RandomZoom(v, fill_mode="constant"),
+    "flip": lambda v: keras.layers.RandomFlip("horizontal"),
+    "crop": lambda v: keras.layers.RandomTranslation(v, v, fill_mode="reflect"),
+}
+
+
+def augmentation(recipe: str) -> keras.Sequential:
+    """An owner-side augmentation from a recipe such as "translate=0.1,rotate=0.05" (a Keras Sequential).
+
+    Terms: `translate=F` (shift up to F of the size, zero fill), `rotate=F`
+    (up to F of a full turn), `zoom=F`, `flip` (left-right), `crop=F` (shift
+    with reflected fill, the usual CIFAR augmentation). It is applied to the
+    plain images, before any disguise (`wrap(..., augment=)`).
+
+    >>> [type(layer).__name__ for layer in augmentation("translate=0.1,flip").layers]
+    ['RandomTranslation', 'RandomFlip']
+    """
+    layers = []
+    for term in (t.strip() for t in str(recipe).split(",") if t.strip()):
+        name, _, value = term.partition("=")
+        if name not in AUGMENTATIONS:
+            raise ValueError(f"`augment` terms must be among {sorted(AUGMENTATIONS)}. Received: augment={recipe!r}")
+        try:
+            amount = float(value) if value else 0.0
+        except ValueError:
+            raise ValueError(f"`augment` term {term!r} needs a number, as in 'translate=0.1'. "
+                             f"Received: augment={recipe!r}") from None
+        if name != "flip" and not 0 < amount < 1:
+            raise ValueError(f"`augment` term {term!r} needs a fraction in (0, 1). Received: augment={recipe!r}")
+        layers.append(AUGMENTATIONS[name](amount))
+    if not layers:
+        raise ValueError(f"`augment` must name at least one term. Received: augment={recipe!r}")
+    return keras.Sequential(layers, name="owner_augmentation")
 
 
 @dataclasses.dataclass
@@ -92,12 +153,27 @@ def verbosity(progress: bool) -> int:
 
 
 def _compile(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(1, steps_per_epoch * config.epochs))
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    total = max(1, steps_per_epoch * config.epochs)
+    warmup = int(round(steps_per_epoch * config.warmup_epochs))
+    if warmup:
+        schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, total - warmup),
+                                                          warmup_target=config.learning_rate, warmup_steps=warmup)
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total)
+    if config.weight_decay:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(schedule)
+    # Label smoothing needs one-hot targets (`fit` converts them).
+    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+            if config.label_smoothing else "sparse_categorical_crossentropy")
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+
+
+def _one_hot(ds, num_classes):
+    if ds is None:
+        return None
+    return ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def fit(
@@ -118,8 +194,11 @@ def fit(
     `spec` (the disguise's public spec, None for plain data) goes to block-aware models.
     """
     keras.utils.set_random_seed(config.seed)
-    model = models.build(config.model, input_shape, num_classes, adapt_data=adapt_data, spec=spec)
+    model = models.build(config.model, input_shape, num_classes, adapt_data=adapt_data, spec=spec,
+                         **config.model_options)
     _compile(model, config, steps_per_epoch)
+    if config.label_smoothing:
+        train_ds, val_ds = _one_hot(train_ds, num_classes), _one_hot(val_ds, num_classes)
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                         verbose=verbosity(progress), callbacks=list(callbacks))
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
@@ -138,7 +217,9 @@ def train_classifier(
     """Trains on plain images, or, with `key`, on images disguised on the fly by `wrap`.
 
     Fresh noise is drawn every epoch. Validation images are disguised once with
-    the same key, as the owner's client would disguise queries.
+    the same key, as the owner's client would disguise queries. With
+    `config.augment`, the training images are augmented before the disguise
+    (plain training gets the same augmentation).
     """
     config = config or TrainConfig()
     num_classes = num_classes or int(max(y.max(), validation[1].max() if validation else 0)) + 1
@@ -147,12 +228,16 @@ def train_classifier(
     train = train.batch(config.batch_size)
     adapt = x[:ADAPT_IMAGES]
     val_ds = None
+    augment = augmentation(config.augment) if config.augment else None
     if key is not None:
-        train = wrap(train, key)
+        train = wrap(train, key, augment=augment)
         adapt = disguise(adapt, key)
         if validation is not None:
             validation = (disguise(validation[0], key), validation[1])
     else:
+        if augment is not None:
+            train = train.map(lambda images, labels: (augment(tf.cast(images, "float32"), training=True), labels),
+                              num_parallel_calls=tf.data.AUTOTUNE)
         train = train.prefetch(tf.data.AUTOTUNE)
         adapt = adapt.astype("float32")
     if validation is not None:
@@ -221,6 +306,9 @@ def train_and_save(
     if shards is not None:
         if key_path:
             raise ValueError("Shards are already disguised; do not pass a key with `shards`.")
+        if config.augment:
+            raise ValueError("Shards are already disguised and cannot be augmented (augmentation must come before "
+                             "the disguise): export them with `export_disguised(..., copies=K, augment=...)`.")
         manifest = read_manifest(shards)
         n = manifest["count"]
         n_val = int(round(n * validation_fraction))

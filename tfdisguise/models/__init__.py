@@ -12,11 +12,11 @@ Example:
 >>> model = build("simple_cnn", (28, 28, 1), 10, adapt_data=x)
 >>> model.output_shape, model.name
 ((None, 10), 'simple_cnn')
->>> "resnet20" in MODELS
+>>> "resnet20" in MODELS and "block_vit" in MODELS and "block_adapter" in MODELS
 True
 """
 
-from tfdisguise.models import applications, cnn, resnet  # noqa: F401  (registers the built-in families)
+from tfdisguise.models import applications, block_adapter, block_vit, cnn, resnet  # noqa: F401  (registers them)
 from tfdisguise.models.normalization import VARIANCE_FLOOR
 from tfdisguise.models.registry import MODEL_NAMES, MODELS, build, register_model
 

@@ -16,16 +16,24 @@ MODELS: dict[str, Callable] = {}
 APPLICATIONS_PREFIX = "keras.applications."
 
 
-def register_model(name: str):
+# Families whose input normalization has one scale per block position (see normalization.py).
+BLOCK_NORMALIZED: set[str] = set()
+
+
+def register_model(name: str, *, block_normalization: bool = False):
     """Registers a model family under `name` (a decorator).
 
     The family is called as `family(x, num_classes, input_shape=..., spec=..., **options)`
     with `x` the normalized input tensor, and returns the softmax output tensor.
     `spec` is the disguise's public spec (or None for plain data), for block-aware models.
+    `block_normalization=True` normalizes the input with one scale per block position
+    (the spec's block size, or the family's `block_size` option), which commutes with
+    orthogonal block transforms and block permutations.
     """
 
     def decorate(fn):
         MODELS[name] = fn
+        (BLOCK_NORMALIZED.add if block_normalization else BLOCK_NORMALIZED.discard)(name)
         return fn
 
     return decorate
@@ -92,8 +100,11 @@ def build(name: str, input_shape, num_classes: int, *, adapt_data, spec=None, **
         family = MODELS[name]
     else:
         raise ValueError(f"`name` (--model) must be one of {list(MODEL_NAMES)}. Received: name={name!r}")
+    block = None
+    if name in BLOCK_NORMALIZED:
+        block = tuple(spec.block_size) if spec is not None else options.get("block_size")
     inputs = keras.Input(input_shape, name="image")
-    x = normalization(input_shape, adapt_data)(inputs)
+    x = normalization(input_shape, adapt_data, block_size=block)(inputs)
     outputs = family(x, num_classes, input_shape=input_shape, spec=spec, **options)
     model_name = name.replace(APPLICATIONS_PREFIX, "")
     return keras.Model(inputs, outputs, name=model_name)
