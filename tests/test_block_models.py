@@ -12,6 +12,11 @@ from test_leaks import leaks
 from tfdisguise import disguise, export, models, wrap
 from tfdisguise.mechanisms import to_blocks
 
+
+def pixels(shape, n=2):
+    """Adaptation images for `models.build` (which requires them)."""
+    return np.zeros((n, *shape), "float32")
+
 TINY_VIT = {"dim": 16, "depth": 1, "heads": 2, "dropout": 0.0}
 
 
@@ -31,7 +36,7 @@ def absorbing_copy(model, key):
     spec = key.spec
     linear = key.plan.linear
     perm = np.arange(spec.num_blocks) if linear.perm is None else linear.perm
-    inverse = np.linalg.inv(linear.matrices.astype(np.float64))  # M_j^-1
+    inverse = np.linalg.inv(linear.dense_matrices().astype(np.float64))  # M_j^-1
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
 
@@ -63,7 +68,9 @@ def absorbing_copy(model, key):
             # M_j = kron(I_bh, kron(R_j, I_C)): R_j sits in M_j's first row of pixels, channel 0. With one
             # scale per block (block normalization), M_j^-1 diag(1/s) is R_j^-1 / s, still of that form.
             c, bw = spec.image_shape[2], spec.block_size[1]
-            small_inverse = np.linalg.inv(linear.matrices[:, :bw * c:c, :bw * c:c])
+            # The plan keeps matrix mode in row form (R_j itself) since issue 10.
+            small = linear.matrices if linear.rows is not None else linear.matrices[:, :bw * c:c, :bw * c:c]
+            small_inverse = np.linalg.inv(small.astype(np.float64))
             assert np.allclose(inv_std, inv_std[:, :1]), "matrix structure needs one scale per block"
             undo = small_inverse * inv_std[:, :1, np.newaxis]
         copy.get_layer("block_adapter").assign_matrices(undo @ matrices[perm], bias[perm])
@@ -133,25 +140,28 @@ def test_block_adapter_with_soft_permutation_absorbs_a_permuting_disguise(rng):
 
 
 def test_block_size_comes_from_the_spec_or_an_option():
-    model = models.build("block_vit", (8, 8, 1), 3, block_size=2, **TINY_VIT)
+    model = models.build("block_vit", (8, 8, 1), 3, adapt_data=pixels((8, 8, 1)), block_size=2, **TINY_VIT)
     assert tuple(model.get_layer("block_tokens").kernel.shape) == (16, 4, 16)
     with pytest.raises(ValueError, match="`block_size` option"):
-        models.build("block_vit", (8, 8, 1), 3)
+        models.build("block_vit", (8, 8, 1), 3, adapt_data=pixels((8, 8, 1)))
     with pytest.raises(ValueError, match=r"`block_size` \(3, 3\) must divide the image shape"):
-        models.build("block_vit", (8, 8, 1), 3, block_size=3)
+        models.build("block_vit", (8, 8, 1), 3, adapt_data=pixels((8, 8, 1)), block_size=3)
     with pytest.raises(ValueError, match="`backbone` must be one of"):
-        models.build("block_adapter", (8, 8, 1), 3, block_size=4, backbone="block_adapter")
+        models.build("block_adapter", (8, 8, 1), 3, adapt_data=pixels((8, 8, 1)), block_size=4,
+                     backbone="block_adapter")
     with pytest.raises(ValueError, match="`permutation` must be one of"):
-        models.build("block_adapter", (8, 8, 1), 3, block_size=4, permutation="hungarian")
+        models.build("block_adapter", (8, 8, 1), 3, adapt_data=pixels((8, 8, 1)), block_size=4, permutation="hungarian")
 
 
 def test_block_adapter_takes_any_backbone():
     key = make_key(image_shape=(32, 32, 3), block_size=4, rmt="orthogonal", noise=10)
     for backbone in ("resnet20", "keras.applications.MobileNetV2"):
-        model = models.build("block_adapter", (32, 32, 3), 4, spec=key.spec, backbone=backbone)
+        model = models.build("block_adapter", (32, 32, 3), 4, adapt_data=pixels((32, 32, 3)), spec=key.spec,
+                             backbone=backbone)
         assert model.output_shape == (None, 4)
         assert {"block_adapter", "block_permutation"} <= {layer.name for layer in model.layers}
-    model = models.build("block_adapter", (32, 32, 3), 4, spec=key.spec, channels=8, permutation="none",
+    model = models.build("block_adapter", (32, 32, 3), 4, adapt_data=pixels((32, 32, 3)), spec=key.spec, channels=8,
+                         permutation="none",
                          backbone="resnet20", backbone_options={"weight_decay": 0.0})
     assert model.get_layer("block_adapter").output.shape == (None, 32, 32, 8)
 
@@ -235,7 +245,7 @@ def test_block_models_use_keras_ops_only():
 def test_the_weight_scan_finds_a_planted_key_matrix():
     # Positive control for `_assert_no_key_matrix_in_weights`: an adapter set to the exact inverse is caught.
     key = make_key(image_shape=(8, 8, 1), block_size=4, rmt="orthogonal", rmt_mode="vector", permute=False)
-    model = models.build("block_adapter", (8, 8, 1), 2, spec=key.spec, lr_multiplier=4.0)
+    model = models.build("block_adapter", (8, 8, 1), 2, adapt_data=pixels((8, 8, 1)), spec=key.spec, lr_multiplier=4.0)
     model.get_layer("block_adapter").assign_matrices(np.linalg.inv(key.plan.linear.matrices))
     with pytest.raises(AssertionError, match="block_adapter"):
         _assert_no_key_matrix_in_weights(model, key)

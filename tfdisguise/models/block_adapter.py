@@ -28,7 +28,9 @@ Example:
 >>> from tfdisguise.models import build
 >>> from tfdisguise.spec import Spec
 >>> spec = Spec.create((28, 28, 1), block_size=7, noise=100)
->>> model = build("block_adapter", (28, 28, 1), 10, spec=spec, backbone="simple_cnn")
+>>> import numpy as np
+>>> x = np.zeros((4, 28, 28, 1), "float32")  # in practice: disguised training images
+>>> model = build("block_adapter", (28, 28, 1), 10, adapt_data=x, spec=spec, backbone="simple_cnn")
 >>> [layer.name for layer in model.layers[2:4]]
 ['block_adapter', 'block_permutation']
 """

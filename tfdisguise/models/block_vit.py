@@ -23,7 +23,9 @@ Example:
 >>> from tfdisguise.models import build
 >>> from tfdisguise.spec import Spec
 >>> spec = Spec.create((28, 28, 1), block_size=7, noise=100)
->>> model = build("block_vit", (28, 28, 1), 10, spec=spec, dim=32, depth=1, heads=2)
+>>> import numpy as np
+>>> x = np.zeros((4, 28, 28, 1), "float32")  # in practice: disguised training images
+>>> model = build("block_vit", (28, 28, 1), 10, adapt_data=x, spec=spec, dim=32, depth=1, heads=2)
 >>> model.output_shape, tuple(model.get_layer("block_tokens").kernel.shape)
 ((None, 10), (16, 49, 32))
 """
