@@ -73,3 +73,6 @@ def test_spectral_says_when_it_does_not_apply(data):
     assert "'projection'" in result.reason and result.headline() == {"spectral success": None}
     assert result.summary().endswith("not applicable: " + result.reason)
     assert ATTACKS["spectral"].description.startswith("Spectral alignment")
+    with pytest.raises(ValueError, match="`inverse` must be 'lmmse' or 'direct'"):
+        run_attacks(attack_input(projection, public, victim, half_examiner()), ["spectral"],
+                    options={"spectral": {"inverse": "exact"}})

@@ -109,11 +109,12 @@ def _swaps(unary, pair_plain, pair_disguised, perm, max_sweeps: int = 10) -> tup
 
 
 def match_positions(plain: Moments, disguised: Moments, *, restarts: int = 8, seed: int = 0,
-                    iters: int = 30, swap_limit: int = 64) -> np.ndarray:
+                    iters: int = 30, swap_limit: int = 64, polish: int = 3) -> np.ndarray:
     """perm[j] = the plain position that disguised position j came from.
 
-    Pairwise swaps run when there are at most `swap_limit` positions (they cost
-    O(t^4) per sweep); larger grids use the iterated assignment alone.
+    The iterated assignment runs from the unary solution and `restarts` random
+    permutations; pairwise swaps then polish the `polish` cheapest results, when
+    there are at most `swap_limit` positions (a sweep costs O(t^4)).
     """
     # L1 on the unary features: a few of them (the smallest noise-corrected eigenvalues) are biased by
     # sampling noise, and a squared distance would let those outweigh everything else
@@ -122,13 +123,12 @@ def match_positions(plain: Moments, disguised: Moments, *, restarts: int = 8, se
     t = plain.t
     rng = np.random.default_rng(seed)
     starts = [assign(unary)] + [rng.permutation(t) for _ in range(restarts)]
-    best, best_cost = None, np.inf
+    results = []  # (cost, perm); sorts are by cost only, and stable
     for start in starts:
         perm = _iterate(unary, pair_plain, pair_disguised, start, iters)
-        if t <= swap_limit:
-            perm, cost = _swaps(unary, pair_plain, pair_disguised, perm)
-        else:
-            cost = _total(unary, pair_plain, pair_disguised, perm)
-        if cost < best_cost:
-            best, best_cost = perm, cost
-    return best
+        results.append((_total(unary, pair_plain, pair_disguised, perm), perm))
+    results.sort(key=lambda r: r[0])
+    if t <= swap_limit:
+        results = [_swaps(unary, pair_plain, pair_disguised, perm)[::-1] for _, perm in results[:polish]]
+        results.sort(key=lambda r: r[0])
+    return results[0][1]

@@ -100,9 +100,7 @@ def estimate_spectral(public_plain, victim_disguised, spec: Spec, *, restarts: i
     if model.kind is None:
         mats = np.broadcast_to(np.eye(model.n), (plain.t, model.n, model.n)).copy()
     else:
-        noise_free_public = public + model.noise_before / 2.0
-        starts = {"eigenvectors": eigen_init(plain, disguised, perm, noise_free_public,
-                                             victim - model.noise_after / 2.0)}
+        starts = {"eigenvectors": eigen_init(plain, disguised, perm, public, victim)}
         if model.view == "matrix":
             starts["means"] = mean_init(plain, disguised, perm)
         else:
@@ -112,18 +110,20 @@ def estimate_spectral(public_plain, victim_disguised, spec: Spec, *, restarts: i
     return LinearEstimate(model=model, perm=perm, mats=mats, prior=prior, details=details)
 
 
-def run_linear_attack(inp: AttackInput, estimator, result_cls, *, kinds: tuple[str, ...], inverse: str,
+def run_linear_attack(inp: AttackInput, name: str, estimator, result_cls, *, kinds: tuple[str, ...], inverse: str,
                       max_public: int | None, max_images: int | None, n_samples: int, **options) -> KeyFreeResult:
     """Runs `estimator(public, disguised, spec, seed=, **options)`, reconstructs and scores the victims.
 
     A spec that is not RMT of `kinds` / permutation / uniform noise gives a
     not-applicable result (see `_keyfree`).
     """
+    if inverse not in ("lmmse", "direct"):
+        raise ValueError(f"`inverse` must be 'lmmse' or 'direct'. Received: inverse={inverse!r}")
     try:
         LinearModel.of(inp.spec, kinds=kinds)
     except NotApplicable as e:
         return not_applicable(result_cls, str(e), inp.setting)
-    inp.require(result_cls.__name__, "public_plain", "victim_plain", "examiner")
+    inp.require(name, "public_plain", "victim_plain", "examiner")
     public = np.asarray(inp.public_plain)[:max_public]
     victims = np.asarray(inp.victim_disguised)
     est = estimator(public, victims, inp.spec, seed=inp.seed, **options)
@@ -152,6 +152,6 @@ def spectral(inp: AttackInput, *, inverse: str = "lmmse", max_public: int | None
     `restarts` random starts when matching positions and `random_inits` when
     aligning (see `estimate_spectral`).
     """
-    return run_linear_attack(inp, estimate_spectral, SpectralResult, kinds=("orthogonal",), inverse=inverse,
+    return run_linear_attack(inp, "spectral", estimate_spectral, SpectralResult, kinds=("orthogonal",), inverse=inverse,
                              max_public=max_public, max_images=max_images, n_samples=n_samples, restarts=restarts,
                              random_inits=random_inits)

@@ -124,6 +124,6 @@ def spectral_whitened(inp: AttackInput, *, inverse: str = "lmmse", max_public: i
 
     Options as for `spectral`.
     """
-    return run_linear_attack(inp, estimate_whitened, SpectralWhitenedResult, kinds=("orthogonal", "projection"),
-                             inverse=inverse, max_public=max_public, max_images=max_images, n_samples=n_samples,
-                             restarts=restarts, random_inits=random_inits)
+    return run_linear_attack(inp, "spectral_whitened", estimate_whitened, SpectralWhitenedResult,
+                             kinds=("orthogonal", "projection"), inverse=inverse, max_public=max_public,
+                             max_images=max_images, n_samples=n_samples, restarts=restarts, random_inits=random_inits)
