@@ -59,4 +59,4 @@ def test_stem_diagnostics_see_an_adapter_that_holds_the_key(rng):
     fresh = models.build("block_adapter", (8, 8, 1), 3, adapt_data=disguise(x, key), spec=key.spec)
     unaware = bench.stem_diagnostics(fresh, key, x)
     assert unaware["inversion_corr"] < 0.5 and unaware["diag_share"] < 0.9 and unaware["perm_mass"] < 0.5
-    assert bench.stem_diagnostics(models.build("simple_cnn", (8, 8, 1), 3), key, x) == {}
+    assert bench.stem_diagnostics(models.build("simple_cnn", (8, 8, 1), 3, adapt_data=x), key, x) == {}

@@ -24,7 +24,9 @@ def test_defaults_are_unchanged():
 def test_every_option_trains_plain_and_disguised(rng, keyed):
     x, y = _data(rng)
     key = make_key(image_shape=(14, 14, 1), block_size=7, noise=20) if keyed else None
-    config = TrainConfig(model="block_vit", epochs=2, batch_size=16, model_options={"dim": 8, "depth": 1, "heads": 2},
+    # Plain data has no spec to take the block size from, so the block model is told it.
+    options = {"dim": 8, "depth": 1, "heads": 2, **({} if keyed else {"block_size": 7})}
+    config = TrainConfig(model="block_vit", epochs=2, batch_size=16, model_options=options,
                          label_smoothing=0.1, augment="translate=0.1,rotate=0.05", weight_decay=1e-4,
                          warmup_epochs=1)
     model, result = train_classifier(x, y, (x[:16], y[:16]), key=key, config=config, progress=False)
@@ -38,7 +40,7 @@ def test_warmup_then_cosine_decay():
     from tfdisguise import models
     from tfdisguise.train import _compile
 
-    model = models.build("simple_cnn", (8, 8, 1), 2)
+    model = models.build("simple_cnn", (8, 8, 1), 2, adapt_data=np.zeros((2, 8, 8, 1), "float32"))
     _compile(model, TrainConfig(epochs=4, warmup_epochs=1, learning_rate=1e-3), steps_per_epoch=10)
     rates = []
     for step in (0, 5, 10, 25, 40):
