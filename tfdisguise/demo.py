@@ -105,8 +105,11 @@ def run(out: str, epochs: int) -> int:
           f"misusability {100 * report['misusability']:.1f}%")
     print("  attacks (success: 0 = resisted, 1 = fully broken):")
     for name, attack in report["attacks"].items():
-        numbers = ", ".join(f"{k} {v:.2f}" for k, v in attack["headline"].items())
-        print(f"    {name} (level {attack['level']}): success {attack['success']:.2f}; {numbers}")
+        if attack.get("applicable") is False:
+            print(f"    {name} (level {attack['level']}): does not apply to this setting")
+            continue
+        numbers = ", ".join(f"{k} {_number(v)}" for k, v in attack["headline"].items())
+        print(f"    {name} (level {attack['level']}): success {_number(attack['success'])}; {numbers}")
     print(f"\nDone in {time.time() - started:.0f}s. Outputs:")
     outputs = [("key (stays with the owner)", key_path), ("disguised shards (uploaded)", upload),
                ("preview", os.path.join(out, "preview.png")),
@@ -116,6 +119,10 @@ def run(out: str, epochs: int) -> int:
     for label, path in outputs:
         print(f"  {label:30s} {path}")
     return 0
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def main(argv=None) -> int:
