@@ -174,9 +174,13 @@ def test_grid_covers_every_mechanism_family():
     assert grid["b4x4-n0-none-perm"].describe() == "block 4x4: permute"
     assert not any("none-vector" in n for n in grid)
     # 9 mechanism variants (rmt and negpos_hash: orthogonal-matrix, orthogonal-vector, none; aes; two scrambles)
-    # x 2 permutations x 3 noise placements (noise 0 once), less AES after noise-before (twice).
-    assert len(grid) == 9 * 2 * 3 - 2
-    assert [n for n, _ in skipped_settings(config, (8, 8, 1))] == ["b4x4-n50before-aes-perm", "b4x4-n50before-aes"]
+    # x 2 permutations x 3 noise placements (noise 0 once), less noise-before for AES (it cannot run) and for the
+    # two scrambles (the same disguise in distribution as noise after), each with and without permutation.
+    assert len(grid) == 9 * 2 * 3 - 2 - 4
+    skipped = skipped_settings(config, (8, 8, 1))
+    assert [n for n, _ in skipped] == [f"b4x4-n50before-{m}{p}" for p in ("-perm", "")
+                                       for m in ("aes", "scramble-shared", "scramble-perpos")]
+    assert "must come before RMT and noise" in skipped[0][1] and "same disguise, in distribution" in skipped[1][1]
     with pytest.raises(ValueError, match=r"`mechanisms` must be a non-empty selection of \('rmt', 'negpos_hash', "
                                          r"'aes', 'scramble'\). Received: mechanisms=\('rmt', 'des'\)"):
         CalibrationConfig(source="x.npz", out="o", mechanisms=("rmt", "des"))

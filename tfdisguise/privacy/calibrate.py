@@ -260,6 +260,13 @@ def _grid(config: CalibrationConfig, image_shape) -> tuple[list[tuple[str, Spec]
         ):
             where = "before" if noise and position == "before" else ""
             name = f"b{bh}x{bw}-n{noise:g}{where}-{part}{'-perm' if permute else ''}"
+            if where and "scramble" in kwargs:
+                # Rotations, flips, negation and channel shuffles map i.i.d. Gaussian noise to i.i.d. Gaussian
+                # noise, so noise before them is the same disguise, in distribution, as noise after them.
+                skipped.append((name, "noise before block_scramble is the same disguise, in distribution, as noise "
+                                      "after it (its rotations, flips, negation and channel shuffles keep i.i.d. "
+                                      "noise i.i.d.); the setting with noise after stands for both"))
+                continue
             try:
                 spec = Spec.create(image_shape, block, permute=permute, noise=noise,
                                    noise_position=position if noise else "after", **kwargs)
