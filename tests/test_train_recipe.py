@@ -24,7 +24,9 @@ def test_defaults_are_unchanged():
 def test_every_option_trains_plain_and_disguised(rng, keyed):
     x, y = _data(rng)
     key = make_key(image_shape=(14, 14, 1), block_size=7, noise=20) if keyed else None
-    config = TrainConfig(model="block_vit", epochs=2, batch_size=16, model_options={"dim": 8, "depth": 1, "heads": 2},
+    # A plain run has no spec, so a block model takes its block size as an option (a spec must agree with it).
+    options = {"dim": 8, "depth": 1, "heads": 2, "block_size": 7}
+    config = TrainConfig(model="block_vit", epochs=2, batch_size=16, model_options=options,
                          label_smoothing=0.1, augment="translate=0.1,rotate=0.05", weight_decay=1e-4,
                          warmup_epochs=1)
     model, result = train_classifier(x, y, (x[:16], y[:16]), key=key, config=config, progress=False)
