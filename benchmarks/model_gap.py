@@ -220,7 +220,9 @@ def summarize(records, parts):
 
 
 def _pct(mean, sd, n):
-    return f"{100 * mean:.2f}% ± {100 * sd:.2f}" if n else "-"
+    if not n:
+        return "-"
+    return f"{100 * mean:.2f}% ± {100 * sd:.2f}" if n > 1 else f"{100 * mean:.2f}% (one run)"
 
 
 def curves_figure(records, part):
