@@ -210,6 +210,8 @@ def summarize(records, parts):
         best_plain = max((s[0][0] for s in stats.values() if s[2]), default=float("nan"))
         best_name = next((n for n, s in stats.items() if s[2] and s[0][0] == best_plain), None)
         for recipe, ((pm, ps), (dm, ds), n_p, n_d) in stats.items():
+            if not n_d:
+                continue  # a plain-only recipe still counts for the best plain model
             gap = 100 * (best_plain - dm) if n_d else float("nan")
             own = 100 * (pm - dm) if n_d and n_p else float("nan")
             lines.append(f"| {part} | {recipe} | {_pct(pm, ps, n_p)} | {_pct(dm, ds, n_d)} | {gap:.2f} pts | "
@@ -220,7 +222,9 @@ def summarize(records, parts):
 
 
 def _pct(mean, sd, n):
-    return f"{100 * mean:.2f}% ± {100 * sd:.2f}" if n else "-"
+    if not n:
+        return "-"
+    return f"{100 * mean:.2f}% ± {100 * sd:.2f}" if n > 1 else f"{100 * mean:.2f}% (one run)"
 
 
 def curves_figure(records, part):
