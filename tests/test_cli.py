@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import pathlib
@@ -161,7 +162,14 @@ def test_keygen_refuses_a_plan_over_the_cap_and_suggests_block_sizes(tmp_path, c
 
 
 def test_every_option_shows_its_default_in_help():
-    for command in ("keygen", "train", "calibrate"):
-        text = subprocess.run([sys.executable, "-m", "tfdisguise.cli", command, "--help"], capture_output=True,
-                              text=True, check=True).stdout
-        assert "(default:" in text, command
+    subcommands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, parser in subcommands.items():
+        text = " ".join(parser.format_help().split())
+        assert "(default: None)" not in text and "(default: (" not in text, name  # a default as a user types it
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert action.help and "default" in parser._get_formatter()._get_help_string(action).lower(), \
+                    f"`tfdisguise {name} --help` does not show the default of {action.option_strings[0]}"
+    text = subprocess.run([sys.executable, "-m", "tfdisguise.cli", "calibrate", "--help"], capture_output=True,
+                          text=True, check=True).stdout
+    assert "(default: 1,10,100)" in " ".join(text.split())

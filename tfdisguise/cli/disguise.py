@@ -13,7 +13,7 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--key", required=True)
     cli_args.add_source_args(p)
     p.add_argument("--out", required=True)
-    p.add_argument("--shard-size", type=int, default=10000)
+    p.add_argument("--shard-size", type=int, default=10000, help="images per TFRecord shard")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it holds a disguised data set (ours, nothing else); never anything else")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
