@@ -71,6 +71,13 @@ def test_cli_map_with_two_keys_and_public_data(sources, tmp_path, capsys):
     assert "training simple_cnn on disguised" not in logged
     assert stamps == {n: os.stat(os.path.join(out, "results", n + ".json")).st_mtime_ns for n in names}
 
+    # Again without --resume or --overwrite: refused, in the CLI's flag names, and nothing is touched.
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"`--out` ({out}) holds an earlier calibration (report.json, baseline.json, results)" in err
+    assert "Pass `--resume` to keep" in err and "`--overwrite` to run every setting again" in err
+    assert stamps == {n: os.stat(os.path.join(out, "results", n + ".json")).st_mtime_ns for n in names}
+
 
 def fake_baseline(config, train, val, log):
     return None, {"val_accuracy": 0.9, "model": "m", "epochs": 1, "seconds": 0.0}
@@ -252,3 +259,28 @@ def test_list_settings_sizes_a_map_without_training(sources, tmp_path, capsys):
     assert shown[-1] == f"10 setting(s) x 4 key(s) = 40 disguised trainings on {data} (8, 8, 1); " \
                         "attacks per training: block_norm"
     assert not os.path.exists(tmp_path / "unused")
+
+
+def test_overwrite_runs_every_setting_again(sources, tmp_path, fake_runs):
+    config = CalibrationConfig(source=sources[0], out=str(tmp_path / "map"), block_sizes=(4,), keys=2,
+                               epochs=1, attacks=("block_norm",))
+    calibration.calibrate(config, log=lambda m: None)
+    assert len(fake_runs) == 2
+    with pytest.raises(FileExistsError, match="holds an earlier calibration"):
+        calibration.calibrate(config, log=lambda m: None)
+    assert len(fake_runs) == 2
+    calibration.calibrate(CalibrationConfig(**{**config.__dict__, "overwrite": True}), log=lambda m: None)
+    assert len(fake_runs) == 4
+
+
+def test_block_sizes_take_full_and_rectangles(sources, capsys):
+    argv = ["calibrate", "--input", sources[0], "--out", "unused", "--block-sizes", "4,full,2x4", "--no-permute",
+            "--list-settings"]
+    assert cli.main(argv) == 0
+    listed = capsys.readouterr().out
+    for name in ("b4x4-n0-orthogonal-matrix:", "b8x8-n0-orthogonal-matrix:", "b2x4-n0-orthogonal-matrix:"):
+        assert name in listed, listed
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["calibrate", "--input", sources[0], "--out", "unused", "--block-sizes", "4,big"])
+    assert exit_info.value.code == 2
+    assert "expected comma-separated block sizes (N, HxW or full), got '4,big'" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfdisguise import mechanisms
+from tfdisguise import mechanisms, pixels
 from tfdisguise.key import Key
 
 __all__ = ["wrap", "batch_disguiser", "image_spec_of"]
@@ -102,6 +102,10 @@ def _augmented(disguise, augment):
     return lambda images: disguise(augment(images))
 
 
+def _checked(disguise):
+    return lambda images: disguise(pixels.assert_pixels(images))
+
+
 def wrap(
     ds: tf.data.Dataset,
     key: Key,
@@ -110,6 +114,7 @@ def wrap(
     prefetch: bool = True,
     jit_compile: bool = True,
     augment=None,
+    check_pixels: bool = True,
 ):
     """Returns `ds` with every image disguised by `key`; the structure is kept.
 
@@ -121,6 +126,11 @@ def wrap(
 
     `model.fit(tfdisguise.wrap(ds, key))` works as written for a batched `ds`.
     `jit_compile=False` runs the linear ops op by op instead of through XLA.
+
+    `check_pixels` (default on) asserts on each batch that float images are
+    on the 0..255 scale that the key's spec means: a batch scaled to 0..1, out
+    of range or not finite fails with `tf.errors.InvalidArgumentError` naming
+    the problem, instead of training on images the noise drowns.
 
     `augment` (a Keras layer, such as `keras.layers.RandomTranslation`, or any
     callable on a batch `[N, H, W, C]`) is applied to the *plain* images on the
@@ -155,6 +165,8 @@ def wrap(
     disguise = batch_disguiser(key, jit_compile)
     if augment is not None:
         disguise = _augmented(disguise, augment)
+    if check_pixels:  # on the plain images as they arrive, before any augmentation
+        disguise = _checked(disguise)
 
     is_tuple = isinstance(ds.element_spec, tuple)
 

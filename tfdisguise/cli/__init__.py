@@ -12,6 +12,7 @@ TensorFlow, Keras and grpc only inside `run`, so `tfdisguise --help` is quick.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from tfdisguise import __version__
@@ -94,5 +95,27 @@ def main(argv=None) -> int:
         print("tfdisguise: interrupted", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, RuntimeError) as e:
-        print(f"tfdisguise {args.command}: error: {e}", file=sys.stderr)
+        print(f"tfdisguise {args.command}: error: {in_flag_names(str(e), parser, args.command)}", file=sys.stderr)
         return 1
+
+
+def in_flag_names(message: str, parser: argparse.ArgumentParser, command: str) -> str:
+    """`message` with the library's argument names written as the command's flags, so that a user reads the flag
+    they typed (`max_plan_bytes` -> `--max-plan-bytes`).
+
+    Only names in backquotes or before `=` change, and only names that are flags of `command`.
+
+    >>> in_flag_names("`max_plan_bytes` must be > 0. Received: max_plan_bytes=-1; `spec` too",
+    ...               build_parser(), "keygen")
+    '`--max-plan-bytes` must be > 0. Received: --max-plan-bytes=-1; `spec` too'
+    """
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices.get(command)
+    if sub is None:
+        return message
+    flags = {o[2:].replace("-", "_"): o for a in sub._actions for o in a.option_strings if o.startswith("--")}
+
+    def flag(match):
+        name = match.group(2)
+        return match.group(1) + flags[name] + match.group(3) if name in flags else match.group(0)
+
+    return re.sub(r"(`|\b)([a-z][a-z0-9_]*)(`|=)", flag, message)

@@ -4,6 +4,8 @@
 (7, 14)
 >>> block("full") is None, block("7"), block("4,8")
 (True, 7, (4, 8))
+>>> blocks("4,7,full,4x8")
+(4, 7, None, (4, 8))
 >>> names("known_plaintext, block_norm")
 ('known_plaintext', 'block_norm')
 """
@@ -45,6 +47,25 @@ def block(text: str):
     if len(values) not in (1, 2):
         raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
     return values if len(values) == 2 else values[0]
+
+
+def blocks(text: str) -> tuple:
+    """Comma-separated block sizes: each N, HxW, or 'full' (the whole image, as None)."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            if item in ("full", "whole"):
+                out.append(None)
+            elif "x" in item:
+                h, w = item.split("x")
+                out.append((int(h), int(w)))
+            else:
+                out.append(int(item))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated block sizes (N, HxW or full), got {text!r}") \
+                from None
+    return tuple(out)
 
 
 def add_source_args(parser: argparse.ArgumentParser, with_split: bool = True) -> None:

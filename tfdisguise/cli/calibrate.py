@@ -19,7 +19,8 @@ def register_subparser(subparsers) -> None:
                               help="map settings under several keys; measure accuracy, privacy and attacks; "
                                    "write a report with frontier.png")
     p.add_argument("--input", required=True)
-    p.add_argument("--block-sizes", type=cli_args.ints, default=(7,), help="comma-separated, e.g. 7,14")
+    p.add_argument("--block-sizes", type=cli_args.blocks, default=(7,),
+                   help="comma-separated, each N, HxW or full (the whole image), e.g. 4,7,full")
     p.add_argument("--noise-levels", type=cli_args.floats, default=(0.0,), help="comma-separated, e.g. 0,50,100")
     p.add_argument("--rmt", type=cli_args.names, default=("orthogonal",),
                    help="comma-separated of orthogonal,projection,none")
@@ -56,7 +57,11 @@ def register_subparser(subparsers) -> None:
                    help="run the key-agnostic attack (it trains --key-agnostic-keys models of its own)")
     p.add_argument("--key-agnostic-keys", type=int, default=16, help="keys the key-agnostic attacker trains under")
     p.add_argument("--key-agnostic-images", type=int, default=None, help="attacker's training images (default: all)")
-    p.add_argument("--resume", action="store_true", help="reuse finished settings (and keys) in --out")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="reuse finished settings (and keys) in --out")
+    again.add_argument("--overwrite", action="store_true",
+                       help="run every setting again over an earlier calibration in --out (without --resume or "
+                            "--overwrite, an earlier calibration there is an error)")
     p.add_argument("--list-settings", action="store_true",
                    help="only list the settings (and the number of trainings) this map would run, then exit")
     p.add_argument("--out", required=True)
@@ -78,7 +83,8 @@ def run(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, validation_fraction=args.validation_fraction,
         limit=args.limit, seed=args.seed, ks=tuple(args.ks), attack_images=args.attack_images,
         key_agnostic=args.key_agnostic, key_agnostic_keys=args.key_agnostic_keys,
-        key_agnostic_images=args.key_agnostic_images, resume=args.resume, **selection,
+        key_agnostic_images=args.key_agnostic_images, resume=args.resume, overwrite=args.overwrite,
+        **selection,
     )
     (list_settings if args.list_settings else calibrate)(config, log=lambda msg: print(msg, flush=True))
     return 0

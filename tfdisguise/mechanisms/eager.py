@@ -19,6 +19,7 @@ import numpy as np
 from keras import ops
 
 from tfdisguise.mechanisms.plan import apply, invert, uniform_source
+from tfdisguise.pixels import check_pixels
 
 __all__ = ["disguise", "undisguise"]
 
@@ -28,7 +29,15 @@ def disguise(images, key):
 
     For data pipelines use `tfdisguise.wrap`; inside a model use the `Disguise`
     layer. Noise is fresh at every call, seeded from the OS's CSPRNG.
+
+    Pixel values must be uint8 or float on the 0..255 scale; images scaled to
+    0..1, out of range or not finite raise `tfdisguise.pixels.PixelRangeError`
+    (a ValueError) naming them.
     """
+    if not hasattr(images, "shape") or isinstance(images, np.ndarray):
+        images = check_pixels(images)
+    else:  # a tensor: checked through numpy, since this entry point is eager anyway
+        check_pixels(ops.convert_to_numpy(images))
     seed = keras.random.SeedGenerator(secrets.randbits(31)) if key.plan.has_noise else None
     return ops.convert_to_numpy(apply(images, key.plan, uniform_source(seed) if seed else None))
 

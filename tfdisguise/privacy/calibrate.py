@@ -150,6 +150,7 @@ class CalibrationConfig:
     key_agnostic_keys: int = 16
     key_agnostic_images: int | None = None
     resume: bool = False
+    overwrite: bool = False
     attacks: tuple[str, ...] | None = None
     specs: dict[str, Spec] | None = None
 
@@ -543,10 +544,22 @@ def list_settings(config: CalibrationConfig, log: Callable[[str], None] = print)
     return grid
 
 
+def _check_out(config: CalibrationConfig) -> None:
+    """Refuses to run over an earlier calibration in `config.out` unless told to resume it or overwrite it."""
+    if config.resume or config.overwrite:
+        return
+    found = [n for n in ("report.json", "baseline.json", "results") if os.path.exists(os.path.join(config.out, n))]
+    if found:
+        raise FileExistsError(f"`out` ({config.out}) holds an earlier calibration ({', '.join(found)}). Pass "
+                              f"`resume` to keep its finished settings and keys, or `overwrite` to run every setting "
+                              f"again over it.")
+
+
 def calibrate(config: CalibrationConfig, log: Callable[[str], None] = print) -> dict:
     """Runs the settings, each under `config.keys` keys, and writes the report directory. Returns the report."""
     started = time.time()
     recipe = config.recipe()  # checks the attack selection against the registry before any training
+    _check_out(config)
     io.makedirs(config.out)
     train, val = _load_data(config)
     grid, skipped = _grid(config, train.image_shape)

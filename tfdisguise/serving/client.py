@@ -26,13 +26,11 @@ from tfdisguise.data import batch_disguiser
 from tfdisguise.export import INFO_SIGNATURE
 from tfdisguise.identity import Identity
 from tfdisguise.key import Key, KeyMismatchError
+from tfdisguise.pixels import PixelRangeError, check_pixels
 from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES
 from tfdisguise.serving.transports import TransportError, transport_for
 
 __all__ = ["DisguisedClient", "ImagesError", "ServingClientError", "check_images", "read_images"]
-
-_FLOATS = (np.float16, np.float32, np.float64)
-
 
 class ServingClientError(RuntimeError):
     """A request failed for good (after retries, or with a non-retryable error); `code` is its gRPC status.
@@ -70,32 +68,10 @@ def check_images(images, image_shape: tuple[int, ...]) -> np.ndarray:
                           f"Received: shape={images.shape}")
     if len(images) == 0:
         raise ImagesError(f"`images` is empty (shape {images.shape}); pass at least one image.")
-    if images.dtype == np.uint8:
-        return images
-    if images.dtype.type not in _FLOATS:
-        raise ImagesError(f"`images` must be uint8, or float in 0..255. Received: dtype={images.dtype}. Convert "
-                          f"them: images.astype(np.uint8) if their values are 0..255, else rescale to 0..255 first.")
-    flat = images.reshape(len(images), -1)
-    finite = np.isfinite(flat).all(axis=1)
-    if not finite.all():
-        raise ImagesError(f"`images` {_which(~finite)} hold NaN or infinite values; the key's spec means pixel "
-                          f"values in 0..255. Replace them (np.nan_to_num) or drop those images.")
-    low, high = flat.min(axis=1), flat.max(axis=1)
-    outside = (low < 0) | (high > 255)
-    if outside.any():
-        raise ImagesError(f"`images` {_which(outside)} have values from {low.min():g} to {high.max():g}, outside "
-                          f"0..255, which the key's spec means. Rescale to 0..255.")
-    # Pixels on the 0..255 scale are whole numbers; fractions that never pass 1 are a 0..1 image.
-    unit = (high <= 1) & (flat != np.round(flat)).any(axis=1)
-    if unit.any():
-        raise ImagesError(f"`images` {_which(unit)} look scaled to 0..1 (no value above 1, and fractions): the key's "
-                          f"spec means 0..255. Rescale to 0..255 (images * 255).")
-    return images
-
-
-def _which(mask: np.ndarray) -> str:
-    index = np.flatnonzero(mask)
-    return "at index " + ", ".join(map(str, index[:5])) + (", ..." if len(index) > 5 else "")
+    try:
+        return check_pixels(images)
+    except PixelRangeError as e:  # the client's one error type for bad input, with the same message
+        raise ImagesError(str(e)) from None
 
 
 class DisguisedClient:
@@ -234,7 +210,7 @@ class DisguisedClient:
         if disguised.ndim != 4 or disguised.shape[1:] != shape or not len(disguised):
             raise ImagesError(f"`disguised` must be [N, {', '.join(map(str, shape))}] with N >= 1. "
                               f"Received: shape={disguised.shape}")
-        if disguised.dtype.type not in _FLOATS or not np.isfinite(disguised).all():
+        if not np.issubdtype(disguised.dtype, np.floating) or not np.isfinite(disguised).all():
             raise ImagesError(f"`disguised` must be finite floats, as the disguise makes them. "
                               f"Received: dtype={disguised.dtype}")
         disguised = disguised.astype(np.float32, copy=False)
