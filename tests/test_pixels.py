@@ -63,3 +63,19 @@ def test_wrap_refuses_out_of_range_before_augmentation(key):
     good = tf.data.Dataset.from_tensor_slices(x / 2).batch(4)
     assert next(iter(tfdisguise.wrap(good, key, augment=augment))).shape == (4, 8, 8, 1)
     assert seen, "the augmentation ran on the checked batch"
+
+
+def test_the_layer_refuses_a_0_1_batch_on_tensorflow(key, tmp_path):
+    import keras
+
+    layer = tfdisguise.Disguise(key)
+    x = np.random.default_rng(3).uniform(0, 1, (2, 8, 8, 1)).astype(np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"look scaled to 0\.\.1"):
+        layer(x)
+    model = keras.Sequential([keras.Input((8, 8, 1)), layer])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"look scaled to 0\.\.1"):
+        model.predict(x, verbose=0)  # in a compiled function too
+    assert model.predict(x * 255, verbose=0).shape == (2, 8, 8, 1)
+    assert tfdisguise.Disguise(key, check_pixels=False)(x).shape == (2, 8, 8, 1)
+    model.save(tmp_path / "owner.keras")  # the option travels in the config
+    assert keras.saving.load_model(tmp_path / "owner.keras").layers[0].check_pixels is True

@@ -96,9 +96,18 @@ def test_wrong_key_is_refused(key, pairs, tmp_path):
         load_disguised(out, key=make_key(seed=9, image_shape=(14, 14, 1), block_size=7))
 
 
-def test_batched_input_is_refused(key, pairs, tmp_path):
-    with pytest.raises(ValueError, match="unbatched"):
-        export_disguised(pairs.batch(2), key, str(tmp_path / "upload"), progress=False)
+def test_batched_input_gives_the_same_shards(key, pairs, mnist_like, tmp_path, capsys):
+    # The key is noise-free, so the batched and the unbatched export must agree image for image.
+    export_disguised(pairs, key, str(tmp_path / "flat"), progress=False)
+    manifest = export_disguised(pairs.batch(4), key, str(tmp_path / "batched"), shard_size=4)
+    assert manifest["count"] == 6 and [s["count"] for s in manifest["shards"]] == [4, 2]
+    flat = next(iter(load_disguised(str(tmp_path / "flat"), key=key).batch(6)))
+    batched = next(iter(load_disguised(str(tmp_path / "batched"), key=key).batch(6)))
+    np.testing.assert_array_equal(batched[0].numpy(), flat[0].numpy())
+    np.testing.assert_array_equal(batched[1].numpy(), [0, 1, 2, 1, 0, 1])
+    assert capsys.readouterr().out.endswith("\n"), "the progress bar ends its line"
+    with pytest.raises(ValueError, match=r"must hold images \(H, W, C\), batched or not"):
+        export_disguised(pairs.batch(2).batch(2), key, str(tmp_path / "twice"), progress=False)
 
 
 # ---- manifests are not trusted (issue 9) -----------------------------------------------------------

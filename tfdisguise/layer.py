@@ -7,7 +7,7 @@ import secrets
 import keras
 import numpy as np
 
-from tfdisguise import mechanisms
+from tfdisguise import mechanisms, pixels
 from tfdisguise.key import Key, KeyMismatchError
 from tfdisguise.spec import Spec
 
@@ -35,6 +35,10 @@ class Disguise(keras.layers.Layer):
 
     Args:
         key: a `tfdisguise.Key`.
+        check_pixels: on the TensorFlow backend, assert that float inputs are on
+            the 0..255 scale (not 0..1, in range, finite), as `wrap` does; a
+            failure raises `InvalidArgumentError` naming the fix. Other backends
+            trace the layer into code that cannot raise, so they do not check.
         spec, fingerprint: used only by `from_config`; pass `key` instead.
         **kwargs: standard layer arguments (`name`, ...).
 
@@ -56,7 +60,7 @@ class Disguise(keras.layers.Layer):
     False
     """
 
-    def __init__(self, key: Key | None = None, *, spec=None, fingerprint=None, **kwargs):
+    def __init__(self, key: Key | None = None, *, check_pixels: bool = True, spec=None, fingerprint=None, **kwargs):
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
         if key is not None:
@@ -67,6 +71,7 @@ class Disguise(keras.layers.Layer):
             raise ValueError("`key` is required. Received: key=None")
         self.spec = Spec.from_dict(spec) if isinstance(spec, dict) else spec
         self.fingerprint = str(fingerprint)
+        self.check_pixels = bool(check_pixels)
         self._key = None
         self._seed_generator = (
             keras.random.SeedGenerator(secrets.randbits(31)) if self.spec.noise_level > 0 else None
@@ -87,6 +92,8 @@ class Disguise(keras.layers.Layer):
                 "without its weights. Load it from the owner's .keras file."
             )
         uniform = mechanisms.uniform_source(self._seed_generator) if self._seed_generator else None
+        if self.check_pixels and keras.backend.backend() == "tensorflow":
+            inputs = pixels.assert_pixels(inputs)
         return mechanisms.apply(inputs, self._key.plan, uniform)
 
     def compute_output_shape(self, input_shape):
@@ -94,7 +101,8 @@ class Disguise(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"spec": self.spec.to_dict(), "fingerprint": self.fingerprint})
+        config.update({"spec": self.spec.to_dict(), "fingerprint": self.fingerprint,
+                       "check_pixels": self.check_pixels})
         return config
 
     # The secret is the layer's only real state. Saving it as a weight keeps it

@@ -101,8 +101,9 @@ def export_disguised(
 ) -> dict[str, Any]:
     """Disguises `ds` with `key` and writes TFRecord shards plus `manifest.json`.
 
-    `ds` holds unbatched images, `(image, label)` pairs or dicts with "image"
-    (and optionally "label"). The manifest records the public spec, the key
+    `ds` holds images, `(image, label)` pairs or dicts with "image" (and
+    optionally "label"), batched or not (as for `wrap`); the shards hold one
+    image per record either way. The manifest records the public spec, the key
     fingerprint, counts, each shard's sha256 and label counts; it never holds
     key material. Paths go through `tf.io.gfile`, so `gs://` works.
 
@@ -119,10 +120,11 @@ def export_disguised(
     out_dir = out_dir.rstrip("/")
     replace = check_output_dir(out_dir, overwrite=overwrite)
     image_spec, _, _ = image_spec_of(ds.element_spec)
-    if image_spec.shape.rank != 3:
+    if image_spec.shape.rank == 4:  # batched, as `wrap` takes it: the batches are only containers here
+        ds = ds.unbatch()
+    elif image_spec.shape.rank != 3:
         raise ValueError(
-            f"`ds` must hold unbatched images (H, W, C); call .unbatch() first. "
-            f"Received: image shape {image_spec.shape}"
+            f"`ds` must hold images (H, W, C), batched or not. Received: image shape {image_spec.shape}"
         )
     if int(copies) < 1:
         raise ValueError(f"`copies` must be >= 1. Received: copies={copies}")
@@ -158,6 +160,8 @@ def export_disguised(
                 bar.update(count)
         if writer is not None:
             close_shard()
+        if bar is not None:
+            bar.update(count, finalize=True)  # ends the bar's line, also when the total was unknown
         manifest = {
             "format": FORMAT,
             "version": VERSION,
