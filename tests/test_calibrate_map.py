@@ -220,6 +220,35 @@ def test_frontier_figure_and_front():
     assert "no level-1 attack ran" in {t.get_text() for t in empty.axes[0].texts}
 
 
+def _overlaps(fig, texts):
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in texts]
+    return [(a.get_text(), b.get_text()) for i, (a, p) in enumerate(zip(texts, boxes))
+            for b, q in zip(texts[i + 1:], boxes[i + 1:]) if p.overlaps(q)]
+
+
+def test_point_labels_do_not_overlap():
+    from tfdisguise.privacy.report import tradeoff_figure
+
+    def row(name, acc, worst, privacy):
+        return {"setting": name, "disguised_accuracy": acc, "visual_privacy": privacy, "sd": {},
+                "worst_level1": {"success": worst, "sd": 0.0, "attack": "a"}, "attacks": {"a": {"level": 1}}}
+
+    # Four settings on one spot (every linear setting broken alike), as a real map has them.
+    few = [row(f"b7x7-n100-setting-{i}", 0.8, 1.0, 0.9) for i in range(4)] + [row("aes", 0.3, 0.1, 0.99)]
+    report = {"source": "s", "keys": 3, "baseline": {"val_accuracy": 0.99}, "settings": few}
+    for fig in (frontier_figure(report), tradeoff_figure(report)):
+        texts = [t for t in fig.axes[0].texts if t.get_text() != "no level-1 attack ran"]
+        assert len(texts) == 5 and not _overlaps(fig, texts)
+    # Many settings: numbered points, and a key beside the axes names them all.
+    many = [row(f"setting-{i}", 0.8 + 0.001 * (i % 3), 0.95 + 0.01 * (i % 2), 0.9) for i in range(30)]
+    fig = frontier_figure(dict(report, settings=many))
+    numbers = [t for t in fig.axes[0].texts if t.get_text().isdigit()]
+    assert len(numbers) == 30
+    key = next(t.get_text() for t in fig.axes[0].texts if "setting-29" in t.get_text())
+    assert key.splitlines()[0] == "1  setting-0"
+
+
 def test_markdown_verdicts_name_partial_breaks():
     runs = [{"setting": "s", "disguised_accuracy": 0.9, "plain_accuracy": 0.95, "visual_privacy": 0.8,
              "misusability": 0.1, "attacks": {"a": {"level": 1, "success": v, "headline": {"a success": v}}}}

@@ -230,25 +230,56 @@ def _sd_of(row: dict, measure: str) -> float:
     return row.get("sd", {}).get(measure) or 0.0
 
 
+# More settings than this and the points get numbers, with the names listed beside the axes.
+_NAMED_POINTS = 8
+
+
+def _label_points(ax, fig, xys: list, names: list[str], fontsize: float = 6) -> None:
+    """Labels each point without overlaps: each label takes the first of several offsets around its point whose
+    box (estimated from the font size) clears the labels placed so far. With many points the labels are numbers
+    and a key beside the axes names them."""
+    if not names:
+        return
+    numbered = len(names) > _NAMED_POINTS
+    labels = [str(i) for i in range(1, len(names) + 1)] if numbered else list(names)
+    fig.canvas.draw()  # fixes the axes' limits, so that data coordinates map to display coordinates
+    to_pt = 72.0 / fig.dpi
+    placed = []
+    offsets = [(3, 3), (3, -9), (-3, 3), (-3, -9), (3, 11), (-3, 11), (3, -17), (-3, -17), (9, -3), (-9, -3)]
+    for (x, y), label in zip(xys, labels):
+        px, py = (v * to_pt for v in ax.transData.transform((x, y)))
+        width, height = 0.62 * fontsize * len(label), fontsize
+        choice = None
+        for dx, dy in offsets:
+            x0 = px + dx - (width if dx < 0 else 0)
+            box = (x0, py + dy, x0 + width, py + dy + height)
+            if not any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in placed):
+                choice = (dx, dy, box)
+                break
+        dx, dy, box = choice or (offsets[0][0], offsets[0][1], (px, py, px + width, py + height))
+        placed.append(box)
+        ax.annotate(label, (x, y), fontsize=fontsize, xytext=(dx, dy), textcoords="offset points",
+                    ha="right" if dx < 0 else "left")
+    if numbered:
+        key = "\n".join(f"{i}  {n}" for i, n in enumerate(names, 1))
+        ax.text(1.02, 1.0, key, transform=ax.transAxes, fontsize=max(4.0, fontsize - 1), va="top", ha="left",
+                family="monospace")
+
+
+
 def frontier_figure(report: dict):
     """Accuracy against the worst level-1 attack's success, one point per setting (error bars: sd over keys),
     with the Pareto front drawn and the broken region (success >= 0.5) shaded."""
     from tfdisguise.plots import new_figure
 
-    fig, ax = new_figure(figsize=(7, 4.8))
     points = _frontier_points(report["settings"])
+    many = len(points) > _NAMED_POINTS
+    fig, ax = new_figure(figsize=(10.5 if many else 7, max(4.8, 0.095 * len(points) + 1) if many else 4.8))
     ax.axvspan(BROKEN_AT, 1.05, color="tab:red", alpha=0.07, label=f"broken (success >= {BROKEN_AT:g})")
-    placed: dict = {}
     for r, worst in points:
         x, y = worst["success"], 100 * r["disguised_accuracy"]
         ax.errorbar(x, y, xerr=worst.get("sd") or 0.0, yerr=100 * _sd_of(r, "disguised_accuracy"), fmt="o",
                     ms=4, capsize=2, alpha=0.85)
-        # Settings on the same spot get their names stacked, and names near the right edge go left.
-        spot = (round(x, 2), round(y, 1))
-        placed[spot] = placed.get(spot, -1) + 1
-        right = x > 0.75
-        ax.annotate(r["setting"], (x, y), fontsize=6, xytext=(-3 if right else 3, 3 + 7 * placed[spot]),
-                    textcoords="offset points", ha="right" if right else "left")
     front = pareto_front([(w["success"], r["disguised_accuracy"]) for r, w in points])
     if front:
         xs = [points[i][1]["success"] for i in front]
@@ -264,7 +295,12 @@ def frontier_figure(report: dict):
     ax.set_title(f"privacy map: {report['source']}" + (f" ({keys} keys per setting)" if keys > 1 else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    if many:
+        fig.subplots_adjust(left=0.08, right=0.62, bottom=0.1, top=0.93)
+    else:
+        fig.tight_layout()
+    _label_points(ax, fig, [(w["success"], 100 * r["disguised_accuracy"]) for r, w in points],
+                  [r["setting"] for r, _ in points])
     return fig
 
 
@@ -272,19 +308,24 @@ def tradeoff_figure(report: dict):
     """Accuracy on disguised data against visual privacy, one point per setting."""
     from tfdisguise.plots import new_figure
 
-    fig, ax = new_figure(figsize=(6, 4.2))
-    for r in report["settings"]:
+    rows = report["settings"]
+    many = len(rows) > _NAMED_POINTS
+    fig, ax = new_figure(figsize=(10 if many else 6, max(4.2, 0.095 * len(rows) + 1) if many else 4.2))
+    for r in rows:
         ax.errorbar(100 * r["visual_privacy"], 100 * r["disguised_accuracy"], xerr=100 * _sd_of(r, "visual_privacy"),
                     yerr=100 * _sd_of(r, "disguised_accuracy"), fmt="o", ms=4, capsize=2)
-        ax.annotate(r["setting"], (100 * r["visual_privacy"], 100 * r["disguised_accuracy"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
     ax.axhline(100 * report["baseline"]["val_accuracy"], ls="--", color="gray", label="plain baseline")
     ax.set_xlabel("visual privacy (%)")
     ax.set_ylabel("accuracy on disguised data (%)")
     ax.set_title("accuracy versus privacy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    if many:
+        fig.subplots_adjust(left=0.08, right=0.6, bottom=0.1, top=0.93)
+    else:
+        fig.tight_layout()
+    _label_points(ax, fig, [(100 * r["visual_privacy"], 100 * r["disguised_accuracy"]) for r in rows],
+                  [r["setting"] for r in rows], fontsize=7 if not many else 6)
     return fig
 
 
