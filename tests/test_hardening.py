@@ -406,7 +406,8 @@ def test_client_raises_only_its_own_errors(served):
     (np.full((2, 8, 8, 1), 0.5, np.float32), r"Rescale to 0\.\.255 \(images \* 255\)"),
     (np.full((2, 8, 8, 1), 300.0), "outside 0..255"),
     (np.full((1, 8, 8, 1), np.nan, np.float32), "NaN or infinite"),
-    (np.zeros((2, 8, 8, 1), np.int16), "dtype=int16. Convert them"),
+    (np.full((2, 8, 8, 1), -3, np.int16), r"have values from -3 to -3, outside 0\.\.255"),  # integers: by range
+    (np.zeros((2, 8, 8, 1), np.complex64), "dtype=complex64. Convert them"),
     (np.zeros((0, 8, 8, 1), np.uint8), "is empty"),
     (np.zeros((2, 28, 28, 1), np.uint8), r"must be \[N, 8, 8, 1\]"),
 ])

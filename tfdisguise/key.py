@@ -97,9 +97,20 @@ class Key:
 
     @classmethod
     def generate(cls, spec: Spec | None = None, **spec_kwargs) -> Key:
-        """A fresh key from the OS's CSPRNG. Pass a `Spec`, or `Spec.create` arguments."""
+        """A fresh key from the OS's CSPRNG.
+
+        Pass a `Spec`, or an `image_shape` and optionally `Spec.create`
+        arguments: what they leave open is the recommended setting for the
+        shape (`Spec.recommended`, what `tfdisguise keygen` writes), never a
+        weaker one.
+
+        >>> Key.generate(image_shape=(28, 28, 1)).spec == Spec.recommended((28, 28, 1))
+        True
+        >>> Key.generate(image_shape=(28, 28, 1), noise=0).spec.describe()
+        'block 7x7: rmt(orthogonal,matrix) > permute'
+        """
         if spec is None:
-            spec = Spec.create(**spec_kwargs)
+            spec = Spec.recommended(**spec_kwargs)
         elif spec_kwargs:
             raise TypeError("Pass either `spec` or Spec.create arguments, not both.")
         return cls(secrets.token_bytes(SECRET_BYTES), spec)

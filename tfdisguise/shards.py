@@ -51,6 +51,10 @@ __all__ = ["export_disguised", "load_disguised", "read_manifest", "check_output_
 MANIFEST = "manifest.json"
 FORMAT = "tfdisguise.shards"
 VERSION = 1
+# How shards may store disguised values, and their little-endian numpy types.
+DTYPES = ("float32", "float16")
+_LITTLE = {"float32": "<f4", "float16": "<f2"}
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 class ShardError(ValueError):
@@ -77,9 +81,12 @@ def _as_pairs(ds: tf.data.Dataset) -> tuple[tf.data.Dataset, bool]:
     return ds.map(lambda *e: (get_image(e if is_tuple else e[0]), tf.constant(-1, tf.int64))), False
 
 
-def _example(image: np.ndarray, label: int) -> bytes:
+def _example(image: np.ndarray, label: int, dtype: str = "float32") -> bytes:
+    if dtype == "float16" and np.abs(image).max() > _FLOAT16_MAX:
+        raise ValueError(f"A disguised image holds {np.abs(image).max():g}, beyond float16's range "
+                         f"({_FLOAT16_MAX:g}); export it with dtype='float32'.")
     feature = {
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.astype("<f4").tobytes()])),
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.astype(_LITTLE[dtype]).tobytes()])),
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
@@ -98,6 +105,7 @@ def export_disguised(
     total: int | None = None,
     copies: int = 1,
     augment=None,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Disguises `ds` with `key` and writes TFRecord shards plus `manifest.json`.
 
@@ -113,8 +121,13 @@ def export_disguised(
     The copies of one image are related, so take validation data from a
     separate export (`copies=1`, no `augment`), not from a split of this one.
 
+    `dtype="float16"` stores the disguised values at half the size;
+    `load_disguised` returns float32 either way.
+
     Returns the manifest.
     """
+    if dtype not in DTYPES:
+        raise ValueError(f"`dtype` must be one of {DTYPES}. Received: dtype={dtype!r}")
     if shard_size < 1:
         raise ValueError(f"`shard_size` must be >= 1. Received: shard_size={shard_size}")
     out_dir = out_dir.rstrip("/")
@@ -148,7 +161,7 @@ def export_disguised(
                 if writer is None:
                     shard_path = os.path.join(tmp_dir, f"shard-{len(shards):05d}.tfrecord")
                     writer, shard_count = tf.io.TFRecordWriter(shard_path), 0
-                writer.write(_example(image, label))
+                writer.write(_example(image, label, dtype))
                 shard_count += 1
                 count += 1
                 if has_labels:
@@ -167,7 +180,7 @@ def export_disguised(
             "version": VERSION,
             **key.identity.to_dict(),
             "image_shape": list(key.spec.image_shape),
-            "dtype": "float32",
+            "dtype": dtype,
             "count": count,
             "copies": int(copies),
             "augmented": augment is not None,
@@ -267,8 +280,8 @@ def _check_manifest(manifest: dict, path: str) -> None:
     if tuple(shape) != identity.spec.image_shape:
         raise ShardError(f"{path}: image_shape {shape} is not the spec's image shape "
                          f"{list(identity.spec.image_shape)}.")
-    if field(manifest, "dtype", str) != "float32":
-        raise ShardError(f"{path}: dtype must be 'float32'. Received: {manifest['dtype']!r:.100}")
+    if field(manifest, "dtype", str) not in DTYPES:
+        raise ShardError(f"{path}: dtype must be one of {DTYPES}. Received: {manifest['dtype']!r:.100}")
     count = field(manifest, "count", int)
     total, names = 0, set()
     for i, shard in enumerate(field(manifest, "shards", list)):
@@ -338,6 +351,7 @@ def load_disguised(out_dir: str, *, key: Key | None = None, verify: bool = True)
         paths.append(path)
         counts.append(shard["count"])
     shape = tuple(manifest["image_shape"])
+    stored = tf.float16 if manifest["dtype"] == "float16" else tf.float32
     features = {
         "image": tf.io.FixedLenFeature([], tf.string),
         "label": tf.io.FixedLenFeature([], tf.int64),
@@ -345,8 +359,8 @@ def load_disguised(out_dir: str, *, key: Key | None = None, verify: bool = True)
 
     def parse(record):
         ex = tf.io.parse_single_example(record, features)
-        image = tf.reshape(tf.io.decode_raw(ex["image"], tf.float32, little_endian=True), shape)
-        return image, ex["label"]
+        image = tf.reshape(tf.io.decode_raw(ex["image"], stored, little_endian=True), shape)
+        return tf.cast(image, tf.float32), ex["label"]
 
     def shard_records(path, count):
         # Each shard's count is checked as it is read: a wrong one fails at that shard, not at the end.

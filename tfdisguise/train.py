@@ -132,6 +132,7 @@ class TrainResult:
     history: dict[str, list[float]]
     disguised: bool
     fingerprint: str | None = None
+    config: dict | None = None  # the TrainConfig, so that a run says how it was trained
 
     def summary(self) -> str:
         kind = f"disguised (key {self.fingerprint})" if self.disguised else "plain"
@@ -251,7 +252,7 @@ def train_classifier(
         model=config.model, epochs=config.epochs, train_images=len(x),
         val_images=0 if validation is None else len(validation[0]), val_accuracy=val_acc,
         seconds=time.time() - started, history=history, disguised=key is not None,
-        fingerprint=None if key is None else key.fingerprint,
+        fingerprint=None if key is None else key.fingerprint, config=dataclasses.asdict(config),
     )
     return model, result
 
@@ -326,7 +327,7 @@ def train_and_save(
         result = TrainResult(model=config.model, epochs=config.epochs, train_images=n - n_val, val_images=n_val,
                              val_accuracy=float(history.get("val_accuracy", [float("nan")])[-1]),
                              seconds=time.time() - started, history=history, disguised=True,
-                             fingerprint=manifest["fingerprint"])
+                             fingerprint=manifest["fingerprint"], config=dataclasses.asdict(config))
     else:
         key = Key.load(key_path) if key_path else None
         train = datasets.load(source, "train", validation_fraction=validation_fraction, seed=config.seed, limit=limit)

@@ -16,6 +16,15 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--shard-size", type=int, default=10000, help="images per TFRecord shard")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it holds a disguised data set (ours, nothing else); never anything else")
+    p.add_argument("--copies", type=int, default=1,
+                   help="write the data set this many times over, each copy with fresh noise (and, with --augment, "
+                        "a fresh augmentation): more to train on, at K times the size")
+    p.add_argument("--augment", default=None, metavar="RECIPE",
+                   help="owner-side augmentation of the plain images before the disguise, e.g. "
+                        "translate=0.08,rotate=0.03 (as for `train --augment`) (default: none)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="how the shards store disguised values; float16 halves them (docs/RESULTS.md measures "
+                        "what it costs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -33,8 +42,13 @@ def run(args) -> int:
     print(f"disguising {len(data)} images from {args.input} with key {key.fingerprint}", file=sys.stderr)
     # The bar redraws itself; in a log it would be hundreds of lines, and the summary below says the same.
     progress = not args.quiet and console.shows_progress_bars()
+    augment = None
+    if args.augment:
+        from tfdisguise.train import augmentation
+
+        augment = augmentation(args.augment)
     manifest = export_disguised(data.to_dataset(), key, args.out, shard_size=args.shard_size,
                                 class_names=data.class_names, overwrite=args.overwrite, progress=progress,
-                                total=len(data))
+                                total=len(data), copies=args.copies, augment=augment, dtype=args.dtype)
     print(f"wrote {manifest['count']} disguised images in {len(manifest['shards'])} shard(s) to {args.out}")
     return 0

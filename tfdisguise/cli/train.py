@@ -20,15 +20,56 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--validation-fraction", type=float, default=0.2, help="share of the images held out")
     p.add_argument("--limit", type=int, default=None, help="train on at most this many images (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the shuffle and the initial weights")
+    recipe = p.add_argument_group("recipe (each applies to plain and disguised training alike)")
+    recipe.add_argument("--model-options", type=_options, default={}, metavar="K=V,...",
+                        help="options for the model family, e.g. lr_multiplier=100 for block_adapter or "
+                             "dim=64,depth=4 for block_vit (default: none)")
+    recipe.add_argument("--augment", default=None, metavar="RECIPE",
+                        help="owner-side augmentation of the plain images before the disguise, e.g. "
+                             "translate=0.08,rotate=0.03 (terms: translate, rotate, zoom, flip, crop); with --input "
+                             "only (for shards: `tfdisguise disguise --augment`) (default: none)")
+    recipe.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (default: 0, off)")
+    recipe.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0, Adam)")
+    recipe.add_argument("--warmup-epochs", type=float, default=0.0,
+                        help="linear learning-rate warm-up before the cosine decay (default: 0)")
     p.add_argument("--out", required=True, help="run directory: model.keras, history.json/png, disguise.json")
     p.set_defaults(run=run)
+
+
+def _options(text: str) -> dict:
+    """`K=V,...` -> a dict, each value an int, a float, true/false or a string.
+
+    >>> _options("lr_multiplier=100,structure=matrix,pool=true,dropout=0.1")
+    {'lr_multiplier': 100, 'structure': 'matrix', 'pool': True, 'dropout': 0.1}
+    """
+    import argparse
+
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected K=V,... got {text!r}")
+        for cast in (int, float):
+            try:
+                out[name.strip()] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[name.strip()] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
 
 
 def run(args) -> int:
     from tfdisguise.train import TrainConfig, train_and_save
 
+    if args.augment and args.shards:
+        raise ValueError("`--augment` applies to the plain images before the disguise, and shards are disguised "
+                         "already: augment them when you make them (`tfdisguise disguise --augment ... --copies K`).")
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate, seed=args.seed)
+                         learning_rate=args.learning_rate, seed=args.seed, model_options=args.model_options,
+                         augment=args.augment, label_smoothing=args.label_smoothing,
+                         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs)
     # train_and_save draws a bar on a terminal and one line per epoch in a log (train.verbosity).
     result = train_and_save(args.out, config, source=args.input, key_path=args.key, shards=args.shards,
                             validation_fraction=args.validation_fraction, limit=args.limit)
