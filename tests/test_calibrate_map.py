@@ -313,3 +313,23 @@ def test_block_sizes_take_full_and_rectangles(sources, capsys):
         cli.main(["calibrate", "--input", sources[0], "--out", "unused", "--block-sizes", "4,big"])
     assert exit_info.value.code == 2
     assert "expected comma-separated block sizes (N, HxW or full), got '4,big'" in capsys.readouterr().err
+
+
+def test_report_only_reports_a_map_run_in_parts(sources, tmp_path, fake_runs, monkeypatch):
+    config = CalibrationConfig(source=sources[0], out=str(tmp_path / "map"), block_sizes=(4,), keys=2,
+                               epochs=1, noise_levels=(10,), attacks=("block_norm",))
+    with pytest.raises(FileNotFoundError, match="holds no calibration"):
+        calibration.calibrate(CalibrationConfig(**{**config.__dict__, "report_only": True}), log=lambda m: None)
+    calibration.calibrate(config, log=lambda m: None)  # part 1: noise after
+    assert len(fake_runs) == 2
+    # The stand-in baseline wrote nothing; a real map leaves its baseline.json.
+    with open(os.path.join(config.out, "baseline.json"), "w") as f:
+        json.dump(dict(fake_baseline(*[None] * 4)[1], recipe=config.training_recipe()), f)
+    monkeypatch.setattr(calibration, "_baseline", lambda *a: pytest.fail("report_only trains no baseline"))
+    both = CalibrationConfig(**{**config.__dict__, "noise_positions": ("after", "before"), "report_only": True})
+    report = calibration.calibrate(both, log=lambda m: None)
+    assert len(fake_runs) == 2, "report_only trains nothing"
+    assert [r["setting"] for r in report["settings"]] == ["b4x4-n10-orthogonal-matrix-perm"]
+    assert report["skipped"] == [{"setting": "b4x4-n10before-orthogonal-matrix-perm",
+                                  "reason": "not run: no results for it in this map's folder"}]
+    assert os.path.exists(os.path.join(config.out, "frontier.png"))

@@ -62,6 +62,9 @@ def register_subparser(subparsers) -> None:
     again.add_argument("--overwrite", action="store_true",
                        help="run every setting again over an earlier calibration in --out (without --resume or "
                             "--overwrite, an earlier calibration there is an error)")
+    again.add_argument("--report-only", action="store_true",
+                       help="train nothing: write the report of the runs saved in --out for this grid (settings "
+                            "without results are listed as not run); for a map run in parts")
     p.add_argument("--list-settings", action="store_true",
                    help="only list the settings (and the number of trainings) this map would run, then exit")
     p.add_argument("--out", required=True)
@@ -84,6 +87,7 @@ def run(args) -> int:
         limit=args.limit, seed=args.seed, ks=tuple(args.ks), attack_images=args.attack_images,
         key_agnostic=args.key_agnostic, key_agnostic_keys=args.key_agnostic_keys,
         key_agnostic_images=args.key_agnostic_images, resume=args.resume, overwrite=args.overwrite,
+        report_only=args.report_only,
         **selection,
     )
     (list_settings if args.list_settings else calibrate)(config, log=lambda msg: print(msg, flush=True))

@@ -151,6 +151,7 @@ class CalibrationConfig:
     key_agnostic_images: int | None = None
     resume: bool = False
     overwrite: bool = False
+    report_only: bool = False
     attacks: tuple[str, ...] | None = None
     specs: dict[str, Spec] | None = None
 
@@ -546,6 +547,11 @@ def list_settings(config: CalibrationConfig, log: Callable[[str], None] = print)
 
 def _check_out(config: CalibrationConfig) -> None:
     """Refuses to run over an earlier calibration in `config.out` unless told to resume it or overwrite it."""
+    if config.report_only:
+        if not os.path.exists(os.path.join(config.out, "baseline.json")):
+            raise FileNotFoundError(f"`report_only` reports the runs saved in `out` ({config.out}), but it holds no "
+                                    f"calibration (no baseline.json). Run the map first.")
+        return
     if config.resume or config.overwrite:
         return
     found = [n for n in ("report.json", "baseline.json", "results") if os.path.exists(os.path.join(config.out, n))]
@@ -568,6 +574,8 @@ def calibrate(config: CalibrationConfig, log: Callable[[str], None] = print) -> 
     for name, reason in skipped:
         log(f"skipped {name}: {reason}")
     public_x, public_y, public_info = _load_public(config, train, val, log)
+    if config.report_only:
+        return _report_saved(config, grid, skipped, recipe, public_info, train, val, started, log)
     examiner, baseline = _baseline(config, train, val, log)
 
     rows = []
@@ -588,6 +596,33 @@ def calibrate(config: CalibrationConfig, log: Callable[[str], None] = print) -> 
             row = dict(aggregate_runs(runs), recipe=recipe, baseline_accuracy=baseline["val_accuracy"])
             io.write_json(path, row)  # after every key: an interrupted map keeps the keys it finished
         rows.append(row)
+    return _write(config, rows, skipped, public_info, baseline, train, val, started, log)
+
+
+def _report_saved(config, grid, skipped, recipe, public_info, train, val, started, log) -> dict:
+    """The report of the runs saved in `config.out` for `grid`, training nothing (`report_only`).
+
+    Settings with fewer saved keys than `config.keys` are reported with the keys they have (the report's key
+    column says how many); settings with none are listed as not run.
+    """
+    baseline = io.read_json(os.path.join(config.out, "baseline.json"))
+    if baseline.get("recipe") != config.training_recipe():
+        raise ValueError(f"The plain baseline in `out` ({config.out}) was trained with another recipe "
+                         f"({baseline.get('recipe')}); give the options the map ran with.")
+    rows, skipped = [], list(skipped)
+    for name, spec in grid:
+        path = os.path.join(config.out, "results", f"{name}.json")
+        runs = _reusable_runs(path, name, spec, recipe, baseline, log)
+        if runs:
+            rows.append(dict(aggregate_runs(runs[: config.keys]), recipe=recipe,
+                             baseline_accuracy=baseline["val_accuracy"]))
+        else:
+            skipped.append((name, "not run: no results for it in this map's folder"))
+    log(f"report only: {len(rows)} of {len(grid)} setting(s) have results")
+    return _write(config, rows, skipped, public_info, baseline, train, val, started, log)
+
+
+def _write(config, rows, skipped, public_info, baseline, train, val, started, log) -> dict:
     report = {
         "source": config.source,
         "config": config.to_dict(),
