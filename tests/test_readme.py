@@ -101,3 +101,26 @@ def test_client_block_runs_against_the_embedded_server(tmp_path):
                                       np.argmax(model.predict(tfdisguise.disguise(x[:5], key), verbose=0), -1))
     finally:
         server.stop(grace=1)
+
+
+def test_owner_side_layer_block_builds_and_trains():
+    import keras
+
+    import tfdisguise
+
+    block = next(b for b in code_blocks("python") if "tfdisguise.Disguise(key)" in b)
+    key = tfdisguise.Key.generate(image_shape=(28, 28, 1))
+    classifier = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(10)])
+    names = {"keras": keras, "tfdisguise": tfdisguise, "key": key, "classifier": classifier}
+    exec(compile(block, "README.md (owner-side layer)", "exec"), names)
+    model = names["model"]
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1)).astype(np.uint8)
+    history = model.fit(x, np.arange(16) % 10, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+def test_every_python_block_is_executed_by_a_test():
+    tested = ("Key.generate(image_shape=data.image_shape)", "DisguisedClient", "tfdisguise.Disguise(key)")
+    for block in code_blocks("python"):
+        assert any(marker in block for marker in tested), f"a README Python block no test runs:\n{block}"

@@ -1,0 +1,95 @@
+"""The JAX backend: the Disguise layer and every registered model run under KERAS_BACKEND=jax, without TensorFlow.
+
+Keras fixes its backend at import, so the JAX side runs in a subprocess; it loads the same key file the test
+process wrote and returns its outputs, which are compared here with the TensorFlow backend's.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import tfdisguise
+from tfdisguise import Key, Spec
+
+JAX_SIDE = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import keras
+    import tfdisguise
+    from tfdisguise import Disguise, Key, models
+
+    args = json.loads(sys.argv[1])
+    x = np.load(args["x"])
+    out = {"backend": keras.backend.backend()}
+    exact = Disguise(Key.load(args["exact_key"]))
+    out["exact"] = np.asarray(exact(x)).tolist()
+    noisy = Disguise(Key.load(args["noisy_key"]))
+    repeated = np.repeat(x[:1], args["draws"], axis=0)
+    draws = np.asarray(noisy(repeated))
+    out["noisy_mean"], out["noisy_sd"] = draws.mean(0).tolist(), draws.std(0).tolist()
+    # Every registered model builds, runs and takes a training step on disguised images; the owner-side
+    # GPU path (the layer inside the model) trains too.
+    y = np.arange(len(x)) % 10
+    disguised = np.asarray(exact(x), "float32")
+    out["models"] = {}
+    for name in [n for n in models.MODEL_NAMES if "<" not in n and n != "keras.applications"]:
+        model = models.build(name, x.shape[1:], 10, adapt_data=disguised, spec=exact.spec)
+        model.compile("adam", "sparse_categorical_crossentropy")
+        loss = model.fit(disguised, y, epochs=1, batch_size=len(x), verbose=0).history["loss"][-1]
+        out["models"][name] = float(loss)
+    owner = keras.Sequential([keras.Input(x.shape[1:]), noisy, keras.layers.Flatten(), keras.layers.Dense(10)])
+    owner.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    out["owner_loss"] = float(owner.fit(x, y, epochs=1, batch_size=len(x), verbose=0).history["loss"][-1])
+    out["tensorflow_imported"] = "tensorflow" in sys.modules
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def jax_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("jax")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8, 28, 28, 1)).astype(np.uint8)
+    np.save(tmp / "x.npy", x)
+    exact = Key(rng.bytes(32), Spec.create((28, 28, 1), 7, rmt_mode="vector", noise=0))
+    noisy = Key(rng.bytes(32), Spec.recommended((28, 28, 1)))
+    exact.save(str(tmp / "exact.json"))
+    noisy.save(str(tmp / "noisy.json"))
+    args = {"x": str(tmp / "x.npy"), "exact_key": str(tmp / "exact.json"), "noisy_key": str(tmp / "noisy.json"),
+            "draws": 2000}
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", JAX_SIDE, json.dumps(args)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return x, exact, noisy, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_layer_on_jax_equals_the_layer_on_tensorflow(jax_run):
+    x, exact, _, out = jax_run
+    assert out["backend"] == "jax" and out["tensorflow_imported"] is False
+    on_tf = np.asarray(tfdisguise.Disguise(exact)(x))
+    np.testing.assert_allclose(np.array(out["exact"]), on_tf, rtol=1e-5, atol=1e-3)
+
+
+def test_noise_on_jax_has_the_distribution_it_has_on_tensorflow(jax_run):
+    x, _, noisy, out = jax_run
+    draws = 2000
+    on_tf = np.asarray(tfdisguise.Disguise(noisy)(np.repeat(x[:1], draws, axis=0)))
+    level = noisy.spec.noise_level  # U[0, N]: sd N / sqrt(12) per pixel
+    sd = level / np.sqrt(12)
+    mean_jax, sd_jax = np.array(out["noisy_mean"]), np.array(out["noisy_sd"])
+    # Means agree to within 5 standard errors of a mean over `draws` draws, pixel by pixel.
+    assert np.abs(mean_jax - on_tf.mean(0)).max() < 5 * sd * np.sqrt(2 / draws)
+    np.testing.assert_allclose(sd_jax, sd, rtol=0.1)
+    np.testing.assert_allclose(on_tf.std(0), sd, rtol=0.1)
+
+
+def test_every_model_trains_on_jax(jax_run):
+    out = jax_run[3]
+    assert set(out["models"]) == {"simple_cnn", "resnet20", "block_vit", "block_adapter"}
+    assert all(np.isfinite(v) for v in out["models"].values()) and np.isfinite(out["owner_loss"])
