@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -64,6 +65,7 @@ class TrainConfig:
     augment: str | None = None
     weight_decay: float = 0.0
     warmup_epochs: float = 0.0
+    strategy: str = "none"  # see `distribution_strategy`
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -78,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"`warmup_epochs` must be in [0, epochs). Received: warmup_epochs={self.warmup_epochs}")
         if self.augment:
             augmentation(self.augment)  # fail at construction on a bad recipe
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={self.strategy!r}")
 
 
 # Owner-side augmentation recipe terms -> a Keras layer made from the term's value.
@@ -153,6 +157,41 @@ def verbosity(progress: bool) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
+# No "multi_worker": Keras 3.15's `fit` under MultiWorkerMirroredStrategy fails on TF 2.21 (two workers on
+# loopback: "Attempt to convert a value (PerReplica ...) to a Tensor", keras-team/keras#20585); see the README.
+STRATEGIES = ("none", "mirrored")
+
+
+def distribution_strategy(name: str):
+    """The tf.distribute strategy for `TrainConfig.strategy` (None for "none"), on the TensorFlow backend.
+
+    "mirrored": every local GPU, or, without GPUs, every logical CPU device (see `split_cpu`), one replica
+    each, batches split between them and gradients all-reduced.
+    """
+    if name == "none":
+        return None
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"`strategy` {name!r} is a tf.distribute strategy and needs the TensorFlow backend "
+                           f"(current: {keras.backend.backend()}); on JAX use keras.distribution.DataParallel.")
+    if name == "mirrored":
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or \
+                  [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
+
+
+def split_cpu(count: int) -> None:
+    """Splits the CPU into `count` logical devices, so that `mirrored` has replicas on a machine without GPUs.
+
+    Must run before TensorFlow initializes its devices (first thing in a process).
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(count))
+    except RuntimeError as e:
+        raise RuntimeError(f"`cpu_devices` must be set before TensorFlow starts its devices ({e}).") from None
+
+
 def _compile(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
     total = max(1, steps_per_epoch * config.epochs)
     warmup = int(round(steps_per_epoch * config.warmup_epochs))
@@ -195,9 +234,13 @@ def fit(
     `spec` (the disguise's public spec, None for plain data) goes to block-aware models.
     """
     keras.utils.set_random_seed(config.seed)
-    model = models.build(config.model, input_shape, num_classes, adapt_data=adapt_data, spec=spec,
-                         **config.model_options)
-    _compile(model, config, steps_per_epoch)
+    strategy = distribution_strategy(config.strategy)
+    if strategy is not None:
+        print(f"training with {type(strategy).__name__} on {strategy.num_replicas_in_sync} replica(s)", flush=True)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = models.build(config.model, input_shape, num_classes, adapt_data=adapt_data, spec=spec,
+                             **config.model_options)
+        _compile(model, config, steps_per_epoch)
     if config.label_smoothing:
         train_ds, val_ds = _one_hot(train_ds, num_classes), _one_hot(val_ds, num_classes)
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,

@@ -32,6 +32,13 @@ def register_subparser(subparsers) -> None:
     recipe.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0, Adam)")
     recipe.add_argument("--warmup-epochs", type=float, default=0.0,
                         help="linear learning-rate warm-up before the cosine decay (default: 0)")
+    scale = p.add_argument_group("devices")
+    scale.add_argument("--strategy", choices=("none", "mirrored"), default="none",
+                       help="tf.distribute strategy: mirrored over the local GPUs (or --cpu-devices); several "
+                            "machines: see the README")
+    scale.add_argument("--cpu-devices", type=int, default=None,
+                       help="split the CPU into this many logical devices (for --strategy mirrored without GPUs) "
+                            "(default: one)")
     p.add_argument("--out", required=True, help="run directory: model.keras, history.json/png, disguise.json")
     p.set_defaults(run=run)
 
@@ -61,7 +68,10 @@ def _options(text: str) -> dict:
 
 
 def run(args) -> int:
-    from tfdisguise.train import TrainConfig, train_and_save
+    from tfdisguise.train import TrainConfig, split_cpu, train_and_save
+
+    if args.cpu_devices:
+        split_cpu(args.cpu_devices)  # before anything starts TensorFlow's devices
 
     if args.augment and args.shards:
         raise ValueError("`--augment` applies to the plain images before the disguise, and shards are disguised "
@@ -69,7 +79,8 @@ def run(args) -> int:
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, seed=args.seed, model_options=args.model_options,
                          augment=args.augment, label_smoothing=args.label_smoothing,
-                         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs)
+                         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                         strategy=args.strategy)
     # train_and_save draws a bar on a terminal and one line per epoch in a log (train.verbosity).
     result = train_and_save(args.out, config, source=args.input, key_path=args.key, shards=args.shards,
                             validation_fraction=args.validation_fraction, limit=args.limit)
