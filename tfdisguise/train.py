@@ -228,10 +228,12 @@ def fit(
     progress: bool = True,
     callbacks=(),
     spec=None,
+    fit_steps: int | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Builds `config.model` and fits it on batched `(image, label)` datasets.
 
-    `spec` (the disguise's public spec, None for plain data) goes to block-aware models.
+    `spec` (the disguise's public spec, None for plain data) goes to block-aware models. `fit_steps` bounds
+    each epoch of a training dataset that never ends (a stream).
     """
     keras.utils.set_random_seed(config.seed)
     strategy = distribution_strategy(config.strategy)
@@ -243,7 +245,7 @@ def fit(
         _compile(model, config, steps_per_epoch)
     if config.label_smoothing:
         train_ds, val_ds = _one_hot(train_ds, num_classes), _one_hot(val_ds, num_classes)
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=fit_steps,
                         verbose=verbosity(progress), callbacks=list(callbacks))
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
@@ -330,6 +332,7 @@ def train_and_save(
     source: str | None = None,
     key_path: str | None = None,
     shards: str | None = None,
+    stream: tuple[str, str] | None = None,
     validation_fraction: float = 0.2,
     limit: int | None = None,
 ) -> TrainResult:
@@ -337,7 +340,9 @@ def train_and_save(
     (plus disguise.json, the public spec and fingerprint, when the data was disguised).
 
     Plain (`source`), on the fly (`source` + `key_path`), or from disguised
-    shards (`shards`, split by `validation_fraction` in shard order).
+    shards (`shards`, split by `validation_fraction` in shard order), or from
+    a stream of disguised batches (`stream` = (dispatcher target, name), see
+    `tfdisguise.stream`: the owner's batch size and validation split apply).
     """
     import os
 
@@ -345,9 +350,30 @@ def train_and_save(
     from tfdisguise.plots import save_figure
     from tfdisguise.shards import load_disguised, manifest_identity, read_manifest
 
-    if (source is None) == (shards is None):
-        raise ValueError("Give exactly one of `source` and `shards`.")
-    if shards is not None:
+    if sum(v is not None for v in (source, shards, stream)) != 1:
+        raise ValueError("Give exactly one of `source`, `shards` and `stream`.")
+    if stream is not None:
+        from tfdisguise import stream as streaming
+        from tfdisguise.identity import Identity
+
+        if key_path or config.augment:
+            raise ValueError("A stream arrives disguised (and augmented, if the owner chose to) from the owner's "
+                             "workers; the trainer takes neither a key nor `augment`.")
+        train_ds, val_ds, info = streaming.read(*stream)
+        steps = max(1, info["count"] // info["batch_size"])
+        adapt = np.concatenate([x for x, _ in train_ds.take(-(-ADAPT_IMAGES // info["batch_size"]))
+                               .as_numpy_iterator()])
+        identity = Identity.from_dict(info, f"stream {stream[1]!r} at {stream[0]}")
+        started = time.time()
+        model, history = fit(train_ds, val_ds, input_shape=info["image_shape"], num_classes=max(2, info["num_classes"]),
+                             adapt_data=adapt, config=config, steps_per_epoch=steps, spec=identity.spec,
+                             fit_steps=steps)
+        result = TrainResult(model=config.model, epochs=config.epochs, train_images=info["count"],
+                             val_images=info["validation_count"],
+                             val_accuracy=float(history.get("val_accuracy", [float("nan")])[-1]),
+                             seconds=time.time() - started, history=history, disguised=True,
+                             fingerprint=identity.fingerprint, config=dataclasses.asdict(config))
+    elif shards is not None:
         if key_path:
             raise ValueError("Shards are already disguised; do not pass a key with `shards`.")
         if config.augment:

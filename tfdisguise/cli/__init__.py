@@ -25,13 +25,14 @@ from tfdisguise.cli import (
     predict,
     preview,
     serve,
+    stream,
     train,
 )
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # In the order of the workflow, which is the order of `tfdisguise --help`.
-COMMANDS = (keygen, disguise, preview, train, calibrate, export, serve, predict)
+COMMANDS = (keygen, disguise, preview, stream, train, calibrate, export, serve, predict)
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):

@@ -11,6 +11,10 @@ def register_subparser(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="SRC (as for disguise); with --key it is disguised on the fly by wrap()")
     src.add_argument("--shards", help="a directory written by `tfdisguise disguise`")
+    src.add_argument("--stream", metavar="grpc://HOST:PORT",
+                     help="the dispatcher of a `tfdisguise stream` (with --dataset-id): disguised batches with fresh "
+                          "noise every epoch, from the owner's workers; this process never holds the key")
+    p.add_argument("--dataset-id", default="tfdisguise", help="the stream's name, as `tfdisguise stream` printed it")
     p.add_argument("--key", help="key file: train on --input disguised with it")
     p.add_argument("--model", default="simple_cnn",
                    help="a registered model (tfdisguise.models.MODEL_NAMES) or keras.applications.<Name>")
@@ -82,8 +86,9 @@ def run(args) -> int:
                          weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                          strategy=args.strategy)
     # train_and_save draws a bar on a terminal and one line per epoch in a log (train.verbosity).
+    stream = (args.stream, args.dataset_id) if args.stream else None
     result = train_and_save(args.out, config, source=args.input, key_path=args.key, shards=args.shards,
-                            validation_fraction=args.validation_fraction, limit=args.limit)
+                            stream=stream, validation_fraction=args.validation_fraction, limit=args.limit)
     print(result.summary())
     files = ", ".join(os.path.join(args.out, n) for n in ("model.keras", "history.json", "history.png"))
     print(f"wrote {files}")
