@@ -1,4 +1,4 @@
-"""Key-free attack strength on real data: spectral, spectral_whitened, jigsaw and ecb_leak.
+"""Key-free attack strength on real data: spectral, spectral_whitened, jigsaw, ecb_leak and scramble_search.
 
 For each setting it disguises the victim's images under several keys and runs
 one registered level-1 attack; the attacker holds public plain images disjoint
@@ -54,9 +54,17 @@ MNIST = [
     ("projection vector + perm", "jigsaw", dict(rmt="projection", rmt_mode="vector"), None),
     ("orthogonal matrix + perm, no noise (deterministic)", "ecb_leak",
      dict(rmt="orthogonal", rmt_mode="matrix", noise=0.0), None),
+    ("scramble shared + perm", "scramble_search", dict(rmt=None, scramble="shared"), None),
+    ("scramble per-position + perm", "scramble_search", dict(rmt=None, scramble="per_position"), None),
+    ("scramble per-position + perm, block 4", "scramble_search",
+     dict(rmt=None, scramble="per_position", block_size=4), None),
 ]
 CIFAR = [
     ("poster: orthogonal matrix", "spectral", dict(rmt="orthogonal", rmt_mode="matrix", permute=False), None),
+    ("scramble shared + perm, block 4", "scramble_search", dict(rmt=None, scramble="shared", block_size=4), None),
+    ("scramble per-position + perm, block 4", "scramble_search",
+     dict(rmt=None, scramble="per_position", block_size=4), None),
+    ("scramble per-position + perm", "scramble_search", dict(rmt=None, scramble="per_position"), None),
 ]
 CIFAR_PERMUTED = [
     ("poster + perm: orthogonal matrix + perm", "spectral", dict(rmt="orthogonal", rmt_mode="matrix"), None),
@@ -82,6 +90,7 @@ def run_setting(data, examiner, block, noise, name, attack, spec_kwargs, target,
     (public_x, public_y), (victim_x, victim_y) = data
     kwargs = dict(noise=noise, permute=True)
     kwargs.update(spec_kwargs)
+    block = kwargs.pop("block_size", block)  # a setting may name its own block size
     spec = Spec.create(victim_x.shape[1:], block, **kwargs)
     runs, pictures = [], None
     for k in range(keys):
@@ -168,7 +177,8 @@ def main(argv=None) -> int:
             log(f"[{dataset}] {attack}: {name}")
             summary, pictures = run_setting(data, examiner, block, noise, name, attack, spec_kwargs, target,
                                             args.keys)
-            report["settings"].append(dict(summary, dataset=dataset, block=block, noise=noise))
+            report["settings"].append(dict(summary, dataset=dataset, block=spec_kwargs.get("block_size", block),
+                                           noise=noise))
             for _, images in pictures:
                 rows.append(images[:6])
                 titles.append(f"{attack}: {name}"[:48])
