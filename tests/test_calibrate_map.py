@@ -133,7 +133,7 @@ def test_more_keys_on_resume_run_only_the_missing_ones(sources, tmp_path, fake_r
 
 def test_public_data_choices(sources, tmp_path, fake_runs):
     data, public = sources
-    base = dict(source=data, out=str(tmp_path / "map"), block_sizes=(4,), attacks=(), limit=100)
+    base = dict(source=data, out=str(tmp_path / "map"), block_sizes=(4,), attacks=(), limit=100, overwrite=True)
     messages = []
     report = calibration.calibrate(CalibrationConfig(**base), log=messages.append)
     assert report["public"]["source"] == "train" and "owner's training split" in report["public"]["description"]
