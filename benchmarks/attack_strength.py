@@ -58,6 +58,13 @@ MNIST = [
     ("scramble per-position + perm", "scramble_search", dict(rmt=None, scramble="per_position"), None),
     ("scramble per-position + perm, block 4", "scramble_search",
      dict(rmt=None, scramble="per_position", block_size=4), None),
+    ("scramble shared", "scramble_search", dict(rmt=None, scramble="shared", permute=False), None),
+    ("scramble per-position", "scramble_search", dict(rmt=None, scramble="per_position", permute=False), None),
+    ("scramble shared + perm, block 4", "scramble_search", dict(rmt=None, scramble="shared", block_size=4), None),
+    ("scramble shared, block 4", "scramble_search",
+     dict(rmt=None, scramble="shared", permute=False, block_size=4), None),
+    ("scramble per-position, block 4", "scramble_search",
+     dict(rmt=None, scramble="per_position", permute=False, block_size=4), None),
 ]
 CIFAR = [
     ("poster: orthogonal matrix", "spectral", dict(rmt="orthogonal", rmt_mode="matrix", permute=False), None),
@@ -65,6 +72,13 @@ CIFAR = [
     ("scramble per-position + perm, block 4", "scramble_search",
      dict(rmt=None, scramble="per_position", block_size=4), None),
     ("scramble per-position + perm", "scramble_search", dict(rmt=None, scramble="per_position"), None),
+    ("scramble shared + perm", "scramble_search", dict(rmt=None, scramble="shared"), None),
+    ("scramble shared, block 4", "scramble_search",
+     dict(rmt=None, scramble="shared", permute=False, block_size=4), None),
+    ("scramble per-position, block 4", "scramble_search",
+     dict(rmt=None, scramble="per_position", permute=False, block_size=4), None),
+    ("scramble shared", "scramble_search", dict(rmt=None, scramble="shared", permute=False), None),
+    ("scramble per-position", "scramble_search", dict(rmt=None, scramble="per_position", permute=False), None),
 ]
 CIFAR_PERMUTED = [
     ("poster + perm: orthogonal matrix + perm", "spectral", dict(rmt="orthogonal", rmt_mode="matrix"), None),

@@ -16,6 +16,7 @@
 #   TINY=1 ...          the same commands at a toy budget on a narrow grid: a smoke test of the whole map
 #   ONLY=mnist ...      one of the two maps (mnist or cifar10)
 #   any budget variable below, e.g. KEYS=5 MNIST_EPOCHS=15 ...
+#   REPORT_ONLY=1 ...   train nothing: the report of the runs saved in OUT for this grid (a map run in parts)
 # Every call resumes (--resume): after an interruption, or with more KEYS, the finished keys are kept.
 # Each setting trains KEYS disguised models, and each key runs every attack once (key_agnostic and the spectral
 # attacks train or fit models of their own), so the cost is roughly settings x KEYS x (1 training + attacks).
@@ -66,7 +67,8 @@ esac
 common=(--keys "$KEYS" --mechanisms "$MECHANISMS" --rmt "$RMT_KINDS" --rmt-mode "$RMT_MODES"
         --noise-position "$NOISE_POSITIONS" "$perm" --validation-fraction 0.2 --seed 0
         --ks 1,10,100 --attack-images "$ATTACK_IMAGES" --key-agnostic-keys "$KA_KEYS"
-        --public-limit "$PUBLIC_LIMIT" --resume)
+        --public-limit "$PUBLIC_LIMIT")
+if [[ -n "${REPORT_ONLY:-}" ]]; then common+=(--report-only); else common+=(--resume); fi
 if [[ -n "$ATTACKS" ]]; then common+=(--attacks "$ATTACKS"); fi
 if [[ -n "${LIST:-}" ]]; then common+=(--list-settings); fi
 
