@@ -178,6 +178,21 @@ def test_keygen_defaults_to_the_recommended_setting_and_explains_it(tmp_path, ca
     assert spec.block_size == (7, 7) and spec.noise_level == 100 and spec.has("permute")
     assert "16 blocks of 7x7" in printed and "cost: plan" in printed and "docs/RESULTS.md" in printed
     assert oct(os.stat(out.parent).st_mode & 0o777) == "0o700"
+    assert "pixels: uint8, or float on the 0..255 scale" in printed
+
+
+def test_predict_names_the_resize_for_a_png_of_another_size(tmp_path, capsys):
+    from PIL import Image
+
+    key_path = str(tmp_path / "key.json")
+    assert cli.main(["keygen", "--image-shape", "28,28,1", "--out", key_path]) == 0
+    Image.fromarray(np.zeros((30, 30), np.uint8)).save(tmp_path / "digit.png")
+    capsys.readouterr()
+    assert cli.main(["predict", "--key", key_path, "--server", "127.0.0.1:1", "--model", "m",
+                     str(tmp_path / "digit.png")]) == 1
+    err = capsys.readouterr().err
+    assert "digit.png: images of shape (30, 30) do not match the key's image shape (28, 28, 1)" in err
+    assert "Resize it to 28x28 first, e.g. PIL.Image.open(path).resize((28, 28))" in err
 
 
 def test_keygen_never_writes_a_permutation_of_one_block(tmp_path):

@@ -74,5 +74,6 @@ def run(args) -> int:
     print(f"  image {spec.image_shape}, {gh}x{gw} = {spec.num_blocks} blocks of {spec.block_size[0]}x"
           f"{spec.block_size[1]}: {spec.describe().split(': ', 1)[1]}")
     print(f"  cost: {spec.cost().summary()}")
+    print("  pixels: uint8, or float on the 0..255 scale (the noise level's scale; images in 0..1 are refused)")
     print("  how this setting fares against each attacker: docs/RESULTS.md, or run `tfdisguise calibrate`")
     return 0

@@ -285,8 +285,11 @@ def read_images(paths, image_shape) -> tuple[list[str], np.ndarray]:
         if x.shape == shape:
             x = x[np.newaxis]
         if x.ndim != 4 or x.shape[1:] != tuple(image_shape):
+            h, w = image_shape[:2]
+            hint = (f" Resize it to {w}x{h} first, e.g. PIL.Image.open(path).resize(({w}, {h}))."
+                    if not path.endswith((".npz", ".npy")) else f" Give images of shape {tuple(image_shape)}.")
             raise ValueError(f"{path}: images of shape {x.shape[1:] if x.ndim == 4 else x.shape} do not match the "
-                             f"key's image shape {tuple(image_shape)}.")
+                             f"key's image shape {tuple(image_shape)}.{hint}")
         names += [path] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))]
         arrays.append(x)
     return names, np.concatenate(arrays)
