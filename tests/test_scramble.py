@@ -117,3 +117,13 @@ def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="`per_position` must be True or False. Received: per_position='yes'"):
         BlockScramble(per_position="yes")
     assert Spec.create((8, 8, 1), 4, scramble="none") == Spec.create((8, 8, 1), 4)
+
+
+def test_scrambling_states_the_cost_of_its_dense_matrices():
+    from tfdisguise.spec import PlanTooLargeError
+
+    spec = Spec.create((28, 28, 1), 7, rmt=None, scramble="per_position", noise=100)
+    cost = spec.cost()
+    assert cost.matrix_bytes == 16 * 49 * 49 * 4 and cost.plan_bytes > cost.matrix_bytes
+    with pytest.raises(PlanTooLargeError):
+        Spec.create((448, 448, 3), 32, rmt=None, scramble="shared")  # 196 dense 3,072 x 3,072 matrices

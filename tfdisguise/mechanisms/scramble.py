@@ -41,6 +41,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from tfdisguise.mechanisms.cost import Cost, transient_bytes
 from tfdisguise.mechanisms.linear import BlockLinear
 from tfdisguise.mechanisms.reference import join_blocks, split_blocks
 from tfdisguise.spec import Step, register_step
@@ -138,6 +139,13 @@ class BlockScramble(Step):
             matrices[j, source, np.arange(d)] = sign
             bias[j] = 255.0 if choice[2] else 0.0
         return BlockLinear(matrices=matrices, bias=bias if material[:, 2].any() else None)
+
+    def cost(self, spec) -> Cost:
+        # `build` writes one dense d x d signed permutation per position, in float64 before the plan's float32.
+        d, t = spec.block_dim, spec.num_blocks
+        matrix_bytes = t * d * d * 4
+        return Cost(plan_bytes=transient_bytes(matrix_bytes) + t * d * d * 8, matrix_bytes=matrix_bytes,
+                    flops_per_image=2 * int(np.prod(spec.image_shape)) * d)
 
     def reference(self, image, material, spec, rng):
         blocks = split_blocks(image, *spec.block_size)
