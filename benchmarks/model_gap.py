@@ -13,6 +13,8 @@ Parts:
   mnist-noise0     the same disguise without noise
   mnist-adapter    the issue's adapter prototype setting: the same without permutation, noise 100
   mnist-noiseonly  noise 100 alone (no RMT, no permutation): the floor that undoing the linear part leaves
+  mnist-scramble   block scrambling per position (ELE-like) + permutation, noise 100, block 7: the privacy map's
+                   most accurate learnable setting (RESULTS section 7)
   cifar-poster     CIFAR-10 train.npz as 40k/10k (seed 0), block 2, orthogonal matrix RMT, noise 25
   cifar-perm       the same with block permutation
   cifar-noiseonly  noise 25 alone
@@ -52,6 +54,8 @@ PARTS = {
     "mnist-adapter": {"data": "mnist", "spec": {"block_size": 7, "rmt": "orthogonal", "rmt_mode": "matrix",
                                                 "permute": False, "noise": 100}},
     "mnist-noiseonly": {"data": "mnist", "spec": {"block_size": 7, "rmt": None, "permute": False, "noise": 100}},
+    "mnist-scramble": {"data": "mnist", "spec": {"block_size": 7, "rmt": None, "scramble": "per_position",
+                                                 "permute": True, "noise": 100}},
     "cifar-poster": {"data": "cifar10", "spec": {"block_size": 2, "rmt": "orthogonal", "rmt_mode": "matrix",
                                                  "permute": False, "noise": 25}},
     "cifar-perm": {"data": "cifar10", "spec": {"block_size": 2, "rmt": "orthogonal", "rmt_mode": "matrix",

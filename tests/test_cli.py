@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tfdisguise import Key, cli, load_disguised
+from tfdisguise import Key, Spec, cli, load_disguised
 
 
 @pytest.fixture
@@ -176,6 +176,15 @@ def test_keygen_defaults_to_the_recommended_setting_and_explains_it(tmp_path, ca
     printed = capsys.readouterr().out
     spec = Key.load(str(out)).spec
     assert spec.block_size == (7, 7) and spec.noise_level == 100 and spec.has("permute")
+    assert spec == Spec.recommended((28, 28, 1)) and spec.has("block_scramble") and not spec.has("rmt")
+    # Any mechanism flag: RMT stays the base unless --rmt says otherwise, as before the default changed.
+    for flags, described in [(["--rmt", "orthogonal"], "rmt(orthogonal,matrix) > permute > noise(100)"),
+                             (["--aes"], "aes > rmt(orthogonal,matrix) > permute > noise(100)"),
+                             (["--scramble", "shared", "--rmt", "none"],
+                              "block_scramble(shared) > permute > noise(100)")]:
+        path = tmp_path / f"k{len(flags)}{flags[0]}.json"
+        assert cli.main(["keygen", "--image-shape", "28,28,1", *flags, "--out", str(path)]) == 0
+        assert Key.load(str(path)).spec.describe() == "block 7x7: " + described, flags
     assert "16 blocks of 7x7" in printed and "cost: plan" in printed and "docs/RESULTS.md" in printed
     assert oct(os.stat(out.parent).st_mode & 0o777) == "0o700"
     assert "pixels: uint8, or float on the 0..255 scale" in printed

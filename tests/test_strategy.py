@@ -36,7 +36,7 @@ def _train(tmp_path, name, *flags):
 
 def test_mirrored_on_two_cpu_devices_matches_one_device(tmp_path):
     np.savez(tmp_path / "data.npz", **dict(zip("xy", two_classes())))
-    assert cli.main(["keygen", "--image-shape", "8,8,1", "--block-size", "4", "--noise", "10",
+    assert cli.main(["keygen", "--image-shape", "8,8,1", "--block-size", "4", "--rmt", "orthogonal", "--noise", "10",
                      "--out", str(tmp_path / "key.json")]) == 0
     out, mirrored = _train(tmp_path, "mirrored", "--strategy", "mirrored", "--cpu-devices", "2")
     assert "training with MirroredStrategy on 2 replica(s)" in out

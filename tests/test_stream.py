@@ -23,7 +23,8 @@ def test_owner_streams_and_a_keyless_trainer_trains(tmp_path):
     trainer_dir.mkdir()
     np.savez(owner_dir / "data.npz", **dict(zip("xy", two_classes(n=320))))
     key_path = str(owner_dir / "key.json")
-    assert cli.main(["keygen", "--image-shape", "8,8,1", "--block-size", "4", "--noise", "10", "--out", key_path]) == 0
+    assert cli.main(["keygen", "--image-shape", "8,8,1", "--block-size", "4", "--rmt", "orthogonal", "--noise", "10",
+                     "--out", key_path]) == 0
     owner = subprocess.Popen(
         [sys.executable, "-m", "tfdisguise.cli", "stream", "--key", key_path, "--input", str(owner_dir / "data.npz"),
          "--dispatcher-port", "0", "--workers", "2", "--dataset-id", "tiny", "--batch-size", "32",

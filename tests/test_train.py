@@ -20,7 +20,8 @@ def npz(rng, tmp_path):
 @pytest.fixture
 def key_path(tmp_path):
     path = str(tmp_path / "key.json")
-    assert cli.main(["keygen", "--image-shape", "8,8,1", "--block-size", "4", "--noise", "20", "--out", path]) == 0
+    assert cli.main(["keygen", "--image-shape", "8,8,1", "--block-size", "4", "--rmt", "orthogonal", "--noise", "20",
+                     "--out", path]) == 0
     return path
 
 

@@ -107,7 +107,7 @@ class Key:
         >>> Key.generate(image_shape=(28, 28, 1)).spec == Spec.recommended((28, 28, 1))
         True
         >>> Key.generate(image_shape=(28, 28, 1), noise=0).spec.describe()
-        'block 7x7: rmt(orthogonal,matrix) > permute'
+        'block 7x7: block_scramble(per-position) > permute'
         """
         if spec is None:
             spec = Spec.recommended(**spec_kwargs)

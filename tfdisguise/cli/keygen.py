@@ -28,8 +28,10 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--block-size", type=cli_args.block, default=RECOMMENDED,
                    help="N or H,W, or 'full' (one block = whole-image RMT); the default is the recommended setting for "
                         "the shape: 7 for 28x28, else 4 (Spec.recommended)")
-    p.add_argument("--rmt", choices=("orthogonal", "projection", "none"), default="orthogonal",
-                   help="kind of the secret matrix per block position")
+    p.add_argument("--rmt", choices=("orthogonal", "projection", "none"), default=RECOMMENDED,
+                   help="kind of the secret matrix per block position; with no mechanism flag at all the "
+                        "recommended setting is block scrambling per position without RMT (Spec.recommended), with "
+                        "any other mechanism flag RMT is orthogonal unless this says otherwise")
     p.add_argument("--rmt-mode", choices=("matrix", "vector"), default="matrix",
                    help="matrix: B @ R per channel (R is bw x bw); vector: the flattened block times a d x d R")
     p.add_argument("--permute", action=argparse.BooleanOptionalAction, default=True,
@@ -44,7 +46,7 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--aes", action="store_true",
                    help="add keyed AES-256-ECB over each pixel block (blocks of >= 16 bytes; use with --rmt none for "
                         "AES alone)")
-    p.add_argument("--scramble", choices=("none", "shared", "per-position"), default="none",
+    p.add_argument("--scramble", choices=("none", "shared", "per-position"), default=RECOMMENDED,
                    help="add Kiya-style block scrambling (rotation, flip, negative-positive, channel shuffle), drawn "
                         "once for all blocks (shared) or for each block position (per-position)")
     p.add_argument("--negpos-hash", action="store_true",
@@ -63,10 +65,15 @@ def run(args) -> int:
     defaults = Spec.recommended(args.image_shape)
     block = defaults.block_size if args.block_size is RECOMMENDED else args.block_size
     noise = defaults.noise_level if args.noise is RECOMMENDED else args.noise
-    spec = Spec.create(args.image_shape, block, rmt=args.rmt, rmt_mode=args.rmt_mode, permute=args.permute,
-                       noise=noise, noise_position=args.noise_position, aes=args.aes,
-                       scramble=args.scramble.replace("-", "_"), negpos_hash=args.negpos_hash,
-                       max_plan_bytes=args.max_plan_bytes)
+    if args.rmt is RECOMMENDED and args.scramble is RECOMMENDED and not (args.aes or args.negpos_hash):
+        # No mechanism chosen: the recommended one (block scrambling per position, no RMT).
+        rmt, scramble = "none", "per_position" if defaults.steps_of("block_scramble")[0].per_position else "shared"
+    else:  # a mechanism chosen: RMT stays the base unless --rmt says otherwise, as before
+        rmt = "orthogonal" if args.rmt is RECOMMENDED else args.rmt
+        scramble = "none" if args.scramble is RECOMMENDED else args.scramble.replace("-", "_")
+    spec = Spec.create(args.image_shape, block, rmt=rmt, rmt_mode=args.rmt_mode, permute=args.permute,
+                       noise=noise, noise_position=args.noise_position, aes=args.aes, scramble=scramble,
+                       negpos_hash=args.negpos_hash, max_plan_bytes=args.max_plan_bytes)
     key = Key.generate(spec)
     key.save(args.out, overwrite=args.force)
     gh, gw = spec.grid
