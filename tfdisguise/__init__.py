@@ -5,8 +5,10 @@ randomized multidimensional transforms and noise) before they leave; the cloud
 trains and serves ordinary Keras models on the disguised images.
 
 >>> import tfdisguise
->>> key = tfdisguise.Key.generate(image_shape=(28, 28, 1), block_size=7, noise=100)
+>>> key = tfdisguise.Key.generate(image_shape=(28, 28, 1))  # the recommended setting for the shape
 >>> key.spec.describe()
+'block 7x7: block_scramble(per-position) > permute > noise(100)'
+>>> tfdisguise.Key.generate(image_shape=(28, 28, 1), rmt="orthogonal").spec.describe()  # the paper's
 'block 7x7: rmt(orthogonal,matrix) > permute > noise(100)'
 
 The public names load on first use: `import tfdisguise` stays light (the

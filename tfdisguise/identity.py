@@ -8,7 +8,7 @@ Example:
 
 >>> import os, tempfile
 >>> from tfdisguise.key import Key
->>> key = Key.generate(image_shape=(28, 28, 1), block_size=7, noise=100)
+>>> key = Key.generate(image_shape=(28, 28, 1))
 >>> ident = key.identity
 >>> Identity.from_dict(ident.to_dict()) == ident
 True

@@ -384,12 +384,16 @@ class Spec:
         setting a model learns resists a level-1 attacker (docs/RESULTS.md
         section 7), so the default is the one the models learn best and that
         needs the most leaked pairs at level 2. `overrides` are `Spec.create`
-        arguments (`rmt="orthogonal", scramble=None` gives the paper's RMT).
+        arguments; naming any mechanism (`rmt`, `scramble`, `aes`,
+        `negpos_hash`) replaces the recommended one, with RMT as the base as in
+        `Spec.create`, so `rmt="orthogonal"` gives the paper's setting.
 
         >>> Spec.recommended((28, 28, 1)).describe()
         'block 7x7: block_scramble(per-position) > permute > noise(100)'
         >>> Spec.recommended((32, 32, 3)).describe()
         'block 4x4: block_scramble(per-position) > permute > noise(25)'
+        >>> Spec.recommended((28, 28, 1), rmt="orthogonal").describe()
+        'block 7x7: rmt(orthogonal,matrix) > permute > noise(100)'
         """
         h, w = int(image_shape[0]), int(image_shape[1])
         if (h, w) == (28, 28):
@@ -397,7 +401,9 @@ class Spec:
         else:
             fits = [b for b in range(1, 9) if h % b == 0 and w % b == 0]
             block, noise = (4 if 4 in fits else max(fits)), 25.0
-        kwargs = {"block_size": block, "rmt": None, "scramble": "per_position", "permute": True, "noise": noise}
+        kwargs = {"block_size": block, "permute": True, "noise": noise}
+        if not {"rmt", "scramble", "aes", "negpos_hash"} & set(overrides):
+            kwargs.update(rmt=None, scramble="per_position")  # otherwise Spec.create's own base: orthogonal RMT
         kwargs.update(overrides)
         return cls.create(image_shape, **kwargs)
 
