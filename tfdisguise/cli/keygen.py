@@ -62,18 +62,15 @@ def run(args) -> int:
 
     if len(args.image_shape) != 3:
         raise ValueError(f"--image-shape must be H,W,C. Received: {args.image_shape}")
-    defaults = Spec.recommended(args.image_shape)
-    block = defaults.block_size if args.block_size is RECOMMENDED else args.block_size
-    noise = defaults.noise_level if args.noise is RECOMMENDED else args.noise
-    if args.rmt is RECOMMENDED and args.scramble is RECOMMENDED and not (args.aes or args.negpos_hash):
-        # No mechanism chosen: the recommended one (block scrambling per position, no RMT).
-        rmt, scramble = "none", "per_position" if defaults.steps_of("block_scramble")[0].per_position else "shared"
-    else:  # a mechanism chosen: RMT stays the base unless --rmt says otherwise, as before
-        rmt = "orthogonal" if args.rmt is RECOMMENDED else args.rmt
-        scramble = "none" if args.scramble is RECOMMENDED else args.scramble.replace("-", "_")
-    spec = Spec.create(args.image_shape, block, rmt=rmt, rmt_mode=args.rmt_mode, permute=args.permute,
-                       noise=noise, noise_position=args.noise_position, aes=args.aes, scramble=scramble,
-                       negpos_hash=args.negpos_hash, max_plan_bytes=args.max_plan_bytes)
+    # Only what the user gave: Spec.recommended fills the rest (and keeps RMT as the base once a mechanism is named).
+    given = {name: value for name, value in (("block_size", args.block_size), ("noise", args.noise),
+                                             ("rmt", args.rmt), ("scramble", args.scramble))
+             if value is not RECOMMENDED}
+    if "scramble" in given:
+        given["scramble"] = given["scramble"].replace("-", "_")
+    given.update({name: True for name in ("aes", "negpos_hash") if getattr(args, name)})
+    spec = Spec.recommended(args.image_shape, rmt_mode=args.rmt_mode, permute=args.permute,
+                            noise_position=args.noise_position, max_plan_bytes=args.max_plan_bytes, **given)
     key = Key.generate(spec)
     key.save(args.out, overwrite=args.force)
     gh, gw = spec.grid
