@@ -34,10 +34,7 @@ def disguise(images, key):
     0..1, out of range or not finite raise `tfdisguise.pixels.PixelRangeError`
     (a ValueError) naming them.
     """
-    if not hasattr(images, "shape") or isinstance(images, np.ndarray):
-        images = check_pixels(images)
-    else:  # a tensor: checked through numpy, since this entry point is eager anyway
-        check_pixels(ops.convert_to_numpy(images))
+    images = check_pixels(ops.convert_to_numpy(images))  # eager: numpy in, numpy out
     seed = keras.random.SeedGenerator(secrets.randbits(31)) if key.plan.has_noise else None
     return ops.convert_to_numpy(apply(images, key.plan, uniform_source(seed) if seed else None))
 
