@@ -360,19 +360,12 @@ def train_and_save(
             raise ValueError("A stream arrives disguised (and augmented, if the owner chose to) from the owner's "
                              "workers; the trainer takes neither a key nor `augment`.")
         train_ds, val_ds, info = streaming.read(*stream)
-        steps = max(1, info["count"] // info["batch_size"])
+        n_train, n_val = info["count"], info["validation_count"]
+        steps = fit_steps = max(1, n_train // info["batch_size"])  # the stream never ends: fit counts the steps
         adapt = np.concatenate([x for x, _ in train_ds.take(-(-ADAPT_IMAGES // info["batch_size"]))
                                .as_numpy_iterator()])
         identity = Identity.from_dict(info, f"stream {stream[1]!r} at {stream[0]}")
-        started = time.time()
-        model, history = fit(train_ds, val_ds, input_shape=info["image_shape"], num_classes=max(2, info["num_classes"]),
-                             adapt_data=adapt, config=config, steps_per_epoch=steps, spec=identity.spec,
-                             fit_steps=steps)
-        result = TrainResult(model=config.model, epochs=config.epochs, train_images=info["count"],
-                             val_images=info["validation_count"],
-                             val_accuracy=float(history.get("val_accuracy", [float("nan")])[-1]),
-                             seconds=time.time() - started, history=history, disguised=True,
-                             fingerprint=identity.fingerprint, config=dataclasses.asdict(config))
+        image_shape, num_classes = info["image_shape"], info["num_classes"]
     elif shards is not None:
         if key_path:
             raise ValueError("Shards are already disguised; do not pass a key with `shards`.")
@@ -385,18 +378,23 @@ def train_and_save(
         ds = load_disguised(shards)
         if limit:
             ds, n = ds.take(limit), min(n, limit)
-        train_ds = ds.take(n - n_val).shuffle(min(n, 20000), seed=config.seed).batch(config.batch_size)
-        val_ds = ds.skip(n - n_val).batch(512) if n_val else None
+        n_train = n - n_val
+        train_ds = ds.take(n_train).shuffle(min(n, 20000), seed=config.seed).batch(config.batch_size)
+        train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
+        val_ds = ds.skip(n_train).batch(512) if n_val else None
+        steps, fit_steps = -(-n_train // config.batch_size), None
         adapt = np.stack([x for x, _ in ds.take(ADAPT_IMAGES).as_numpy_iterator()])
         identity = manifest_identity(manifest)
+        image_shape, num_classes = manifest["image_shape"], manifest["labels"]["num_classes"]
+    if source is None:  # shards or a stream: disguised batches, no key here
         started = time.time()
-        model, history = fit(train_ds.prefetch(tf.data.AUTOTUNE), val_ds, input_shape=manifest["image_shape"],
-                             num_classes=max(2, manifest["labels"]["num_classes"]), adapt_data=adapt, config=config,
-                             steps_per_epoch=-(-(n - n_val) // config.batch_size), spec=identity.spec)
-        result = TrainResult(model=config.model, epochs=config.epochs, train_images=n - n_val, val_images=n_val,
+        model, history = fit(train_ds, val_ds, input_shape=image_shape, num_classes=max(2, num_classes),
+                             adapt_data=adapt, config=config, steps_per_epoch=steps, spec=identity.spec,
+                             fit_steps=fit_steps)
+        result = TrainResult(model=config.model, epochs=config.epochs, train_images=n_train, val_images=n_val,
                              val_accuracy=float(history.get("val_accuracy", [float("nan")])[-1]),
                              seconds=time.time() - started, history=history, disguised=True,
-                             fingerprint=manifest["fingerprint"], config=dataclasses.asdict(config))
+                             fingerprint=identity.fingerprint, config=dataclasses.asdict(config))
     else:
         key = Key.load(key_path) if key_path else None
         train = datasets.load(source, "train", validation_fraction=validation_fraction, seed=config.seed, limit=limit)
