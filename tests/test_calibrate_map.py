@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from helpers import two_classes
 
 from tfdisguise import Key, cli
 from tfdisguise.privacy import calibrate as calibration
@@ -13,21 +14,11 @@ from tfdisguise.privacy.calibrate import CalibrationConfig, aggregate_runs, sett
 from tfdisguise.privacy.report import frontier_figure, frontier_settings, report_markdown
 
 
-def two_classes(seed, n, shape=(8, 8, 1)):
-    """Bright left half or bright right half: a CNN learns it in one epoch."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    x = rng.integers(0, 60, size=(n, *shape)).astype(np.int64)
-    x[y == 0, :, : shape[1] // 2] += 150
-    x[y == 1, :, shape[1] // 2 :] += 150
-    return x.astype(np.uint8), y
-
-
 @pytest.fixture
 def sources(tmp_path):
     data, public = str(tmp_path / "data.npz"), str(tmp_path / "public.npz")
-    np.savez(data, **dict(zip("xy", two_classes(1, 200))))
-    np.savez(public, **dict(zip("xy", two_classes(2, 100))))
+    np.savez(data, **dict(zip("xy", two_classes(200, seed=1))))
+    np.savez(public, **dict(zip("xy", two_classes(100, seed=2))))
     return data, public
 
 

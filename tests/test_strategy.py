@@ -10,18 +10,10 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import two_classes
 
 from tfdisguise import cli
 from tfdisguise.train import TrainConfig
-
-
-def two_classes(n=400, seed=0):
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    x = rng.integers(0, 60, (n, 8, 8, 1))
-    x[y == 0, :, :4] += 150
-    x[y == 1, :, 4:] += 150
-    return x.astype(np.uint8), y
 
 
 def _train(tmp_path, name, *flags):

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import two_classes
 from test_leaks import leaks
-from test_strategy import two_classes
 
 from tfdisguise import Key, cli, stream
 from tfdisguise.datasets import ImageData
