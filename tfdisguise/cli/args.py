@@ -68,6 +68,23 @@ def blocks(text: str) -> tuple:
     return tuple(out)
 
 
+def add_augment_arg(parser, note: str = "") -> None:
+    """--augment RECIPE: owner-side augmentation of the plain images before the disguise (see `augment_layer`)."""
+    parser.add_argument("--augment", default=None, metavar="RECIPE",
+                        help="owner-side augmentation of the plain images before the disguise, e.g. "
+                             f"translate=0.08,rotate=0.03 (terms: translate, rotate, zoom, flip, crop){note} "
+                             "(default: none)")
+
+
+def augment_layer(recipe):
+    """The Keras augmentation for an --augment RECIPE, or None without one (Keras loads only when needed)."""
+    if not recipe:
+        return None
+    from tfdisguise.train import augmentation
+
+    return augmentation(recipe)
+
+
 def add_source_args(parser: argparse.ArgumentParser, with_split: bool = True) -> None:
     """--input and --seed, plus --split, --validation-fraction and --limit when `with_split`."""
     parser.add_argument("--input", required=True,

@@ -19,9 +19,7 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--copies", type=int, default=1,
                    help="write the data set this many times over, each copy with fresh noise (and, with --augment, "
                         "a fresh augmentation): more to train on, at K times the size")
-    p.add_argument("--augment", default=None, metavar="RECIPE",
-                   help="owner-side augmentation of the plain images before the disguise, e.g. "
-                        "translate=0.08,rotate=0.03 (as for `train --augment`) (default: none)")
+    cli_args.add_augment_arg(p, "; fresh for every copy")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="how the shards store disguised values; float16 halves them (docs/RESULTS.md measures "
                         "what it costs)")
@@ -42,11 +40,7 @@ def run(args) -> int:
     print(f"disguising {len(data)} images from {args.input} with key {key.fingerprint}", file=sys.stderr)
     # The bar redraws itself; in a log it would be hundreds of lines, and the summary below says the same.
     progress = not args.quiet and console.shows_progress_bars()
-    augment = None
-    if args.augment:
-        from tfdisguise.train import augmentation
-
-        augment = augmentation(args.augment)
+    augment = cli_args.augment_layer(args.augment)
     manifest = export_disguised(data.to_dataset(), key, args.out, shard_size=args.shard_size,
                                 class_names=data.class_names, overwrite=args.overwrite, progress=progress,
                                 total=len(data), copies=args.copies, augment=augment, dtype=args.dtype)

@@ -27,8 +27,7 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--workers", type=int, default=1, help="tf.data service workers in this process")
     p.add_argument("--dataset-id", default="tfdisguise", help="the name the trainer asks for")
     p.add_argument("--batch-size", type=int, default=128, help="images per streamed batch")
-    p.add_argument("--augment", default=None, metavar="RECIPE",
-                   help="owner-side augmentation before the disguise, as for `train --augment` (default: none)")
+    cli_args.add_augment_arg(p, "; fresh every epoch")
     p.add_argument("--work-dir", default=None,
                    help="the dispatcher's journal (fault-tolerant restarts); it holds key material, so keep it "
                         "on the owner's disk (default: none, no journal)")
@@ -40,11 +39,7 @@ def run(args) -> int:
     from tfdisguise.key import Key
 
     key = Key.load(args.key)
-    augment = None
-    if args.augment:
-        from tfdisguise.train import augmentation
-
-        augment = augmentation(args.augment)
+    augment = cli_args.augment_layer(args.augment)
     train = datasets.load(args.input, "train", validation_fraction=args.validation_fraction, seed=args.seed,
                           limit=args.limit)
     val = datasets.load(args.input, "validation", validation_fraction=args.validation_fraction, seed=args.seed)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from tfdisguise.cli import args as cli_args
+
 
 def register_subparser(subparsers) -> None:
     p = subparsers.add_parser("train",
@@ -28,10 +30,7 @@ def register_subparser(subparsers) -> None:
     recipe.add_argument("--model-options", type=_options, default={}, metavar="K=V,...",
                         help="options for the model family, e.g. lr_multiplier=100 for block_adapter or "
                              "dim=64,depth=4 for block_vit (default: none)")
-    recipe.add_argument("--augment", default=None, metavar="RECIPE",
-                        help="owner-side augmentation of the plain images before the disguise, e.g. "
-                             "translate=0.08,rotate=0.03 (terms: translate, rotate, zoom, flip, crop); with --input "
-                             "only (for shards: `tfdisguise disguise --augment`) (default: none)")
+    cli_args.add_augment_arg(recipe, "; with --input only (for shards: `tfdisguise disguise --augment`)")
     recipe.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (default: 0, off)")
     recipe.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0, Adam)")
     recipe.add_argument("--warmup-epochs", type=float, default=0.0,
