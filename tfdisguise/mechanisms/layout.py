@@ -18,9 +18,10 @@ True
 
 from __future__ import annotations
 
+import numpy as np
 from keras import ops
 
-__all__ = ["LAYOUTS", "check_images", "from_blocks", "to_blocks"]
+__all__ = ["LAYOUTS", "check_images", "from_blocks", "np_from_blocks", "np_to_blocks", "to_blocks"]
 
 LAYOUTS = ("image", "blocks")
 
@@ -39,6 +40,20 @@ def from_blocks(blocks, spec):
     x = ops.reshape(blocks, (gh, gw, -1, bh, bw, c))
     x = ops.transpose(x, (2, 0, 3, 1, 4, 5))
     return ops.reshape(x, (-1, h, w, c))
+
+
+def np_to_blocks(x: np.ndarray, spec) -> np.ndarray:
+    """`to_blocks` in numpy, for callers that stay out of the backend (the small-batch path, the attacks)."""
+    c, (bh, bw), (gh, gw) = spec.image_shape[2], spec.block_size, spec.grid
+    x = np.asarray(x).reshape(-1, gh, bh, gw, bw, c).transpose(1, 3, 0, 2, 4, 5)
+    return x.reshape(gh * gw, -1, bh * bw * c)
+
+
+def np_from_blocks(blocks: np.ndarray, spec) -> np.ndarray:
+    """`from_blocks` in numpy."""
+    (h, w, c), (bh, bw), (gh, gw) = spec.image_shape, spec.block_size, spec.grid
+    x = np.asarray(blocks).reshape(gh, gw, -1, bh, bw, c).transpose(2, 0, 3, 1, 4, 5)
+    return x.reshape(-1, h, w, c)
 
 
 def check_images(x, spec) -> bool:

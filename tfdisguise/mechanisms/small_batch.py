@@ -22,6 +22,7 @@ import secrets
 
 import numpy as np
 
+from tfdisguise.mechanisms.layout import np_from_blocks, np_to_blocks
 from tfdisguise.mechanisms.linear import BlockLinear
 from tfdisguise.mechanisms.noise import AddNoise
 
@@ -36,18 +37,6 @@ def supports(plan) -> bool:
 def new_rng() -> np.random.Generator:
     """A numpy Generator seeded from the OS's CSPRNG (fresh noise in every process)."""
     return np.random.Generator(np.random.PCG64(secrets.randbits(128)))
-
-
-def _blocks(x: np.ndarray, spec) -> np.ndarray:
-    c, (bh, bw), (gh, gw) = spec.image_shape[2], spec.block_size, spec.grid
-    x = x.reshape(-1, gh, bh, gw, bw, c).transpose(1, 3, 0, 2, 4, 5)
-    return x.reshape(gh * gw, -1, bh * bw * c)
-
-
-def _images(blocks: np.ndarray, spec) -> np.ndarray:
-    (h, w, c), (bh, bw), (gh, gw) = spec.image_shape, spec.block_size, spec.grid
-    x = blocks.reshape(gh, gw, -1, bh, bw, c).transpose(2, 0, 3, 1, 4, 5)
-    return x.reshape(-1, h, w, c)
 
 
 def _linear(blocks: np.ndarray, op: BlockLinear) -> np.ndarray:
@@ -79,7 +68,7 @@ def apply_numpy(images, plan, rng: np.random.Generator | None) -> np.ndarray:
     x = np.asarray(images).astype(np.float32)
     for op in plan.ops:
         if isinstance(op, BlockLinear):
-            x = _images(_linear(_blocks(x, plan.spec), op), plan.spec)
+            x = np_from_blocks(_linear(np_to_blocks(x, plan.spec), op), plan.spec)
         elif op.level:
             if rng is None:
                 raise ValueError("This plan adds noise, so `rng` is required.")

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 
-from tfdisguise.mechanisms import from_blocks, to_blocks
+from tfdisguise.mechanisms.layout import np_from_blocks, np_to_blocks
 from tfdisguise.spec import Spec
 
 
 def np_blocks(images, spec: Spec) -> np.ndarray:
     """[N, H, W, C] -> [t, N, d] float64, the library's block layout."""
-    return keras.ops.convert_to_numpy(to_blocks(np.asarray(images, np.float64), spec))
+    return np.ascontiguousarray(np_to_blocks(np.asarray(images, np.float64), spec))
 
 
 def np_images(blocks, spec: Spec) -> np.ndarray:
     """[t, N, d] -> [N, H, W, C] float64."""
-    return keras.ops.convert_to_numpy(from_blocks(np.asarray(blocks, np.float64), spec))
+    return np.ascontiguousarray(np_from_blocks(np.asarray(blocks, np.float64), spec))
 
 
 def assign(cost: np.ndarray) -> np.ndarray:
