@@ -45,6 +45,14 @@ JAX_SIDE = textwrap.dedent("""
     owner = keras.Sequential([keras.Input(x.shape[1:]), noisy, keras.layers.Flatten(), keras.layers.Dense(10)])
     owner.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     out["owner_loss"] = float(owner.fit(x, y, epochs=1, batch_size=len(x), verbose=0).history["loss"][-1])
+    # Owner-side augmentation before the disguise keeps the whole model compiled (Keras marks its geometric
+    # augmentations as not jittable, which would make every step eager).
+    from tfdisguise.recipe import augmentation
+    augmented = keras.Sequential([keras.Input(x.shape[1:]), augmentation("crop=0.125,flip"), noisy,
+                                  keras.layers.Flatten(), keras.layers.Dense(10)])
+    augmented.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    out["augmented_jit"] = augmented.jit_compile
+    out["augmented_loss"] = float(augmented.fit(x, y, epochs=1, batch_size=len(x), verbose=0).history["loss"][-1])
     out["tensorflow_imported"] = "tensorflow" in sys.modules
     print(json.dumps(out))
 """)
@@ -93,3 +101,36 @@ def test_every_model_trains_on_jax(jax_run):
     out = jax_run[3]
     assert set(out["models"]) == {"simple_cnn", "resnet20", "block_vit", "block_adapter"}
     assert all(np.isfinite(v) for v in out["models"].values()) and np.isfinite(out["owner_loss"])
+
+
+def test_owner_side_augmentation_keeps_the_model_compiled_on_jax(jax_run):
+    out = jax_run[3]
+    assert out["augmented_jit"] is True
+    assert np.isfinite(out["augmented_loss"])
+
+
+def test_the_gpu_script_trains_plain_and_disguised_under_data_parallel(tmp_path):
+    """benchmarks/model_gap_jax.py, the device run, at toy size on two host devices (keras.distribution)."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.integers(0, 256, (160, 32, 32, 3), dtype=np.uint8),
+             y=np.arange(160) % 10)
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "model_gap_jax.py")
+    out = tmp_path / "out"
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    args = ["--data", str(tmp_path / "data.npz"), "--parts", "plain,cifar-perm", "--model", "simple_cnn",
+            "--epochs", "2", "--batch-size", "32", "--parallel", "2", "--data-parallel", "--out", str(out)]
+    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["part"] for r in results) == ["cifar-perm", "plain"]
+    assert all(r["data_parallel_devices"] == 2 and r["epochs_run"] == 2 for r in results)
+    assert all(r["train_images"] == 128 and r["val_images"] == 32 for r in results)
+    assert next(r for r in results if r["part"] == "cifar-perm")["spec"].startswith("block 2x2: rmt(orthogonal")
+    epochs = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert sorted((e["part"], e["epoch"]) for e in epochs) == [("cifar-perm", 1), ("cifar-perm", 2),
+                                                               ("plain", 1), ("plain", 2)]
+    done = subprocess.run([sys.executable, script, "--summarize", "--out", str(out)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| cifar-perm |" in (out / "summary.md").read_text() and (out / "curves.png").stat().st_size > 1000

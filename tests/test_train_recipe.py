@@ -38,10 +38,10 @@ def test_every_option_trains_plain_and_disguised(rng, keyed):
 
 def test_warmup_then_cosine_decay():
     from tfdisguise import models
-    from tfdisguise.train import _compile
+    from tfdisguise.recipe import compile_model
 
     model = models.build("simple_cnn", (8, 8, 1), 2, adapt_data=np.zeros((2, 8, 8, 1), "float32"))
-    _compile(model, TrainConfig(epochs=4, warmup_epochs=1, learning_rate=1e-3), steps_per_epoch=10)
+    compile_model(model, TrainConfig(epochs=4, warmup_epochs=1, learning_rate=1e-3), steps_per_epoch=10)
     rates = []
     for step in (0, 5, 10, 25, 40):
         model.optimizer.iterations.assign(step)

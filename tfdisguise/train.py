@@ -35,92 +35,12 @@ from tfdisguise import models
 from tfdisguise.data import wrap
 from tfdisguise.key import Key
 from tfdisguise.mechanisms import disguise
+from tfdisguise.recipe import STRATEGIES, TrainConfig, augmentation, compile_model
 
 __all__ = ["TrainConfig", "TrainResult", "augmentation", "fit", "train_classifier", "train_and_save", "history_figure"]
 
 # Images used to adapt the input normalization; more adds time, not accuracy.
 ADAPT_IMAGES = 4096
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """The training recipe. Defaults suit `simple_cnn` on MNIST-size data.
-
-    The options after `seed` are off by default; each applies to plain and
-    disguised training alike, so a comparison stays at an equal recipe:
-    `model_options` (passed to the model family, e.g. `{"dim": 64}` for
-    block_vit), `label_smoothing`, `augment` (an owner-side augmentation
-    recipe applied to the plain images before any disguise, see
-    `augmentation`), `weight_decay` (AdamW instead of Adam) and
-    `warmup_epochs` (a linear learning-rate warm-up before the cosine decay).
-    """
-
-    model: str = "simple_cnn"
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    seed: int = 0
-    model_options: dict = dataclasses.field(default_factory=dict)
-    label_smoothing: float = 0.0
-    augment: str | None = None
-    weight_decay: float = 0.0
-    warmup_epochs: float = 0.0
-    strategy: str = "none"  # see `distribution_strategy`
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"`epochs` must be >= 1. Received: epochs={self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={self.batch_size}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={self.label_smoothing}")
-        if self.weight_decay < 0:
-            raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={self.weight_decay}")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(f"`warmup_epochs` must be in [0, epochs). Received: warmup_epochs={self.warmup_epochs}")
-        if self.augment:
-            augmentation(self.augment)  # fail at construction on a bad recipe
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={self.strategy!r}")
-
-
-# Owner-side augmentation recipe terms -> a Keras layer made from the term's value.
-AUGMENTATIONS = {
-    "translate": lambda v: keras.layers.RandomTranslation(v, v, fill_mode="constant"),
-    "rotate": lambda v: keras.layers.RandomRotation(v, fill_mode="constant"),
-    "zoom": lambda v: keras.layers.RandomZoom(v, fill_mode="constant"),
-    "flip": lambda v: keras.layers.RandomFlip("horizontal"),
-    "crop": lambda v: keras.layers.RandomTranslation(v, v, fill_mode="reflect"),
-}
-
-
-def augmentation(recipe: str) -> keras.Sequential:
-    """An owner-side augmentation from a recipe such as "translate=0.1,rotate=0.05" (a Keras Sequential).
-
-    Terms: `translate=F` (shift up to F of the size, zero fill), `rotate=F`
-    (up to F of a full turn), `zoom=F`, `flip` (left-right), `crop=F` (shift
-    with reflected fill, the usual CIFAR augmentation). It is applied to the
-    plain images, before any disguise (`wrap(..., augment=)`).
-
-    >>> [type(layer).__name__ for layer in augmentation("translate=0.1,flip").layers]
-    ['RandomTranslation', 'RandomFlip']
-    """
-    layers = []
-    for term in (t.strip() for t in str(recipe).split(",") if t.strip()):
-        name, _, value = term.partition("=")
-        if name not in AUGMENTATIONS:
-            raise ValueError(f"`augment` terms must be among {sorted(AUGMENTATIONS)}. Received: augment={recipe!r}")
-        try:
-            amount = float(value) if value else 0.0
-        except ValueError:
-            raise ValueError(f"`augment` term {term!r} needs a number, as in 'translate=0.1'. "
-                             f"Received: augment={recipe!r}") from None
-        if name != "flip" and not 0 < amount < 1:
-            raise ValueError(f"`augment` term {term!r} needs a fraction in (0, 1). Received: augment={recipe!r}")
-        layers.append(AUGMENTATIONS[name](amount))
-    if not layers:
-        raise ValueError(f"`augment` must name at least one term. Received: augment={recipe!r}")
-    return keras.Sequential(layers, name="owner_augmentation")
 
 
 @dataclasses.dataclass
@@ -157,9 +77,6 @@ def verbosity(progress: bool) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-# No "multi_worker": Keras 3.15's `fit` under MultiWorkerMirroredStrategy fails on TF 2.21 (two workers on
-# loopback: "Attempt to convert a value (PerReplica ...) to a Tensor", keras-team/keras#20585); see the README.
-STRATEGIES = ("none", "mirrored")
 
 
 def distribution_strategy(name: str):
@@ -190,24 +107,6 @@ def split_cpu(count: int) -> None:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(count))
     except RuntimeError as e:
         raise RuntimeError(f"`cpu_devices` must be set before TensorFlow starts its devices ({e}).") from None
-
-
-def _compile(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
-    total = max(1, steps_per_epoch * config.epochs)
-    warmup = int(round(steps_per_epoch * config.warmup_epochs))
-    if warmup:
-        schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, total - warmup),
-                                                          warmup_target=config.learning_rate, warmup_steps=warmup)
-    else:
-        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total)
-    if config.weight_decay:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
-    else:
-        optimizer = keras.optimizers.Adam(schedule)
-    # Label smoothing needs one-hot targets (`fit` converts them).
-    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-            if config.label_smoothing else "sparse_categorical_crossentropy")
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
 
 def _one_hot(ds, num_classes):
@@ -242,7 +141,7 @@ def fit(
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = models.build(config.model, input_shape, num_classes, adapt_data=adapt_data, spec=spec,
                              **config.model_options)
-        _compile(model, config, steps_per_epoch)
+        compile_model(model, config, steps_per_epoch)
     if config.label_smoothing:
         train_ds, val_ds = _one_hot(train_ds, num_classes), _one_hot(val_ds, num_classes)
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=fit_steps,

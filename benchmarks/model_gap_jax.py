@@ -1,0 +1,252 @@
+"""The GPU run on Keras's JAX backend: plain against disguised CIFAR-10 training to convergence, and the
+`Disguise` layer's throughput. Needs no TensorFlow (the device machines have JAX only).
+
+Training (`--parts`): for each part of `model_gap.py` (`plain` is the baseline), one process trains
+`--model` with the `resnet20+aug` recipe of `model_gap.py` (owner-side crop + flip before the disguise,
+label smoothing 0.1, Adam with a warm-up and a cosine decay; `tfdisguise.recipe`) for `--epochs`. The owner's
+side runs on the GPU inside the training graph: plain images -> augmentation -> `Disguise` (fresh noise at every
+step) -> the classifier. That is what `wrap(ds, key, augment=...)` feeds a cloud trainer, computed where the
+images are; the classifier's weights never see a plain image. Validation images are disguised with fresh noise
+at every evaluation, as the owner's client disguises queries. Up to `--parallel` trainings share the GPU (small
+models leave most of it idle). Each epoch appends a line to `<out>/train.jsonl`, so a run cut short still
+reports its curve. `--data-parallel` trains under `keras.distribution.DataParallel` over every local device.
+
+Layer speed (`--layer-speed`): the `Disguise` layer, jitted through `stateless_call`, on inputs already on the
+device, at CIFAR size (the poster setting and the recommended default) and at 224x224x3 (block 16, matrix and
+vector RMT): median images/s over rounds, written to `<out>/layer_speed.json`.
+
+Split: `--data` is an .npz with x/y; `tfdisguise.datasets.load(..., validation_fraction=0.2, seed=0)`, the
+split `model_gap.py` uses (CIFAR-10 train.npz: 40,000 / 10,000).
+
+Usage (the device run in docs/RESULTS.md section 6):
+  KERAS_BACKEND=jax python benchmarks/model_gap_jax.py --data cifar10.npz --parts plain,cifar-poster,cifar-perm \
+      --epochs 100 --batch-size 512 --learning-rate 2e-3 --parallel 3 --out OUT [--layer-speed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np
+from model_gap import PARTS, RECIPES, mean_sd  # one definition of the settings, the recipe and the statistics
+
+LAYER_SETTINGS = {
+    "cifar-poster 32x32x3 b2 orthogonal matrix, noise 25": ((32, 32, 3), PARTS["cifar-poster"]["spec"]),
+    "cifar recommended 32x32x3 (scramble per position + perm + noise 25)": ((32, 32, 3), None),
+    "224x224x3 b16 orthogonal matrix + perm, noise 25": (
+        (224, 224, 3), {"block_size": 16, "rmt": "orthogonal", "rmt_mode": "matrix", "permute": True, "noise": 25}),
+    "224x224x3 b16 orthogonal vector + perm, noise 25": (
+        (224, 224, 3), {"block_size": 16, "rmt": "orthogonal", "rmt_mode": "vector", "permute": True, "noise": 25}),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help=".npz with x (uint8 NHWC) and y")
+    p.add_argument("--parts", default="plain,cifar-poster,cifar-perm", help="comma list: plain and model_gap parts")
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--parallel", type=int, default=1, help="trainings at once on the device")
+    p.add_argument("--data-parallel", action="store_true", help="keras.distribution.DataParallel over all devices")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop each training after this wall time")
+    p.add_argument("--layer-speed", action="store_true", help="also time the Disguise layer")
+    p.add_argument("--layer-batch", type=int, default=16384, help="CIFAR-size batch for --layer-speed")
+    p.add_argument("--out", default="benchmarks/out/model_gap_jax")
+    p.add_argument("--summarize", action="store_true",
+                   help="train nothing: write summary.md and curves.png from --out's results.jsonl and train.jsonl")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one training, in a child process
+    return p.parse_args(argv)
+
+
+def _spec(shape, fields):
+    from tfdisguise import Spec
+
+    return Spec.recommended(shape) if fields is None else Spec.create(shape, **fields)
+
+
+def layer_speed(args) -> dict:
+    """Median images/s of the jitted layer on device-resident inputs."""
+    import jax
+    import keras
+
+    from tfdisguise import Disguise, Key
+
+    results = {"devices": [str(d) for d in jax.devices()], "backend": keras.backend.backend(), "settings": {}}
+    for name, (shape, fields) in LAYER_SETTINGS.items():
+        layer = Disguise(Key.generate(_spec(shape, fields)))
+        batch = args.layer_batch if shape[0] <= 32 else max(1, args.layer_batch // 64)
+        x = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, *shape), dtype=np.uint8))
+        layer.build(x.shape)
+        trainable = [v.value for v in layer.trainable_variables]
+        state = [v.value for v in layer.non_trainable_variables]
+
+        @jax.jit
+        def step(state, x, layer=layer, trainable=trainable):
+            out, state = layer.stateless_call(trainable, state, x)
+            return out, state
+
+        out, state = step(state, x)
+        out.block_until_ready()
+        times = []
+        for _ in range(7):
+            started = time.perf_counter()
+            for _ in range(5):
+                out, state = step(state, x)
+            out.block_until_ready()
+            times.append((time.perf_counter() - started) / 5)
+        median = statistics.median(times)
+        results["settings"][name] = {"batch": batch, "median_seconds": median, "images_per_s": batch / median,
+                                     "input_MB_per_s": batch * int(np.prod(shape)) / median / 1e6}
+        print(f"layer {name}: batch {batch}, {batch / median:,.0f} images/s", flush=True)
+    with open(os.path.join(args.out, "layer_speed.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+def train_worker(args, part: str) -> dict:
+    """One training: `part` is "plain" or a model_gap part; the disguise runs inside the graph."""
+    import keras
+
+    from tfdisguise import Disguise, Key, datasets, models
+    from tfdisguise.recipe import TrainConfig, augmentation, compile_model
+
+    if args.data_parallel:
+        keras.distribution.set_distribution(keras.distribution.DataParallel())
+    train = datasets.load(args.data, "train", validation_fraction=0.2, seed=0)
+    val = datasets.load(args.data, "validation", validation_fraction=0.2, seed=0)
+    if args.limit:
+        train = train.take(args.limit)
+    recipe = dict(RECIPES["cifar10"]["resnet20+aug"], model=args.model)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                         seed=args.seed, warmup_epochs=min(2, args.epochs - 1), **recipe)
+    keras.utils.set_random_seed(config.seed)
+    shape = train.image_shape
+    key = None if part == "plain" else Key.generate(_spec(shape, PARTS[part]["spec"]))
+    owner = [augmentation(config.augment)] + ([Disguise(key)] if key else [])
+    adapt = train.x[:4096].astype("float32")
+    if key is not None:
+        adapt = np.asarray(Disguise(key)(adapt))
+    classifier = models.build(config.model, shape, 10, adapt_data=adapt, spec=key.spec if key else None)
+    model = keras.Sequential([keras.Input(shape), *owner, classifier])
+    steps = -(-len(train) // config.batch_size)
+    compile_model(model, config, steps)
+    one_hot = (lambda y: keras.utils.to_categorical(y, 10)) if config.label_smoothing else (lambda y: y)
+    log = os.path.join(args.out, "train.jsonl")
+    started = time.time()
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            line = {"part": part, "seed": args.seed, "epoch": epoch + 1, "of": config.epochs,
+                    "seconds": round(time.time() - started, 1),
+                    **{k: float(v) for k, v in (logs or {}).items()}}
+            with open(log, "a") as f:
+                f.write(json.dumps(line) + "\n")
+            if args.max_seconds and time.time() - started > args.max_seconds:
+                self.model.stop_training = True
+
+    print(f"{part}: backend {keras.backend.backend()}, devices {keras.distribution.list_devices()}, "
+          f"jit_compile {model.jit_compile}", flush=True)
+    history = model.fit(train.x.astype("float32"), one_hot(train.y), batch_size=config.batch_size,
+                        epochs=config.epochs, validation_data=(val.x.astype("float32"), one_hot(val.y)),
+                        callbacks=[Record()], verbose=2)
+    accuracy = history.history["val_accuracy"]
+    result = {"part": part, "spec": key.spec.describe() if key else "plain", "seed": args.seed,
+              "model": config.model, "epochs_run": len(accuracy), "epochs": config.epochs,
+              "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+              "train_images": len(train), "val_images": len(val), "final_val_accuracy": accuracy[-1],
+              "best_val_accuracy": max(accuracy), "seconds": round(time.time() - started, 1),
+              "data_parallel_devices": len(keras.distribution.list_devices()) if args.data_parallel else 1}
+    with open(os.path.join(args.out, "results.jsonl"), "a") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def summarize(out: str) -> str:
+    """summary.md (per part: final validation accuracy, mean +- sd over keys, gap to plain) and curves.png."""
+    from tfdisguise.plots import new_figure, save_figure
+
+    with open(os.path.join(out, "results.jsonl")) as f:
+        results = [json.loads(line) for line in f if line.strip()]
+    with open(os.path.join(out, "train.jsonl")) as f:
+        epochs = [json.loads(line) for line in f if line.strip()]
+    parts = list(dict.fromkeys(r["part"] for r in results))
+    plain = mean_sd([r["final_val_accuracy"] for r in results if r["part"] == "plain"])
+    # A run stopped by --max-seconds ends before its cosine schedule does, which costs accuracy: the last
+    # column keeps only the runs that finished (within one epoch) their schedule.
+    finished = [r for r in results if r["epochs_run"] >= r["epochs"] - 1]
+    plain_finished = mean_sd([r["final_val_accuracy"] for r in finished if r["part"] == "plain"])
+    lines = ["| part | disguise | keys (seeds) | epochs run | final validation accuracy (mean ± sd) | gap to plain "
+             "| finished runs only: accuracy, gap |", "|---|---|---|---|---|---|---|"]
+    fig, ax = new_figure(figsize=(7, 4))
+    for part in parts:
+        runs = [r for r in results if r["part"] == part]
+        acc = mean_sd([r["final_val_accuracy"] for r in runs])
+        gap = "" if part == "plain" or plain is None else f"{100 * (plain[0] - acc[0]):.2f}"
+        done = [r["final_val_accuracy"] for r in finished if r["part"] == part]
+        done_acc = mean_sd(done)
+        done_gap = "" if part == "plain" else f", {100 * (plain_finished[0] - done_acc[0]):.2f}"
+        lines.append(f"| {part} | {runs[0]['spec']} | {len(runs)} | {', '.join(str(r['epochs_run']) for r in runs)} "
+                     f"| {100 * acc[0]:.2f}% ± {100 * acc[1]:.2f} | {gap} "
+                     f"| {100 * done_acc[0]:.2f}% ± {100 * done_acc[1]:.2f} (n={len(done)}){done_gap} |")
+        for i, r in enumerate(runs):
+            curve = [e["val_accuracy"] for e in epochs if e["part"] == part and e["seed"] == r["seed"]]
+            ax.plot(range(1, len(curve) + 1), curve, color=f"C{parts.index(part)}", alpha=0.8,
+                    label=part if i == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save_figure(fig, os.path.join(out, "curves.png"))
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(table)
+    return table
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    if args.summarize:
+        print(summarize(args.out))
+        return 0
+    if args.worker:
+        train_worker(args, args.worker)
+        return 0
+    if args.layer_speed:
+        layer_speed(args)
+    if not args.data:
+        return 0
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    bad = [p for p in parts if p != "plain" and p not in PARTS]
+    if bad:
+        sys.exit(f"--parts: unknown {bad}; choose from plain, {sorted(PARTS)}")
+    # Each child takes a share of the device's memory instead of JAX's default 75% each.
+    env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / max(1, args.parallel):.2f}")
+    base = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--layer-speed"]
+    children = []
+    for part in parts:
+        while sum(c.poll() is None for c in children) >= args.parallel:
+            time.sleep(1)
+        children.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), *base, "--worker", part], env=env))
+    failed = [c.args[-1] for c in children if c.wait() != 0]
+    if failed:
+        print(f"failed trainings: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
