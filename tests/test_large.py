@@ -158,3 +158,22 @@ def test_key_material_for_a_capped_spec_is_still_derivable_when_small():
     spec = Spec((16, 16, 1), 16, steps=[RMT("orthogonal", "vector")])
     key = Key(bytes(32), spec)
     assert key.plan.ops[0].matrices.shape == (1, 256, 256)
+
+
+def test_wrap_keeps_tf_data_from_copying_large_matrices(monkeypatch):
+    """Over 16 MB of matrices, `wrap` turns tf.data's graph rewrites off (they copy captured tensors), and the
+    disguise is unchanged; small plans keep the default optimizations."""
+    import tensorflow as tf
+
+    from tfdisguise import data, disguise, wrap
+
+    key = make_key(image_shape=(8, 8, 1), block_size=4, noise=0, rmt_mode="vector")
+    x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+    ds = tf.data.Dataset.from_tensors(x)
+    small = wrap(ds, key)
+    assert small.options().experimental_optimization.apply_default_optimizations is not False
+    monkeypatch.setattr(data, "INLINE_BYTES", key.spec.cost().matrix_bytes - 1)  # this plan now counts as large
+    large = wrap(ds, key)
+    assert large.options().experimental_optimization.apply_default_optimizations is False
+    np.testing.assert_allclose(next(iter(large)).numpy(), disguise(x, key), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(next(iter(small)).numpy(), disguise(x, key), rtol=1e-5, atol=1e-3)
