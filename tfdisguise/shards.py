@@ -175,28 +175,53 @@ def export_disguised(
             close_shard()
         if bar is not None:
             bar.update(count, finalize=True)  # ends the bar's line, also when the total was unknown
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            **key.identity.to_dict(),
-            "image_shape": list(key.spec.image_shape),
-            "dtype": dtype,
-            "count": count,
-            "copies": int(copies),
-            "augmented": augment is not None,
-            "shards": shards,
-            "labels": {
-                "present": has_labels,
-                "num_classes": (max(label_counts) + 1) if label_counts else 0,
-                "counts": {str(k): v for k, v in sorted(label_counts.items())},
-                "class_names": list(class_names) if class_names else None,
-            },
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "seconds": round(time.time() - started, 3),
-        }
-        with tf.io.gfile.GFile(os.path.join(tmp_dir, MANIFEST), "w") as f:
-            f.write(json.dumps(manifest, indent=2) + "\n")
+        manifest = build_manifest(key.identity.to_dict(), key.spec.image_shape, dtype=dtype, shards=shards,
+                                  label_counts=label_counts if has_labels else None, class_names=class_names,
+                                  copies=int(copies), augmented=augment is not None, started=started)
+        write_manifest(tmp_dir, manifest)
     return manifest
+
+
+def build_manifest(identity: dict, image_shape, *, dtype: str, shards: list[dict], label_counts: dict | None,
+                   class_names=None, copies: int = 1, augmented: bool = False, started: float | None = None) -> dict:
+    """The manifest of a disguised data set (`label_counts` None: no labels). Public fields only.
+
+    Shared by `export_disguised` and the Beam pipeline (`tfdisguise.beam`), so both write the same format.
+    """
+    present, label_counts = label_counts is not None, label_counts or {}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        **identity,
+        "image_shape": list(image_shape),
+        "dtype": dtype,
+        "count": sum(shard["count"] for shard in shards),
+        "copies": int(copies),
+        "augmented": bool(augmented),
+        "shards": shards,
+        "labels": {
+            "present": present,
+            "num_classes": (max(label_counts) + 1) if label_counts else 0,
+            "counts": {str(k): v for k, v in sorted(label_counts.items())},
+            "class_names": list(class_names) if class_names else None,
+        },
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - started, 3) if started is not None else 0.0,
+    }
+
+
+def write_manifest(directory: str, manifest: dict) -> None:
+    """Writes `manifest.json` into `directory`: the last file of a data set, after every shard."""
+    with tf.io.gfile.GFile(os.path.join(directory, MANIFEST), "w") as f:
+        f.write(json.dumps(manifest, indent=2) + "\n")
+
+
+def write_shard(path: str, images: np.ndarray, labels: np.ndarray, dtype: str = "float32") -> dict:
+    """Writes disguised `images` (and `labels`) as one TFRecord shard; returns its manifest entry."""
+    with tf.io.TFRecordWriter(path) as writer:
+        for image, label in zip(images, labels):
+            writer.write(_example(image, label, dtype))
+    return {"file": os.path.basename(path), "count": int(len(images)), "sha256": _sha256(path)}
 
 
 def check_output_dir(out_dir: str, *, overwrite: bool, option: str = "overwrite=True") -> bool:

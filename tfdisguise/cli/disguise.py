@@ -23,6 +23,13 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="how the shards store disguised values; float16 halves them (docs/RESULTS.md measures "
                         "what it costs)")
+    p.add_argument("--runner", default=None,
+                   help="disguise on Apache Beam with this runner (DirectRunner, FlinkRunner, SparkRunner, "
+                        "DataflowRunner, ...): workers load the key file and the source themselves "
+                        "(needs the `beam` extra)")
+    p.add_argument("--beam_pipeline_options", "--beam-pipeline-options", dest="beam_pipeline_options", default=None,
+                   help="with --runner: Beam options as NAME=VALUE,NAME=VALUE, e.g. "
+                        "direct_num_workers=2,direct_running_mode=multi_processing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -32,6 +39,11 @@ def run(args) -> int:
     from tfdisguise.key import Key
     from tfdisguise.shards import check_output_dir, export_disguised
 
+    if args.runner is None and args.beam_pipeline_options:
+        raise ValueError("--beam_pipeline_options applies to a Beam runner: pass --runner too "
+                         "(e.g. --runner DirectRunner).")
+    if args.runner is not None:
+        return _run_on_beam(args)
     key = Key.load(args.key)
     # Before any work, and in the command's own words: --overwrite, not the library's overwrite=True.
     check_output_dir(args.out, overwrite=args.overwrite, option="--overwrite")
@@ -44,5 +56,20 @@ def run(args) -> int:
     manifest = export_disguised(data.to_dataset(), key, args.out, shard_size=args.shard_size,
                                 class_names=data.class_names, overwrite=args.overwrite, progress=progress,
                                 total=len(data), copies=args.copies, augment=augment, dtype=args.dtype)
+    print(f"wrote {manifest['count']} disguised images in {len(manifest['shards'])} shard(s) to {args.out}")
+    return 0
+
+
+def _run_on_beam(args) -> int:
+    from tfdisguise.beam import disguise_on_beam
+
+    if args.copies != 1 or args.augment:
+        raise ValueError("--copies and --augment are not available with --runner yet: export them without "
+                         "--runner (one process), or run the pipeline once per copy into separate outputs.")
+    print(f"disguising {args.input} on Beam ({args.runner}); the workers load {args.key}", file=sys.stderr)
+    manifest = disguise_on_beam(args.input, args.key, args.out, split=args.split,
+                                validation_fraction=args.validation_fraction, seed=args.seed, limit=args.limit,
+                                shard_size=args.shard_size, dtype=args.dtype, runner=args.runner,
+                                pipeline_options=args.beam_pipeline_options, overwrite=args.overwrite)
     print(f"wrote {manifest['count']} disguised images in {len(manifest['shards'])} shard(s) to {args.out}")
     return 0
