@@ -33,7 +33,6 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
@@ -218,6 +217,8 @@ def summarize(out: str) -> str:
 
 
 def main(argv=None) -> int:
+    # Here, not at import: the tests import every benchmark, and their later subprocesses would inherit it.
+    os.environ.setdefault("KERAS_BACKEND", "jax")
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.summarize:

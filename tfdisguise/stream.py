@@ -49,6 +49,18 @@ class StreamService:
         """The dispatcher's address for `read`, e.g. grpc://localhost:5050."""
         return self.dispatcher.target
 
+    def restart_worker(self, index: int = 0):
+        """Stops worker `index` and starts a fresh one on the same dispatcher (a worker lost and replaced).
+
+        Readers keep going: the dispatcher hands the new worker its tasks, and the stream, which repeats
+        forever, never ends for the trainer. Returns the new worker.
+        """
+        service = tf.data.experimental.service
+        self.workers[index].stop()
+        address = self.dispatcher.target.split("://", 1)[1]
+        self.workers[index] = service.WorkerServer(service.WorkerConfig(dispatcher_address=address))
+        return self.workers[index]
+
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
