@@ -106,6 +106,8 @@ def main(argv=None) -> int:
                         help="the model part 2 serves: simple_cnn on MNIST (the rest of the benchmark's model), or "
                              "an untrained ResNet-20 on 32x32x3 images, where the model's run dominates a request")
     parser.add_argument("--parts", default="overhead,throughput,swap", help="comma list of the parts to run")
+    parser.add_argument("--batching-parameters", default=os.path.join(ROOT, "serving", "batching_parameters.txt"),
+                        help="the --batching_parameters_file of part 2's batching server")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
@@ -203,8 +205,7 @@ def _throughput(args, results, data, key, base, proc):
         if batching or port is None:
             proc.terminate()
             proc.wait(timeout=30)
-            flags = ("--enable_batching", "--batching_parameters_file",
-                     os.path.join(ROOT, "serving", "batching_parameters.txt")) if batching else ()
+            flags = ("--enable_batching", "--batching_parameters_file", args.batching_parameters) if batching else ()
             proc, port = start_server(base, *flags, name=name)
         for clients in (1, 4, 16):
             row = load(port, key, images, clients, args.seconds, name=name)
