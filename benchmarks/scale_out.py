@@ -2,7 +2,8 @@
 
 Each round runs `tfdisguise.beam.disguise_on_beam` on the same source and key
 with the DirectRunner in multi-processing mode, first with one worker, then
-with two (`direct_num_workers`). It times the whole call (the driver loading
+with two (`direct_num_workers`), beside the in-process `export_disguised` of the
+same images (loading the source included). It times the whole call (the driver loading
 the source to count it, pipeline start, workers loading TensorFlow, the key and
 the source, disguising, shard writing, manifest), and, separately, the steady
 phase: the rate at which shards are completed between the third and the last
@@ -117,7 +118,7 @@ def main(argv=None) -> dict:
         return result
     import logging
 
-    from tfdisguise import Key, Spec, datasets
+    from tfdisguise import Key, Spec, datasets, export_disguised
     from tfdisguise.beam import disguise_on_beam
 
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
@@ -125,9 +126,17 @@ def main(argv=None) -> dict:
     work = tempfile.mkdtemp(prefix="scale_out-")
     key_path = os.path.join(work, "key.json")
     Key.generate(Spec.recommended(data.image_shape)).save(key_path)
-    times, steady = {1: [], 2: []}, {1: [], 2: []}
+    times, steady, single = {1: [], 2: []}, {1: [], 2: []}, []
     try:
         for r in range(args.rounds):
+            # The in-process export of the same images, what `tfdisguise disguise` without --runner does.
+            out = os.path.join(work, f"single-{r}")
+            started = time.perf_counter()
+            export_disguised(datasets.load(args.data, limit=args.limit).to_dataset(), Key.load(key_path), out,
+                             shard_size=args.shard_size, progress=False)
+            single.append(time.perf_counter() - started)
+            shutil.rmtree(out)
+            print(f"round {r + 1}: in-process export_disguised {single[-1]:.1f} s", flush=True)
             for workers in (1, 2):
                 out = os.path.join(work, f"out-{workers}-{r}")
                 started = time.perf_counter()
@@ -151,7 +160,10 @@ def main(argv=None) -> dict:
               "seconds_1_worker": times[1], "seconds_2_workers": times[2], "median_1": one, "median_2": two,
               "speedup": one / two, "images_per_s_1": len(data) / one, "images_per_s_2": len(data) / two,
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
-              "steady_images_per_s_1": steady[1], "steady_images_per_s_2": steady[2]}
+              "steady_images_per_s_1": steady[1], "steady_images_per_s_2": steady[2],
+              "seconds_in_process": single, "median_in_process": statistics.median(single)}
+    print(f"in-process export_disguised: {statistics.median(single):.1f} s "
+          f"({len(data) / statistics.median(single):,.0f} img/s, loading included)")
     print(f"{len(data)} images: 1 worker {one:.1f} s ({len(data) / one:,.0f} img/s), 2 workers {two:.1f} s "
           f"({len(data) / two:,.0f} img/s): {one / two:.2f}x end to end (medians of {args.rounds})")
     if steady[1] and steady[2]:

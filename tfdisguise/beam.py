@@ -37,6 +37,7 @@ Example (the DirectRunner in this process):
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -89,20 +90,29 @@ def _shard_fn(beam):
 
         def setup(self):
             from tfdisguise import datasets
+            from tfdisguise.data import batch_disguiser
             from tfdisguise.key import Key
 
             self.key = Key.load(self.key_path)  # here, on the worker: never in the pickled pipeline
             self.data = datasets.load(**self.source_args)
+            # The function `wrap` (and so `export_disguised`) maps over batches: the same values, bit for bit.
+            self.disguise = batch_disguiser(self.key)
+            self.images = beam.metrics.Metrics.counter("tfdisguise", "images")
+            self.shards = beam.metrics.Metrics.counter("tfdisguise", "shards")
 
         def process(self, index):
-            from tfdisguise.mechanisms import disguise
+            import tensorflow as tf
 
             start = index * self.shard_size
             x = self.data.x[start:start + self.shard_size]
             y = self.data.y[start:start + self.shard_size]
-            images = np.concatenate([disguise(x[i:i + CHUNK], self.key) for i in range(0, len(x), CHUNK)])
+            images = np.concatenate([self.disguise(tf.constant(x[i:i + CHUNK])).numpy()
+                                     for i in range(0, len(x), CHUNK)])
             entry = write_shard(os.path.join(self.tmp_dir, f"shard-{index:05d}.tfrecord"), images, y, self.dtype)
             labels, counts = np.unique(y, return_counts=True)
+            self.images.inc(len(x))
+            self.shards.inc()
+            logging.info("tfdisguise: shard %d written (%d images)", index, len(x))
             yield index, entry, {int(k): int(v) for k, v in zip(labels, counts)}
 
     return DisguiseShard
@@ -177,9 +187,22 @@ def disguise_on_beam(
              | "disguise" >> beam.ParDo(_shard_fn(beam)(key_path, source_args, tmp_dir, shard_size, dtype))
              | "gather" >> beam.combiners.ToList()
              | "manifest" >> beam.Map(_finish, tmp_dir, identity, image_shape, dtype, class_names, started))
-        state = pipeline.run().wait_until_finish()
+        result = pipeline.run()
+        state = result.wait_until_finish()
         if str(state).split(".")[-1] not in ("DONE", "None"):
             raise RuntimeError(f"The Beam pipeline ended in state {state}; nothing was written to {out_dir}.")
+        _report_counts(result, num_shards)
         manifest = read_manifest(tmp_dir)  # written by the last step; its absence fails the whole write
     return manifest
 
+
+
+def _report_counts(result, num_shards: int) -> None:
+    """Logs the workers' counters (images and shards written), where the runner reports metrics."""
+    try:
+        counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]
+                    if c.key.metric.namespace == "tfdisguise"}
+    except Exception:  # a runner without metrics support: the manifest still counts everything
+        return
+    logging.getLogger(__name__).info("Beam workers wrote %s of %d shards (%s images)", counters.get("shards"),
+                                     num_shards, counters.get("images"))

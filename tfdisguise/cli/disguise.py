@@ -66,6 +66,11 @@ def _run_on_beam(args) -> int:
     if args.copies != 1 or args.augment:
         raise ValueError("--copies and --augment are not available with --runner yet: export them without "
                          "--runner (one process), or run the pipeline once per copy into separate outputs.")
+    import logging
+
+    # Beam's own INFO lines (gRPC channels, worker start-up) would bury the progress; the workers' per-shard
+    # lines and the final counts stay.
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
     print(f"disguising {args.input} on Beam ({args.runner}); the workers load {args.key}", file=sys.stderr)
     manifest = disguise_on_beam(args.input, args.key, args.out, split=args.split,
                                 validation_fraction=args.validation_fraction, seed=args.seed, limit=args.limit,
