@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--shard-size", type=int, default=2500)
-    p.add_argument("--part", choices=("beam", "stream"), default="beam")
+    p.add_argument("--part", choices=("beam", "stream", "mirrored"), default="beam")
     p.add_argument("--epochs", type=int, default=4, help="--part stream: epochs on each side")
     p.add_argument("--json", default=None, help="also write the results here")
     return p.parse_args(argv)
@@ -88,30 +88,82 @@ def stream_part(args) -> dict:
 
         local = _epoch_times(model(), shards, args.epochs)
         exe = os.path.join(os.path.dirname(sys.executable), "tfdisguise")
-        owner = subprocess.Popen([exe, "stream", "--key", key_path, "--input", args.data, "--validation-fraction",
-                                  "0.2", "--dispatcher-port", "0", "--workers", "1", "--dataset-id", "bench",
-                                  "--batch-size", str(config.batch_size)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+        def owner(workers):
+            proc = subprocess.Popen([exe, "stream", "--key", key_path, "--input", args.data, "--validation-fraction",
+                                     "0.2", "--dispatcher-port", "0", "--workers", str(workers), "--dataset-id",
+                                     "bench", "--batch-size", str(config.batch_size)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            return proc, json_lib.loads(proc.stdout.readline())["dispatcher"]
+
+        proc, target = owner(1)
         try:
-            announced = json_lib.loads(owner.stdout.readline())
-            train_stream, _, info = stream.read(announced["dispatcher"], "bench")
+            train_stream, _, info = stream.read(target, "bench")
             streamed = _epoch_times(model(), train_stream, args.epochs, steps=info["count"] // info["batch_size"])
         finally:
-            owner.terminate()
-            owner.wait(timeout=60)
+            proc.terminate()
+            proc.wait(timeout=60)
+        # What the service alone delivers to one reader (no training): disguised images/s with 1 and 2 workers.
+        delivered = {}
+        for workers in (1, 2):
+            proc, target = owner(workers)
+            try:
+                batches = iter(stream.read(target, "bench")[0])
+                for _ in range(5):
+                    next(batches)
+                t0, n = time.perf_counter(), 0
+                for _ in range(3 * steps):
+                    n += int(next(batches)[0].shape[0])
+                delivered[workers] = n / (time.perf_counter() - t0)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+        print(f"stream to one reader: 1 worker {delivered[1]:,.0f} img/s, 2 workers {delivered[2]:,.0f} img/s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     a, b = statistics.median(local[1:]), statistics.median(streamed[1:])
     print(f"epoch time (median of epochs 2..{args.epochs}): local shards {a:.2f} s, stream {b:.2f} s: "
           f"stream / shards {b / a:.2f} (target <= 1.10)")
     return {"images": len(train), "epochs": args.epochs, "local_epoch_s": local, "stream_epoch_s": streamed,
-            "median_local": a, "median_stream": b, "ratio": b / a, "load_average": os.getloadavg()}
+            "median_local": a, "median_stream": b, "ratio": b / a, "stream_images_per_s_by_workers": delivered,
+            "load_average": os.getloadavg()}
+
+
+def mirrored_part(args) -> dict:
+    """`tfdisguise train` on the same images and key with one device and with `mirrored` on 2 logical CPUs."""
+    import subprocess
+
+    from tfdisguise import Key, Spec, datasets
+
+    work = tempfile.mkdtemp(prefix="scale_out_mirrored-")
+    exe = os.path.join(os.path.dirname(sys.executable), "tfdisguise")
+    try:
+        # On the fly from the plain images and the key (`train --strategy mirrored` refuses shards for now).
+        data = datasets.load(args.data)
+        key_path = os.path.join(work, "key.json")
+        Key.generate(Spec.recommended(data.image_shape)).save(key_path)
+        out = {}
+        for name, flags in (("one device", []), ("mirrored, 2 logical CPUs", ["--strategy", "mirrored",
+                                                                             "--cpu-devices", "2"])):
+            run = os.path.join(work, name.split(",")[0].replace(" ", "_"))
+            subprocess.run([exe, "train", "--input", args.data, "--key", key_path, "--epochs", str(args.epochs),
+                            "--out", run, *flags], check=True, capture_output=True)
+            with open(os.path.join(run, "history.json")) as f:
+                history = json.load(f)
+            steps = args.epochs * -(-history["train_images"] // 128)
+            out[name] = {"seconds": history["seconds"], "steps_per_s": steps / history["seconds"],
+                         "val_accuracy": history["val_accuracy"]}
+            print(f"{name}: {history['seconds']:.1f} s for {args.epochs} epochs ({steps / history['seconds']:.1f} "
+                  f"steps/s, model build included), validation accuracy {history['val_accuracy']:.4f}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.part == "stream":
-        result = stream_part(args)
+    if args.part in ("stream", "mirrored"):
+        result = stream_part(args) if args.part == "stream" else mirrored_part(args)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=2)

@@ -41,3 +41,20 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(tmp_path):
 def test_unknown_strategy_is_refused():
     with pytest.raises(ValueError, match=r"`strategy` must be one of \('none', 'mirrored'\)"):
         TrainConfig(strategy="multi_worker")
+
+
+def test_mirrored_on_shards_is_refused_with_the_way_that_works(tmp_path, capsys):
+    from helpers import make_key
+
+    from tfdisguise import export_disguised
+
+    key = make_key(image_shape=(8, 8, 1), block_size=4, noise=10)
+    x = np.zeros((8, 8, 8, 1), np.uint8)
+    import tensorflow as tf
+
+    export_disguised(tf.data.Dataset.from_tensor_slices((x, np.arange(8) % 2)), key, str(tmp_path / "s"),
+                     progress=False)
+    assert cli.main(["train", "--shards", str(tmp_path / "s"), "--strategy", "mirrored", "--out",
+                     str(tmp_path / "run")]) != 0
+    assert "`--strategy` 'mirrored' does not work with `--shards` yet" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

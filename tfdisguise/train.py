@@ -268,6 +268,13 @@ def train_and_save(
     elif shards is not None:
         if key_path:
             raise ValueError("Shards are already disguised; do not pass a key with `shards`.")
+        if config.strategy != "none":
+            # Seen with TF 2.21 / Keras 3.15: MirroredStrategy over 2 logical CPUs on shards fails in the second
+            # replica's first convolution ("input depth must be evenly divisible by filter depth: 1 vs 32"),
+            # while the same training through `wrap` works. Refused until that is understood.
+            raise ValueError(f"`strategy` {config.strategy!r} does not work with `shards` yet (it fails inside "
+                             "TensorFlow on the second replica); to use it, train on the fly from the plain images and "
+                             "the key (through `wrap`), or train on the shards without it.")
         if config.augment:
             raise ValueError("Shards are already disguised and cannot be augmented (augmentation must come before "
                              "the disguise): export them with `export_disguised(..., copies=K, augment=...)`.")
