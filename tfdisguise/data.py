@@ -148,7 +148,9 @@ def wrap(
 
     For a plan whose matrices exceed 16 MB (large images in vector mode), the
     returned dataset has tf.data's default graph optimizations turned off:
-    they would copy the matrices into the serialized pipeline graph.
+    they would copy the matrices into the serialized pipeline graph. The
+    option applies to the whole pipeline, the caller's steps before `wrap`
+    included (about -12% throughput measured at 224x224x3, block 16).
     """
     if not isinstance(key, Key):
         raise TypeError(f"`key` must be a tfdisguise.Key. Received: key={type(key).__name__}")
