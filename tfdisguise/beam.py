@@ -125,8 +125,9 @@ def _shard_fn(beam):
     return DisguiseShard
 
 
-def _finish(results, tmp_dir, identity, image_shape, dtype, class_names, started, num_shards, count):
+def _finish(results, tmp_dir, identity, expected, dtype, class_names, started, num_shards):
     """The pipeline's last step: the manifest, once every shard is written (and only if all of them are)."""
+    count = expected["count"]
     results = sorted(results, key=lambda r: r[0])
     written = [index for index, _, _ in results]
     if written != list(range(num_shards)) or sum(entry["count"] for _, entry, _ in results) != count:
@@ -136,7 +137,8 @@ def _finish(results, tmp_dir, identity, image_shape, dtype, class_names, started
     for _, _, counts in results:
         for k, v in counts.items():
             label_counts[k] = label_counts.get(k, 0) + v
-    manifest = build_manifest(identity, image_shape, dtype=dtype, shards=[entry for _, entry, _ in results],
+    manifest = build_manifest(identity, expected["image_shape"], dtype=dtype,
+                              shards=[entry for _, entry, _ in results],
                               label_counts=label_counts, class_names=class_names,
                               started=started)
     write_manifest(tmp_dir, manifest)
@@ -189,10 +191,10 @@ def disguise_on_beam(
         raise ValueError(f"{source} holds images of shape {data.image_shape}, but the key's spec expects "
                          f"{key.spec.image_shape}.")
     num_shards = -(-len(data) // shard_size)
+    # What every worker must find again; also the manifest's count and image shape.
     expected = {"fingerprint": key.fingerprint, "count": len(data), "image_shape": list(data.image_shape)}
-    count = len(data)
     # Loaded sources always carry labels (datasets.load), so the manifest's labels are present, as in `disguise`.
-    identity, image_shape, class_names = key.identity.to_dict(), list(key.spec.image_shape), data.class_names
+    identity, class_names = key.identity.to_dict(), data.class_names
     del key, data  # the driver needs neither again; the workers load their own
     started = time.time()
     with io.atomic_dir(out_dir, replace=replace) as tmp_dir:
@@ -202,8 +204,8 @@ def disguise_on_beam(
              | "spread" >> beam.Reshuffle()
              | "disguise" >> beam.ParDo(_shard_fn(beam)(key_path, source_args, tmp_dir, shard_size, dtype, expected))
              | "gather" >> beam.combiners.ToList()
-             | "manifest" >> beam.Map(_finish, tmp_dir, identity, image_shape, dtype, class_names, started,
-                                      num_shards, count))
+             | "manifest" >> beam.Map(_finish, tmp_dir, identity, expected, dtype, class_names, started,
+                                      num_shards))
         result = pipeline.run()
         state = result.wait_until_finish()
         if str(state).split(".")[-1] not in ("DONE", "None"):
@@ -211,7 +213,6 @@ def disguise_on_beam(
         _report_counts(result, num_shards)
         manifest = read_manifest(tmp_dir)  # written by the last step; its absence fails the whole write
     return manifest
-
 
 
 def _report_counts(result, num_shards: int) -> None:

@@ -153,7 +153,7 @@ def export_disguised(
 
         def close_shard():
             writer.close()
-            shards.append({"file": os.path.basename(shard_path), "count": shard_count, "sha256": _sha256(shard_path)})
+            shards.append(_shard_entry(shard_path, shard_count))
 
         for images, labels in disguised:
             images, labels = images.numpy(), labels.numpy()
@@ -221,7 +221,12 @@ def write_shard(path: str, images: np.ndarray, labels: np.ndarray, dtype: str = 
     with tf.io.TFRecordWriter(path) as writer:
         for image, label in zip(images, labels):
             writer.write(_example(image, label, dtype))
-    return {"file": os.path.basename(path), "count": int(len(images)), "sha256": _sha256(path)}
+    return _shard_entry(path, len(images))
+
+
+def _shard_entry(path: str, count: int) -> dict:
+    """A written shard's manifest entry."""
+    return {"file": os.path.basename(path), "count": int(count), "sha256": _sha256(path)}
 
 
 def check_output_dir(out_dir: str, *, overwrite: bool, option: str = "overwrite=True") -> bool:

@@ -55,10 +55,8 @@ class StreamService:
         Readers keep going: the dispatcher hands the new worker its tasks, and the stream, which repeats
         forever, never ends for the trainer. Returns the new worker.
         """
-        service = tf.data.experimental.service
         self.workers[index].stop()
-        address = self.dispatcher.target.split("://", 1)[1]
-        self.workers[index] = service.WorkerServer(service.WorkerConfig(dispatcher_address=address))
+        self.workers[index] = _start_worker(self.dispatcher)
         return self.workers[index]
 
     def stop(self) -> None:
@@ -71,6 +69,13 @@ class StreamService:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _start_worker(dispatcher):
+    """A tf.data service worker registered with `dispatcher` (in this process)."""
+    service = tf.data.experimental.service
+    address = dispatcher.target.split("://", 1)[1]
+    return service.WorkerServer(service.WorkerConfig(dispatcher_address=address))
 
 
 def _check_name(name: str) -> str:
@@ -101,8 +106,7 @@ def serve(key: Key, train, *, validation=None, port: int = 0, workers: int = 1, 
         os.chmod(work_dir, 0o700)
     dispatcher = service.DispatchServer(service.DispatcherConfig(
         port=port, work_dir=work_dir, fault_tolerant_mode=work_dir is not None))
-    address = dispatcher.target.split("://", 1)[1]
-    started = [service.WorkerServer(service.WorkerConfig(dispatcher_address=address)) for _ in range(workers)]
+    started = [_start_worker(dispatcher) for _ in range(workers)]
 
     plain = tf.data.Dataset.from_tensor_slices((train.x, train.y))
     train_ds = wrap(plain.shuffle(min(shuffle, len(train))).batch(batch_size).repeat(), key, augment=augment,
