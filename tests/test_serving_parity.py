@@ -4,6 +4,7 @@ deadlines) and the client's concurrency, on loopback with a tiny model."""
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -417,10 +418,34 @@ def test_serve_command_hands_the_parity_flags_to_the_embedded_server():
         "serve", "--model_base_path=/m", "--enable_batching",
         f"--batching_parameters_file={root}/serving/batching_parameters.txt",
         f"--monitoring_config_file={root}/serving/monitoring.config", "--file_system_poll_wait_seconds=0",
-        "--model_config_file_poll_wait_seconds=30", "--rest_api_num_threads=4", "--rest_api_timeout_in_ms=500"])
+        "--model_config_file_poll_wait_seconds=30", "--rest_api_num_threads=4", "--rest_api_timeout_in_ms=500",
+        "--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=2"])
     options, notes = serve.embedded_options(args)
     assert notes == []
     assert options["enable_batching"] == "true" and options["file_system_poll_wait_seconds"] == 0
     assert options["rest_api_num_threads"] == 4 and options["rest_api_timeout_in_ms"] == 500
+    assert options["tensorflow_intra_op_parallelism"] == 1 and options["tensorflow_inter_op_parallelism"] == 2
     inspect.signature(serve_function).bind(**options)  # every option is one of serve()'s arguments
-    assert "--file_system_poll_wait_seconds=0" in serve.model_server_argv(args)
+    argv = serve.model_server_argv(args)
+    assert "--file_system_poll_wait_seconds=0" in argv and "--tensorflow_intra_op_parallelism=1" in argv
+
+
+def test_tensorflow_thread_flags_set_the_pools_before_any_model_loads():
+    # In a fresh process, as `tfdisguise serve` runs: the server module imports without running a TensorFlow op,
+    # so the pools can still be sized; a negative value is refused with the flag's name.
+    code = (
+        "from tfdisguise.serving.server import set_tensorflow_threads\n"
+        "import tensorflow as tf\n"
+        "set_tensorflow_threads(1, 3)\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())\n"
+        "print(float(tf.reduce_sum(tf.ones([4]))))\n"
+        "try:\n"
+        "    set_tensorflow_threads(-1)\n"
+        "except ValueError as e:\n"
+        "    print('refused:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "1 3" and lines[1] == "4.0"
+    assert lines[2].startswith("refused: --tensorflow_intra_op_parallelism must be an integer >= 0")

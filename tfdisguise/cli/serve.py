@@ -77,6 +77,11 @@ _MODEL_SERVER_FLAGS = (
      "seconds between re-reads of --model_config_file (default 0: read once)"),
     ("--rest_api_num_threads", {"type": int}, "threads that run REST requests (default: --grpc_max_threads)"),
     ("--rest_api_timeout_in_ms", {"type": int}, "deadline of each REST predict, in milliseconds (default: none)"),
+    ("--tensorflow_intra_op_parallelism", {"type": int},
+     "threads one TensorFlow op may use (default 0: TensorFlow picks, one per core); 1 serves concurrent small "
+     "requests on CPU with less spinning (docs/RESULTS.md, section 3)"),
+    ("--tensorflow_inter_op_parallelism", {"type": int},
+     "ops TensorFlow runs at once (default 0: TensorFlow picks)"),
 )
 _FILES = ("batching_parameters_file", "monitoring_config_file")  # must exist, here as for the real server
 

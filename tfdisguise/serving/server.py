@@ -27,7 +27,7 @@ from tfdisguise.serving.registry import ModelRegistry
 from tfdisguise.serving.rest_server import address_in_use
 from tfdisguise.serving.tls import SSLConfig, read_ssl_config
 
-__all__ = ["ModelServer", "serve"]
+__all__ = ["ModelServer", "serve", "set_tensorflow_threads"]
 
 log = logging.getLogger("tfdisguise.serve")
 
@@ -185,6 +185,30 @@ def _shutdown_requested():
             signal.signal(sig, handler)
 
 
+def set_tensorflow_threads(intra_op: int = 0, inter_op: int = 0) -> None:
+    """TF Serving's --tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism (0: TensorFlow picks).
+
+    Must run before TensorFlow runs its first op in this process (before any
+    model loads): TensorFlow fixes its thread pools then, and later calls fail.
+    Why it matters on CPU: with one thread per core for each op, a batch-1
+    ResNet-20 call spins its idle helper threads and burns about 2.8x the CPU
+    time of a one-thread call (docs/RESULTS.md, section 3).
+    """
+    import tensorflow as tf
+
+    for flag, value in (("tensorflow_intra_op_parallelism", intra_op), ("tensorflow_inter_op_parallelism", inter_op)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"--{flag} must be an integer >= 0 (0: TensorFlow picks). Received: {value!r}")
+    try:
+        if intra_op:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError as e:  # TensorFlow already started its pools in this process
+        raise RuntimeError(f"--tensorflow_intra_op_parallelism/--tensorflow_inter_op_parallelism must be set "
+                           f"before TensorFlow runs anything in the process: {e}") from None
+
+
 def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "default", model_base_path: str | None = None,
           model_config_file: str | None = None, ssl_config_file: str | None = None, grpc_max_threads: int = 16,
           host: str = "0.0.0.0", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, grace: float = 5.0,
@@ -192,7 +216,8 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
           rest_max_connections: int = DEFAULT_REST_MAX_CONNECTIONS, file_system_poll_wait_seconds: float = 1.0,
           model_config_file_poll_wait_seconds: float = 0.0, enable_batching: str | None = None,
           batching_parameters_file: str | None = None, monitoring_config_file: str | None = None,
-          rest_api_num_threads: int | None = None, rest_api_timeout_in_ms: int | None = None) -> int:
+          rest_api_num_threads: int | None = None, rest_api_timeout_in_ms: int | None = None,
+          tensorflow_intra_op_parallelism: int = 0, tensorflow_inter_op_parallelism: int = 0) -> int:
     """Serves until SIGTERM or SIGINT, then lets in-flight requests finish for up to `grace` seconds.
 
     The arguments are `tensorflow_model_server`'s flags of the same names
@@ -200,6 +225,7 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
     limits that `ModelServer` describes. Must run in the main thread, which
     receives signals.
     """
+    set_tensorflow_threads(tensorflow_intra_op_parallelism, tensorflow_inter_op_parallelism)
     ssl = read_ssl_config(ssl_config_file) if ssl_config_file else None
     batching = metrics_path = None
     if enable_batching == "true":
