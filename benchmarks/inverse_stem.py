@@ -37,6 +37,9 @@ from tfdisguise.privacy.attacks._inverse import lmmse
 from tfdisguise.privacy.attacks.spectral import estimate_spectral
 from tfdisguise.train import augmentation
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_gap import RECIPES  # a sibling script, not a package
+
 
 def affine_inverse(estimate, shape) -> tuple[np.ndarray, np.ndarray]:
     """(G [D, D], c [D]) with x_hat = y G + c on flattened images: the attack's LMMSE map, unclipped."""
@@ -67,7 +70,12 @@ def run_key(k, train, val, public, epochs, noise, backbone_name, log) -> dict:
     recon = np.clip(uploaded.reshape(len(uploaded), -1) @ g + c, 0, 255).reshape(uploaded.shape)
     keras.utils.set_random_seed(k)
     stem = keras.layers.Dense(g.shape[0], trainable=False, name="attack_inverse")
-    options = {"block_size": 7, "lr_multiplier": 100} if backbone_name == "block_adapter" else {}
+    # The backbone's options are model_gap.py's recipe of the same name (the best plain model: adapter+aug), so
+    # that the comparison with its plain run holds; without structure="matrix" the adapter would be a 49x49 map
+    # per position, which is another model.
+    options = RECIPES["mnist"]["adapter+aug" if backbone_name == "block_adapter" else "cnn+aug"].get(
+        "model_options", {})
+    options = {k: v for k, v in options.items() if k != "backbone"}
     backbone = models.build(backbone_name, spec.image_shape, 10, adapt_data=recon[:4096], **options)
     inputs = keras.Input(spec.image_shape)
     flat = stem(keras.layers.Flatten()(inputs))
