@@ -41,6 +41,7 @@ from tfdisguise import Key, Spec, datasets, disguise, models, wrap
 from tfdisguise.privacy.attacks._inverse import lmmse
 from tfdisguise.privacy.attacks.spectral import estimate_spectral
 from tfdisguise.recipe import TrainConfig, augmentation, compile_model
+from tfdisguise.train import _one_hot
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_gap import PARTS, RECIPES, load_part  # a sibling script, not a package
@@ -81,12 +82,11 @@ def run_key(k, train, val, public, spec, recipe, epochs, log) -> dict:
     model = keras.Model(inputs, backbone(keras.layers.Reshape(spec.image_shape)(flat)))
     stem.set_weights([g, c])
     compile_model(model, config, -(-len(train) // config.batch_size))
-    one_hot = (lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), 10))) if config.label_smoothing else None
     ds = tf.data.Dataset.from_tensor_slices((train.x, train.y)).shuffle(len(train), seed=k).batch(config.batch_size)
     ds = wrap(ds, key, augment=augmentation(config.augment) if config.augment else None)
     val_ds = tf.data.Dataset.from_tensor_slices((disguise(val.x, key), val.y)).batch(512)
-    if one_hot:
-        ds, val_ds = ds.map(one_hot), val_ds.map(one_hot)
+    if config.label_smoothing:  # as train.fit does: label smoothing needs one-hot targets
+        ds, val_ds = _one_hot(ds, 10), _one_hot(val_ds, 10)
     history = model.fit(ds, validation_data=val_ds, epochs=epochs, verbose=2).history
     row = {"key": key.fingerprint, "val_accuracy": float(history["val_accuracy"][-1]),
            "curve": [float(v) for v in history["val_accuracy"]], "positions_correct": placed,

@@ -95,7 +95,7 @@ def load(port: int, key, images, clients: int, seconds: float, during=None, name
         t.start()
     ready.wait()
     start = time.perf_counter()
-    cpu0 = (cpu_seconds(server_pid), sum(os.times()[:2])) if server_pid else None
+    cpu0 = (cpu_seconds(server_pid), cpu_seconds(os.getpid())) if server_pid else None
     window = during() if during else None
     time.sleep(max(0.0, seconds - (time.perf_counter() - start)))
     stop.set()
@@ -107,7 +107,7 @@ def load(port: int, key, images, clients: int, seconds: float, during=None, name
            "requests_per_s": len(values) / elapsed, "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99)}
     if cpu0 and values:
         row["server_core_ms_per_request"] = 1000 * (cpu_seconds(server_pid) - cpu0[0]) / len(values)
-        row["client_core_ms_per_request"] = 1000 * (sum(os.times()[:2]) - cpu0[1]) / len(values)
+        row["client_core_ms_per_request"] = 1000 * (cpu_seconds(os.getpid()) - cpu0[1]) / len(values)
     if window:
         inside = [v for t, v in latencies if window[0] <= t <= window[1]]
         row.update(swap_requests=len(inside), swap_p99_ms=percentile(inside, 99) if inside else None,
