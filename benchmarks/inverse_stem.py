@@ -38,7 +38,6 @@ import numpy as np
 import tensorflow as tf
 
 from tfdisguise import Key, Spec, datasets, disguise, models, wrap
-from tfdisguise.privacy.attacks._inverse import lmmse
 from tfdisguise.privacy.attacks.spectral import estimate_spectral
 from tfdisguise.recipe import TrainConfig, augmentation, compile_model
 from tfdisguise.train import _one_hot
@@ -47,28 +46,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_gap import PARTS, RECIPES, load_part  # a sibling script, not a package
 
 
-def affine_inverse(estimate, shape) -> tuple[np.ndarray, np.ndarray]:
-    """(G [D, D], c [D]) with x_hat = y G + c on flattened images: the attack's LMMSE map, unclipped."""
-    model = estimate.model
-    a = estimate.matrix()
-
-    def f(images):
-        y = model.samples(images).reshape(len(images), -1)
-        flat = lmmse(y, a, estimate.prior, model.var_before, model.var_after, model.noise_before, model.noise_after)
-        return model.images(flat).reshape(len(images), -1)
-
-    size = int(np.prod(shape))
-    c = f(np.zeros((1, *shape)))[0]
-    g = f(np.eye(size).reshape(size, *shape)) - c
-    return g.astype(np.float32), c.astype(np.float32)
-
-
 def run_key(k, train, val, public, spec, recipe, epochs, log) -> dict:
     key = Key.generate(spec)
     started = time.time()
     uploaded = disguise(train.x, key)  # what the cloud holds
     estimate = estimate_spectral(public.x, uploaded, spec, seed=k)
-    g, c = affine_inverse(estimate, spec.image_shape)
+    g, c = estimate.affine(spec.image_shape)  # the LMMSE map, unclipped
     estimate_s = time.time() - started
     names = [s.name for s in spec.steps]
     placed = float(np.mean(estimate.perm == key.materials[names.index("permute")])) if "permute" in names else None

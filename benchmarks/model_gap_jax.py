@@ -11,6 +11,12 @@ at every evaluation, as the owner's client disguises queries. Up to `--parallel`
 models leave most of it idle). Each epoch appends a line to `<out>/train.jsonl`, so a run cut short still
 reports its curve. `--data-parallel` trains under `keras.distribution.DataParallel` over every local device.
 
+Attack inverse (`--inverse-stem`): each disguised part's classifier gets the key-free `spectral` attack's LMMSE
+inverse as a fixed first layer, as benchmarks/inverse_stem.py does on the CPU. The cloud fits it on its uploads
+(the training images disguised once) and public images of the same kind: the last `--public-limit` images of the
+training split, which no part then trains on (plain included, so that it stays the reference). Its rows are
+named `<part>+inverse`.
+
 Layer speed (`--layer-speed`): the `Disguise` layer, jitted through `stateless_call`, on inputs already on the
 device, at CIFAR size (the poster setting and the recommended default) and at 224x224x3 (block 16, matrix and
 vector RMT): median images/s over rounds, written to `<out>/layer_speed.json`.
@@ -20,7 +26,7 @@ split `model_gap.py` uses (CIFAR-10 train.npz: 40,000 / 10,000).
 
 Usage (the device run in docs/RESULTS.md section 6):
   KERAS_BACKEND=jax python benchmarks/model_gap_jax.py --data cifar10.npz --parts plain,cifar-poster,cifar-perm \
-      --epochs 100 --batch-size 512 --learning-rate 2e-3 --parallel 3 --out OUT [--layer-speed]
+      --epochs 100 --batch-size 512 --learning-rate 2e-3 --parallel 3 --out OUT [--layer-speed] [--inverse-stem]
 """
 
 from __future__ import annotations
@@ -61,6 +67,10 @@ def parse_args(argv=None):
     p.add_argument("--parallel", type=int, default=1, help="trainings at once on the device")
     p.add_argument("--data-parallel", action="store_true", help="keras.distribution.DataParallel over all devices")
     p.add_argument("--max-seconds", type=float, default=None, help="stop each training after this wall time")
+    p.add_argument("--inverse-stem", action="store_true",
+                   help="disguised parts: the spectral attack's inverse as a fixed first layer")
+    p.add_argument("--public-limit", type=int, default=5000,
+                   help="--inverse-stem: the attacker's public images, the last N of the training split")
     p.add_argument("--layer-speed", action="store_true", help="also time the Disguise layer")
     p.add_argument("--layer-batch", type=int, default=16384, help="CIFAR-size batch for --layer-speed")
     p.add_argument("--out", default="benchmarks/out/model_gap_jax")
@@ -126,7 +136,14 @@ def train_worker(args, part: str) -> dict:
         keras.distribution.set_distribution(keras.distribution.DataParallel())
     train = datasets.load(args.data, "train", validation_fraction=0.2, seed=0)
     val = datasets.load(args.data, "validation", validation_fraction=0.2, seed=0)
-    if args.limit:
+    public = None
+    if args.inverse_stem:  # the public tail is the attacker's; nobody trains on it
+        if not 0 < args.public_limit < len(train):
+            sys.exit(f"--public-limit must be between 1 and {len(train) - 1}; got {args.public_limit}")
+        tail = len(train) - args.public_limit
+        public = train.x[tail:]
+        train = train.take(min(tail, args.limit or tail))
+    elif args.limit:
         train = train.take(args.limit)
     recipe = dict(RECIPES["cifar10"]["resnet20+aug"], model=args.model)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -138,8 +155,14 @@ def train_worker(args, part: str) -> dict:
     adapt = train.x[:4096].astype("float32")
     if key is not None:
         adapt = np.asarray(Disguise(key)(adapt))
-    classifier = models.build(config.model, shape, 10, adapt_data=adapt, spec=key.spec if key else None)
-    model = keras.Sequential([keras.Input(shape), *owner, classifier])
+    stem, name = [], part
+    if key is not None and public is not None:
+        stem, adapt, positions = inverse_stem(train.x, public, key, args.seed)
+        name = f"{part}+inverse"
+        print(f"{name}: the attack placed {positions} of the blocks where the key puts them", flush=True)
+    classifier = models.build(config.model, shape, 10, adapt_data=adapt,
+                              spec=key.spec if key and not stem else None)
+    model = keras.Sequential([keras.Input(shape), *owner, *stem, classifier])
     steps = -(-len(train) // config.batch_size)
     compile_model(model, config, steps)
     one_hot = (lambda y: keras.utils.to_categorical(y, 10)) if config.label_smoothing else (lambda y: y)
@@ -148,7 +171,7 @@ def train_worker(args, part: str) -> dict:
 
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            line = {"part": part, "seed": args.seed, "epoch": epoch + 1, "of": config.epochs,
+            line = {"part": name, "seed": args.seed, "epoch": epoch + 1, "of": config.epochs,
                     "seconds": round(time.time() - started, 1),
                     **{k: float(v) for k, v in (logs or {}).items()}}
             with open(log, "a") as f:
@@ -156,13 +179,13 @@ def train_worker(args, part: str) -> dict:
             if args.max_seconds and time.time() - started > args.max_seconds:
                 self.model.stop_training = True
 
-    print(f"{part}: backend {keras.backend.backend()}, devices {keras.distribution.list_devices()}, "
+    print(f"{name}: backend {keras.backend.backend()}, devices {keras.distribution.list_devices()}, "
           f"jit_compile {model.jit_compile}", flush=True)
     history = model.fit(train.x.astype("float32"), one_hot(train.y), batch_size=config.batch_size,
                         epochs=config.epochs, validation_data=(val.x.astype("float32"), one_hot(val.y)),
                         callbacks=[Record()], verbose=2)
     accuracy = history.history["val_accuracy"]
-    result = {"part": part, "spec": key.spec.describe() if key else "plain", "seed": args.seed,
+    result = {"part": name, "spec": key.spec.describe() if key else "plain", "seed": args.seed,
               "model": config.model, "epochs_run": len(accuracy), "epochs": config.epochs,
               "batch_size": config.batch_size, "learning_rate": config.learning_rate,
               "train_images": len(train), "val_images": len(val), "final_val_accuracy": accuracy[-1],
@@ -172,6 +195,30 @@ def train_worker(args, part: str) -> dict:
         f.write(json.dumps(result) + "\n")
     print(json.dumps(result), flush=True)
     return result
+
+
+def inverse_stem(plain_x, public_x, key, seed: int):
+    """([fixed layers], reconstructed adapt images, share of blocks placed right): the `spectral` estimate from
+    the uploads (`plain_x` disguised once) and the public images, as the layers flatten -> Dense(G, c) -> reshape."""
+    import keras
+
+    from tfdisguise import Disguise
+    from tfdisguise.privacy.attacks.spectral import estimate_spectral
+
+    layer, shape = Disguise(key), key.spec.image_shape
+    uploaded = np.concatenate([np.asarray(layer(plain_x[s:s + 4096].astype("float32")))
+                               for s in range(0, len(plain_x), 4096)])
+    estimate = estimate_spectral(public_x, uploaded, key.spec, seed=seed)
+    g, c = estimate.affine(shape)
+    dense = keras.layers.Dense(g.shape[0], trainable=False, name="attack_inverse")
+    layers = [keras.layers.Flatten(), dense, keras.layers.Reshape(shape)]
+    dense.build((None, g.shape[0]))
+    dense.set_weights([g, c])
+    names = [s.name for s in key.spec.steps]
+    positions = (float(np.mean(estimate.perm == key.materials[names.index("permute")]))
+                 if "permute" in names else None)
+    adapt = np.clip(uploaded[:4096].reshape(-1, g.shape[0]) @ g + c, 0, 255).reshape(-1, *shape)
+    return layers, adapt, positions
 
 
 def summarize(out: str) -> str:

@@ -40,6 +40,23 @@ def test_spectral_recovers_the_transform_of_a_well_separated_spectrum(mode):
     assert np.mean((recon - victim) ** 2) < 0.02 * np.var(victim)
 
 
+@pytest.mark.parametrize("inverse", ["lmmse", "direct"])
+def test_the_estimate_as_one_affine_map_is_its_reconstruction(data, inverse):
+    """`affine` is what a model's fixed first layer holds (benchmarks/inverse_stem.py): the same images as
+    `reconstruct` wherever those are not clipped."""
+    (public, _), (victim, _) = data
+    spec = Spec.create((8, 8, 1), 4, rmt="orthogonal", rmt_mode="matrix", permute=True, noise=30)
+    disguised = disguise(victim, fixed_key(spec))
+    est = estimate_spectral(public, disguised, spec)
+    disguised = disguised[:50]
+    g, c = est.affine(spec.image_shape, inverse=inverse)
+    assert g.shape == (64, 64) and c.shape == (64,) and g.dtype == np.float32
+    mapped = (disguised.reshape(50, -1) @ g + c).reshape(disguised.shape)
+    np.testing.assert_allclose(np.clip(mapped, 0, 255), est.reconstruct(disguised, inverse=inverse), atol=1e-2)
+    with pytest.raises(ValueError, match="`inverse` must be"):
+        est.affine(spec.image_shape, inverse="pinv")
+
+
 @pytest.mark.parametrize("mode, position", [("matrix", "after"), ("vector", "before")])
 def test_spectral_breaks_orthogonal_rmt_permutation_and_noise(data, mode, position):
     public, victim = data

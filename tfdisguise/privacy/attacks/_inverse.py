@@ -85,6 +85,20 @@ class LinearEstimate:
 
     def reconstruct(self, disguised, inverse: str = "lmmse") -> np.ndarray:
         """[N, H, W, C] plain estimates, clipped to 0..255; `inverse` is "lmmse" or "direct"."""
+        return np.clip(self._unclipped(disguised, inverse), 0.0, 255.0)
+
+    def affine(self, image_shape, inverse: str = "lmmse") -> tuple[np.ndarray, np.ndarray]:
+        """(G [D, D], c [D]) with x_hat = y G + c on flattened [N, D] images: `reconstruct` before its clip.
+
+        Both inverses are affine in y, so a model can hold one as a fixed first layer (a Dense with kernel G and
+        bias c); benchmarks/inverse_stem.py and model_gap_jax.py do. G is found by probing with the unit images.
+        """
+        size = int(np.prod(image_shape))
+        c = self._unclipped(np.zeros((1, *image_shape)), inverse).reshape(-1)
+        g = self._unclipped(np.eye(size).reshape(size, *image_shape), inverse).reshape(size, size) - c
+        return g.astype(np.float32), c.astype(np.float32)
+
+    def _unclipped(self, disguised, inverse: str) -> np.ndarray:
         if inverse not in ("lmmse", "direct"):
             raise ValueError(f"`inverse` must be 'lmmse' or 'direct'. Received: inverse={inverse!r}")
         model = self.model
@@ -94,4 +108,4 @@ class LinearEstimate:
             flat = direct(y, a, model.noise_before, model.noise_after)
         else:
             flat = lmmse(y, a, self.prior, model.var_before, model.var_after, model.noise_before, model.noise_after)
-        return np.clip(model.images(flat), 0.0, 255.0)
+        return model.images(flat)
