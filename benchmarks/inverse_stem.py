@@ -51,7 +51,7 @@ def run_key(k, train, val, public, spec, recipe, epochs, log) -> dict:
     started = time.time()
     uploaded = disguise(train.x, key)  # what the cloud holds
     estimate = estimate_spectral(public.x, uploaded, spec, seed=k)
-    g, c = estimate.affine(spec.image_shape)  # the LMMSE map, unclipped
+    g, c = estimate.affine()  # the LMMSE map, unclipped
     estimate_s = time.time() - started
     names = [s.name for s in spec.steps]
     placed = float(np.mean(estimate.perm == key.materials[names.index("permute")])) if "permute" in names else None

@@ -136,15 +136,7 @@ def train_worker(args, part: str) -> dict:
         keras.distribution.set_distribution(keras.distribution.DataParallel())
     train = datasets.load(args.data, "train", validation_fraction=0.2, seed=0)
     val = datasets.load(args.data, "validation", validation_fraction=0.2, seed=0)
-    public = None
-    if args.inverse_stem:  # the public tail is the attacker's; nobody trains on it
-        if not 0 < args.public_limit < len(train):
-            sys.exit(f"--public-limit must be between 1 and {len(train) - 1}; got {args.public_limit}")
-        tail = len(train) - args.public_limit
-        public = train.x[tail:]
-        train = train.take(min(tail, args.limit or tail))
-    elif args.limit:
-        train = train.take(args.limit)
+    train, public = owner_and_public(train, args.public_limit if args.inverse_stem else 0, args.limit)
     recipe = dict(RECIPES["cifar10"]["resnet20+aug"], model=args.model)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                          seed=args.seed, warmup_epochs=min(2, args.epochs - 1), **recipe)
@@ -153,13 +145,13 @@ def train_worker(args, part: str) -> dict:
     key = None if part == "plain" else Key.generate(_spec(shape, PARTS[part]["spec"]))
     owner = [augmentation(config.augment)] + ([Disguise(key)] if key else [])
     adapt = train.x[:4096].astype("float32")
-    if key is not None:
-        adapt = np.asarray(Disguise(key)(adapt))
-    stem, name = [], part
+    stem, name, positions = [], part, None
     if key is not None and public is not None:
         stem, adapt, positions = inverse_stem(train.x, public, key, args.seed)
         name = f"{part}+inverse"
         print(f"{name}: the attack placed {positions} of the blocks where the key puts them", flush=True)
+    elif key is not None:
+        adapt = np.asarray(Disguise(key)(adapt))
     classifier = models.build(config.model, shape, 10, adapt_data=adapt,
                               spec=key.spec if key and not stem else None)
     model = keras.Sequential([keras.Input(shape), *owner, *stem, classifier])
@@ -171,8 +163,8 @@ def train_worker(args, part: str) -> dict:
 
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            line = {"part": name, "seed": args.seed, "epoch": epoch + 1, "of": config.epochs,
-                    "seconds": round(time.time() - started, 1),
+            line = {"part": name, "seed": args.seed, "train_images": len(train), "epoch": epoch + 1,
+                    "of": config.epochs, "seconds": round(time.time() - started, 1),
                     **{k: float(v) for k, v in (logs or {}).items()}}
             with open(log, "a") as f:
                 f.write(json.dumps(line) + "\n")
@@ -188,13 +180,35 @@ def train_worker(args, part: str) -> dict:
     result = {"part": name, "spec": key.spec.describe() if key else "plain", "seed": args.seed,
               "model": config.model, "epochs_run": len(accuracy), "epochs": config.epochs,
               "batch_size": config.batch_size, "learning_rate": config.learning_rate,
-              "train_images": len(train), "val_images": len(val), "final_val_accuracy": accuracy[-1],
+              "train_images": len(train), "val_images": len(val), "public_images": 0 if public is None else len(public),
+              "positions_correct": positions, "final_val_accuracy": accuracy[-1],
               "best_val_accuracy": max(accuracy), "seconds": round(time.time() - started, 1),
               "data_parallel_devices": len(keras.distribution.list_devices()) if args.data_parallel else 1}
     with open(os.path.join(args.out, "results.jsonl"), "a") as f:
         f.write(json.dumps(result) + "\n")
     print(json.dumps(result), flush=True)
     return result
+
+
+def owner_and_public(train, public_limit: int, limit: int | None):
+    """(the owner's training images, the attacker's public images or None): with `public_limit`, the last
+    `public_limit` images are public and the owner trains on (the first `limit` of) the rest.
+
+    >>> from tfdisguise.datasets import ImageData
+    >>> data = ImageData(np.arange(10).reshape(10, 1, 1, 1).astype("uint8"), np.zeros(10, "int64"))
+    >>> owner, public = owner_and_public(data, 3, limit=5)
+    >>> owner.x.ravel().tolist(), public.ravel().tolist()
+    ([0, 1, 2, 3, 4], [7, 8, 9])
+    >>> owner, public = owner_and_public(data, 0, limit=None)
+    >>> len(owner), public is None
+    (10, True)
+    """
+    if not public_limit:
+        return (train.take(limit) if limit else train), None
+    if not 0 < public_limit < len(train):
+        raise ValueError(f"--public-limit must be between 1 and {len(train) - 1}; got {public_limit}")
+    tail = len(train) - public_limit
+    return train.take(min(tail, limit or tail)), train.x[tail:]
 
 
 def inverse_stem(plain_x, public_x, key, seed: int):
@@ -209,7 +223,7 @@ def inverse_stem(plain_x, public_x, key, seed: int):
     uploaded = np.concatenate([np.asarray(layer(plain_x[s:s + 4096].astype("float32")))
                                for s in range(0, len(plain_x), 4096)])
     estimate = estimate_spectral(public_x, uploaded, key.spec, seed=seed)
-    g, c = estimate.affine(shape)
+    g, c = estimate.affine()
     dense = keras.layers.Dense(g.shape[0], trainable=False, name="attack_inverse")
     layers = [keras.layers.Flatten(), dense, keras.layers.Reshape(shape)]
     dense.build((None, g.shape[0]))
@@ -229,29 +243,35 @@ def summarize(out: str) -> str:
         results = [json.loads(line) for line in f if line.strip()]
     with open(os.path.join(out, "train.jsonl")) as f:
         epochs = [json.loads(line) for line in f if line.strip()]
-    parts = list(dict.fromkeys(r["part"] for r in results))
-    plain = mean_sd([r["final_val_accuracy"] for r in results if r["part"] == "plain"])
+    # One row per part and training-set size: --inverse-stem holds public images back, so its plain runs train
+    # on fewer images than those of a run without it, and each part is compared with plain runs of its own size.
+    groups = list(dict.fromkeys((r["part"], r["train_images"]) for r in results))
     # A run stopped by --max-seconds ends before its cosine schedule does, which costs accuracy: the last
     # column keeps only the runs that finished (within one epoch) their schedule.
     finished = [r for r in results if r["epochs_run"] >= r["epochs"] - 1]
-    plain_finished = mean_sd([r["final_val_accuracy"] for r in finished if r["part"] == "plain"])
-    lines = ["| part | disguise | keys (seeds) | epochs run | final validation accuracy (mean ± sd) | gap to plain "
-             "| finished runs only: accuracy, gap |", "|---|---|---|---|---|---|---|"]
+
+    def accuracies(rows, part, size):
+        return [r["final_val_accuracy"] for r in rows if r["part"] == part and r["train_images"] == size]
+
+    lines = ["| part | disguise | training images | keys (seeds) | epochs run | final validation accuracy "
+             "(mean ± sd) | gap to plain | finished runs only: accuracy, gap |", "|---|---|---|---|---|---|---|---|"]
     fig, ax = new_figure(figsize=(7, 4))
-    for part in parts:
-        runs = [r for r in results if r["part"] == part]
-        acc = mean_sd([r["final_val_accuracy"] for r in runs])
-        gap = "" if part == "plain" or plain is None else f"{100 * (plain[0] - acc[0]):.2f}"
-        done = [r["final_val_accuracy"] for r in finished if r["part"] == part]
+    for index, (part, size) in enumerate(groups):
+        runs = [r for r in results if r["part"] == part and r["train_images"] == size]
+        acc, done = mean_sd(accuracies(results, part, size)), accuracies(finished, part, size)
         done_acc = mean_sd(done)
-        done_gap = "" if part == "plain" else f", {100 * (plain_finished[0] - done_acc[0]):.2f}"
-        lines.append(f"| {part} | {runs[0]['spec']} | {len(runs)} | {', '.join(str(r['epochs_run']) for r in runs)} "
+        plain, plain_done = mean_sd(accuracies(results, "plain", size)), mean_sd(accuracies(finished, "plain", size))
+        gap = "" if part == "plain" else f"{100 * (plain[0] - acc[0]):.2f}"
+        done_gap = "" if part == "plain" else f", {100 * (plain_done[0] - done_acc[0]):.2f}"
+        lines.append(f"| {part} | {runs[0]['spec']} | {size:,} | {len(runs)} "
+                     f"| {', '.join(str(r['epochs_run']) for r in runs)} "
                      f"| {100 * acc[0]:.2f}% ± {100 * acc[1]:.2f} | {gap} "
                      f"| {100 * done_acc[0]:.2f}% ± {100 * done_acc[1]:.2f} (n={len(done)}){done_gap} |")
+        label = part if sum(p == part for p, _ in groups) == 1 else f"{part} ({size:,} images)"
         for i, r in enumerate(runs):
-            curve = [e["val_accuracy"] for e in epochs if e["part"] == part and e["seed"] == r["seed"]]
-            ax.plot(range(1, len(curve) + 1), curve, color=f"C{parts.index(part)}", alpha=0.8,
-                    label=part if i == 0 else None)
+            curve = [e["val_accuracy"] for e in epochs if e["part"] == part and e["seed"] == r["seed"]
+                     and e.get("train_images", size) == size]
+            ax.plot(range(1, len(curve) + 1), curve, color=f"C{index}", alpha=0.8, label=label if i == 0 else None)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.legend()
@@ -282,6 +302,9 @@ def main(argv=None) -> int:
     bad = [p for p in parts if p != "plain" and p not in PARTS]
     if bad:
         sys.exit(f"--parts: unknown {bad}; choose from plain, {sorted(PARTS)}")
+    nonlinear = [p for p in parts if p != "plain" and not PARTS[p]["spec"].get("rmt")]
+    if args.inverse_stem and nonlinear:
+        sys.exit(f"--inverse-stem: the spectral attack inverts RMT specs only; {nonlinear} have none")
     # Each child takes a share of the device's memory instead of JAX's default 75% each.
     env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / max(1, args.parallel):.2f}")
     base = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--layer-speed"]

@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,3 +82,25 @@ def test_the_gpu_scripts_inverse_stem_undoes_a_disguise_the_spectral_attack_brea
     # Measured 0.025: noise 30 (sd 8.7) is only partly removed. A wrong transform leaves errors of the images' own
     # spread (ratio about 1 or more).
     assert np.mean((recovered - victim) ** 2) < 0.1 * np.var(victim)
+
+
+def test_the_gpu_scripts_public_images_are_held_out_of_every_training():
+    """--inverse-stem: the attacker's public tail is disjoint from what any part (plain included) trains on."""
+    import doctest
+
+    from tfdisguise.datasets import ImageData
+
+    bench = _load_benchmark("model_gap_jax")
+    # The docstring's examples: pytest collects doctests from tfdisguise/ only, so they run here.
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in finder.find(bench.owner_and_public, "owner_and_public", globs=dict(vars(bench))):
+        runner.run(test)
+    assert runner.summarize(verbose=False) == (0, 6)  # (failed, attempted)
+    data = ImageData(np.arange(100).reshape(100, 1, 1, 1).astype("uint8"), np.arange(100) % 10)
+    for limit in (None, 30, 95):
+        owner, public = bench.owner_and_public(data, 20, limit)
+        assert len(public) == 20 and len(owner) == min(limit or 80, 80)
+        assert not set(owner.x.ravel()) & set(public.ravel())
+    with pytest.raises(ValueError, match="--public-limit must be between 1 and 99; got 100"):
+        bench.owner_and_public(data, 100, None)

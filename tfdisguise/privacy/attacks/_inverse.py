@@ -87,15 +87,23 @@ class LinearEstimate:
         """[N, H, W, C] plain estimates, clipped to 0..255; `inverse` is "lmmse" or "direct"."""
         return np.clip(self._unclipped(disguised, inverse), 0.0, 255.0)
 
-    def affine(self, image_shape, inverse: str = "lmmse") -> tuple[np.ndarray, np.ndarray]:
+    # Probing builds a D x D map from D unit images; past this D (128x74x3 or so) it is gigabytes and minutes.
+    MAX_AFFINE_SIZE = 16384
+
+    def affine(self, inverse: str = "lmmse") -> tuple[np.ndarray, np.ndarray]:
         """(G [D, D], c [D]) with x_hat = y G + c on flattened [N, D] images: `reconstruct` before its clip.
 
         Both inverses are affine in y, so a model can hold one as a fixed first layer (a Dense with kernel G and
-        bias c); benchmarks/inverse_stem.py and model_gap_jax.py do. G is found by probing with the unit images.
+        bias c); benchmarks/inverse_stem.py and model_gap_jax.py do. G is found by probing with the unit images,
+        so D (pixels x channels) may be at most `MAX_AFFINE_SIZE`.
         """
-        size = int(np.prod(image_shape))
-        c = self._unclipped(np.zeros((1, *image_shape)), inverse).reshape(-1)
-        g = self._unclipped(np.eye(size).reshape(size, *image_shape), inverse).reshape(size, size) - c
+        shape = tuple(self.model.spec.image_shape)
+        size = int(np.prod(shape))
+        if size > self.MAX_AFFINE_SIZE:
+            raise ValueError(f"An affine map of {shape} images would be {size} x {size}; at most "
+                             f"{self.MAX_AFFINE_SIZE} pixels x channels are supported. Use `reconstruct` instead.")
+        c = self._unclipped(np.zeros((1, *shape)), inverse).reshape(-1)
+        g = self._unclipped(np.eye(size).reshape(size, *shape), inverse).reshape(size, size) - c
         return g.astype(np.float32), c.astype(np.float32)
 
     def _unclipped(self, disguised, inverse: str) -> np.ndarray:
