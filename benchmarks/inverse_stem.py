@@ -19,6 +19,7 @@ Usage:
       [--part mnist-paper] [--recipe cnn+aug|adapter+aug] [--noise N] [--epochs 6]
   python benchmarks/inverse_stem.py --data ../shared/data --part cifar-poster --recipe cnn+aug --epochs 15 \
       --limit 10000 --val-limit 2000 --keys 1 --out docs/results/inverse_stem
+  ... --keys 3 --resume      # adds keys 2 and 3 to the same file (one training per key, saved after each)
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def run_key(k, train, val, public, spec, recipe, epochs, log) -> dict:
     if config.label_smoothing:  # as train.fit does: label smoothing needs one-hot targets
         ds, val_ds = _one_hot(ds, 10), _one_hot(val_ds, 10)
     history = model.fit(ds, validation_data=val_ds, epochs=epochs, verbose=2).history
-    row = {"key": key.fingerprint, "val_accuracy": float(history["val_accuracy"][-1]),
+    row = {"index": k, "key": key.fingerprint, "val_accuracy": float(history["val_accuracy"][-1]),
            "curve": [float(v) for v in history["val_accuracy"]], "positions_correct": placed,
            "estimate_seconds": estimate_s, "seconds": time.time() - started,
            "reconstruction_mse": float(np.mean((recon - train.x) ** 2))}
@@ -113,6 +114,9 @@ def main(argv=None) -> int:
     parser.add_argument("--val-limit", type=int, default=None, help="the first N validation images")
     parser.add_argument("--public-limit", type=int, default=5000, help="CIFAR-10: the attacker's public images")
     parser.add_argument("--out", default="benchmarks/out/inverse_stem")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the key indices the output file already holds (same part, recipe, budget), "
+                             "train only the others; the file is rewritten after every key")
     args = parser.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr, flush=True)
     data = PARTS[args.part]["data"]
@@ -123,19 +127,34 @@ def main(argv=None) -> int:
     spec = Spec.create(train.image_shape, **options)
     log(f"{args.part}: {spec.describe()}; {len(train)} train / {len(val)} validation; {len(public)} public")
     recipe = RECIPES[data][args.recipe]
-    rows = [run_key(k, train, val, public, spec, recipe, args.epochs, log) for k in range(args.keys)]
-    accs = [r["val_accuracy"] for r in rows]
-    summary = {"part": args.part, "spec": spec.describe(),
-               "recipe": f"attack inverse (spectral LMMSE, fixed) + {args.recipe}", "recipe_fields": recipe,
-               "noise": options["noise"], "epochs": args.epochs, "train_images": len(train),
-               "validation_images": len(val), "public_images": len(public), "keys": args.keys, "runs": rows,
-               "mean": statistics.mean(accs), "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0}
     os.makedirs(args.out, exist_ok=True)
-    name = f"results_{args.part}_noise{options['noise']:g}_{args.recipe}.json"
-    with open(os.path.join(args.out, name), "w") as f:
-        json.dump(summary, f, indent=2)
+    path = os.path.join(args.out, f"results_{args.part}_noise{options['noise']:g}_{args.recipe}.json")
+    budget = {"part": args.part, "spec": spec.describe(),
+              "recipe": f"attack inverse (spectral LMMSE, fixed) + {args.recipe}", "recipe_fields": recipe,
+              "noise": options["noise"], "epochs": args.epochs, "train_images": len(train),
+              "validation_images": len(val), "public_images": len(public)}
+    rows = []
+    if args.resume and os.path.exists(path):
+        with open(path) as f:
+            kept = json.load(f)
+        if {k: kept.get(k) for k in budget} != budget:  # another budget's keys must not be pooled with these
+            sys.exit(f"--resume: {path} holds another budget; use another --out")
+        rows = [r for r in kept["runs"] if r.get("index") is not None and r["index"] < args.keys]
+    for k in range(args.keys):
+        if any(r["index"] == k for r in rows):
+            continue
+        rows.append(run_key(k, train, val, public, spec, recipe, args.epochs, log))
+        rows.sort(key=lambda r: r["index"])
+        accs = [r["val_accuracy"] for r in rows]
+        summary = {**budget, "keys": len(rows), "runs": rows, "mean": statistics.mean(accs),
+                   "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0}
+        with open(path + ".tmp", "w") as f:  # never a half-written file under the real name
+            json.dump(summary, f, indent=2)
+        os.replace(path + ".tmp", path)
+    accs = [r["val_accuracy"] for r in rows]
+    summary = {"mean": statistics.mean(accs), "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0}
     log(f"disguised accuracy with the attack's inverse as first layer: {100 * summary['mean']:.2f}% "
-        f"+- {100 * summary['sd']:.2f} over {args.keys} keys")
+        f"+- {100 * summary['sd']:.2f} over {len(rows)} keys")
     return 0
 
 
