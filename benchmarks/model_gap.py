@@ -106,6 +106,9 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--val-limit", type=int, default=None, help="use only the first N validation images")
     p.add_argument("--no-plain", action="store_true", help="skip plain runs that are not yet in results.jsonl")
+    p.add_argument("--no-disguised", action="store_true",
+                   help="skip disguised runs that are not yet in results.jsonl (plain seeds only, e.g. for the "
+                        "reference of benchmarks/inverse_stem.py)")
     p.add_argument("--out", default="benchmarks/out/model_gap")
     p.add_argument("--resume", action="store_true", help="skip trainings already in results.jsonl")
     p.add_argument("--summary-only", action="store_true",
@@ -288,7 +291,8 @@ def main(argv=None):
                 for side in ("plain", "disguised"):
                     where = data if side == "plain" else part
                     rid = run_id(where, name, side, seed, args, len(train))
-                    if rid in done or (side == "plain" and args.no_plain):
+                    skipped = args.no_plain if side == "plain" else args.no_disguised
+                    if rid in done or skipped:
                         continue
                     key = Key.generate(spec) if side == "disguised" else None
                     started = time.time()

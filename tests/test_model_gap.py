@@ -42,6 +42,11 @@ def test_model_gap_runs_plain_once_and_summarizes(rng, tmp_path):
     bench.main(argv)
     with open(os.path.join(out, "results.jsonl")) as f:
         assert len(f.readlines()) == 3
+    # A second seed of the plain reference alone.
+    bench.main([*argv[:argv.index("--keys")], "--keys", "2", *argv[argv.index("--keys") + 2:], "--no-disguised"])
+    with open(os.path.join(out, "results.jsonl")) as f:
+        added = [json.loads(line) for line in f][3:]
+    assert [(r["side"], r["seed"]) for r in added] == [("plain", 1)]
 
 
 def test_stem_diagnostics_see_an_adapter_that_holds_the_key(rng):
