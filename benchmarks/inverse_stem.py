@@ -20,6 +20,11 @@ Usage:
   python benchmarks/inverse_stem.py --data ../shared/data --part cifar-poster --recipe cnn+aug --epochs 15 \
       --limit 10000 --val-limit 2000 --keys 1 --out docs/results/inverse_stem
   ... --keys 3 --resume      # adds keys 2 and 3 to the same file (one training per key, saved after each)
+  ... --resume --plain-results benchmarks/out/model_gap/results.jsonl   # with every key done: the picture only
+
+Each call also writes curves_<part>_noise<N>_<recipe>.png: the inverse's validation curves (mean +- sd over keys)
+and, with `--plain-results` (a model_gap.py results.jsonl), the same recipe's plain runs and disguised runs without
+the inverse, at the same budget and training-set size.
 """
 
 from __future__ import annotations
@@ -97,6 +102,36 @@ def load(args):
     return full.take(limit), val, dataclasses.replace(full, x=full.x[tail:], y=full.y[tail:])
 
 
+def curves_png(rows, budget, args, path) -> str:
+    """Validation accuracy per epoch, mean +- sd over keys: the inverse's runs, and model_gap.py's plain and
+    disguised runs of the same recipe, budget and training-set size when `--plain-results` names them."""
+    from tfdisguise.plots import new_figure, save_figure
+
+    groups = [(f"attack inverse + {args.recipe} (disguised)", "-", [r["curve"] for r in rows])]
+    if args.plain_results:
+        with open(args.plain_results) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        same = [r for r in records if r["recipe"] == args.recipe and r["epochs"] == budget["epochs"]
+                and r["train_images"] == budget["train_images"] and r["val_images"] == budget["validation_images"]]
+        groups += [(f"{args.recipe} (plain)", "--", [r["curve"] for r in same if r["side"] == "plain"]),
+                   (f"{args.recipe} alone (disguised)", ":",
+                    [r["curve"] for r in same if r["side"] == "disguised" and r["part"] == args.part])]
+    fig, ax = new_figure(1, 1, figsize=(7, 4))
+    for i, (label, style, curves) in enumerate(g for g in groups if g[2]):
+        n = min(len(c) for c in curves)
+        mean, sd = np.mean([c[:n] for c in curves], axis=0), np.std([c[:n] for c in curves], axis=0)
+        epochs = np.arange(1, n + 1)
+        ax.plot(epochs, 100 * mean, style, color=f"C{i}", marker="o", ms=3, label=f"{label}, n={len(curves)}")
+        ax.fill_between(epochs, 100 * (mean - sd), 100 * (mean + sd), color=f"C{i}", alpha=0.12)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{args.part}: {budget['train_images']:,} training images, mean ± sd over keys (seeds)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 # The attack inverts linear disguises only: the parts whose spec has an RMT.
 LINEAR_PARTS = sorted(name for name, part in PARTS.items() if part["spec"].get("rmt"))
 
@@ -114,6 +149,9 @@ def main(argv=None) -> int:
     parser.add_argument("--val-limit", type=int, default=None, help="the first N validation images")
     parser.add_argument("--public-limit", type=int, default=5000, help="CIFAR-10: the attacker's public images")
     parser.add_argument("--out", default="benchmarks/out/inverse_stem")
+    parser.add_argument("--plain-results", default=None,
+                        help="a model_gap.py results.jsonl whose plain and disguised runs of the same recipe, "
+                             "budget and size the picture shows next to the inverse's")
     parser.add_argument("--resume", action="store_true",
                         help="keep the key indices the output file already holds (same part, recipe, budget), "
                              "train only the others; the file is rewritten after every key")
@@ -153,6 +191,8 @@ def main(argv=None) -> int:
         os.replace(path + ".tmp", path)
     accs = [r["val_accuracy"] for r in rows]
     summary = {"mean": statistics.mean(accs), "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0}
+    picture = curves_png(rows, budget, args, path[:-len(".json")].replace("results_", "curves_", 1) + ".png")
+    log(f"learning curves: {picture}")
     log(f"disguised accuracy with the attack's inverse as first layer: {100 * summary['mean']:.2f}% "
         f"+- {100 * summary['sd']:.2f} over {len(rows)} keys")
     return 0
