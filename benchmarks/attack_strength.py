@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from tfdisguise import Key, Spec, datasets, disguise, io
-from tfdisguise.privacy.attacks import AttackInput, run_attacks
+from tfdisguise.privacy.attacks import AttackInput, run_attacks, true_permutation
 from tfdisguise.train import TrainConfig, train_classifier
 
 # (name, data set, attack, Spec.create keyword arguments, target success or None)
@@ -109,11 +109,9 @@ def run_setting(data, examiner, block, noise, name, attack, spec_kwargs, target,
     runs, pictures = [], None
     for k in range(keys):
         key = key_for(spec, k)
-        names = [s.name for s in spec.steps]
         inp = AttackInput(spec=spec, victim_disguised=disguise(victim_x, key), victim_labels=victim_y,
                           victim_plain=victim_x, num_classes=10, public_plain=public_x, public_labels=public_y,
-                          examiner=examiner, true_perm=key.materials[names.index("permute")] if "permute" in names
-                          else None, seed=k, setting=name)
+                          examiner=examiner, true_perm=true_permutation(key), seed=k, setting=name)
         started = time.time()
         result = run_attacks(inp, [attack])[attack]
         seconds = time.time() - started

@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -44,12 +43,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfdisguise import Key, Spec, datasets, disguise, models, wrap
+from tfdisguise.privacy.attacks import true_permutation
 from tfdisguise.privacy.attacks.spectral import estimate_spectral
 from tfdisguise.recipe import TrainConfig, augmentation, compile_model
 from tfdisguise.train import _one_hot
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_gap import PARTS, RECIPES, load_part  # a sibling script, not a package
+from model_gap import PARTS, RECIPES, load_part, mean_sd, plot_mean_sd  # a sibling script, not a package
 
 
 def run_key(k, train, val, public, spec, recipe, epochs, log) -> dict:
@@ -59,8 +59,8 @@ def run_key(k, train, val, public, spec, recipe, epochs, log) -> dict:
     estimate = estimate_spectral(public.x, uploaded, spec, seed=k)
     g, c = estimate.affine()  # the LMMSE map, unclipped
     estimate_s = time.time() - started
-    names = [s.name for s in spec.steps]
-    placed = float(np.mean(estimate.perm == key.materials[names.index("permute")])) if "permute" in names else None
+    perm = true_permutation(key)
+    placed = None if perm is None else float(np.mean(estimate.perm == perm))
     recon = np.clip(uploaded.reshape(len(uploaded), -1) @ g + c, 0, 255).reshape(uploaded.shape)
     config = TrainConfig(epochs=epochs, seed=k, **recipe)
     keras.utils.set_random_seed(k)
@@ -118,11 +118,7 @@ def curves_png(rows, budget, args, path) -> str:
                     [r["curve"] for r in same if r["side"] == "disguised" and r["part"] == args.part])]
     fig, ax = new_figure(1, 1, figsize=(7, 4))
     for i, (label, style, curves) in enumerate(g for g in groups if g[2]):
-        n = min(len(c) for c in curves)
-        mean, sd = np.mean([c[:n] for c in curves], axis=0), np.std([c[:n] for c in curves], axis=0)
-        epochs = np.arange(1, n + 1)
-        ax.plot(epochs, 100 * mean, style, color=f"C{i}", marker="o", ms=3, label=f"{label}, n={len(curves)}")
-        ax.fill_between(epochs, 100 * (mean - sd), 100 * (mean + sd), color=f"C{i}", alpha=0.12)
+        plot_mean_sd(ax, curves, style, f"C{i}", f"{label}, n={len(curves)}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"{args.part}: {budget['train_images']:,} training images, mean ± sd over keys (seeds)", fontsize=9)
@@ -183,18 +179,15 @@ def main(argv=None) -> int:
             continue
         rows.append(run_key(k, train, val, public, spec, recipe, args.epochs, log))
         rows.sort(key=lambda r: r["index"])
-        accs = [r["val_accuracy"] for r in rows]
-        summary = {**budget, "keys": len(rows), "runs": rows, "mean": statistics.mean(accs),
-                   "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0}
+        mean, sd = mean_sd([r["val_accuracy"] for r in rows])
         with open(path + ".tmp", "w") as f:  # never a half-written file under the real name
-            json.dump(summary, f, indent=2)
+            json.dump({**budget, "keys": len(rows), "runs": rows, "mean": mean, "sd": sd}, f, indent=2)
         os.replace(path + ".tmp", path)
-    accs = [r["val_accuracy"] for r in rows]
-    summary = {"mean": statistics.mean(accs), "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0}
+    mean, sd = mean_sd([r["val_accuracy"] for r in rows])
     picture = curves_png(rows, budget, args, path[:-len(".json")].replace("results_", "curves_", 1) + ".png")
     log(f"learning curves: {picture}")
-    log(f"disguised accuracy with the attack's inverse as first layer: {100 * summary['mean']:.2f}% "
-        f"+- {100 * summary['sd']:.2f} over {len(rows)} keys")
+    log(f"disguised accuracy with the attack's inverse as first layer: {100 * mean:.2f}% "
+        f"+- {100 * sd:.2f} over {len(rows)} keys")
     return 0
 
 

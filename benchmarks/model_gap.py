@@ -234,6 +234,15 @@ def _pct(mean, sd, n):
     return f"{100 * mean:.2f}% ± {100 * sd:.2f}" if n > 1 else f"{100 * mean:.2f}% (one run)"
 
 
+def plot_mean_sd(ax, curves, style, color, label):
+    """One line of validation accuracy (%) per epoch, mean over `curves` (cut to the shortest), with a ± sd band."""
+    n = min(len(c) for c in curves)
+    mean, sd = np.mean([c[:n] for c in curves], axis=0), np.std([c[:n] for c in curves], axis=0)
+    epochs = np.arange(1, n + 1)
+    ax.plot(epochs, 100 * mean, style, color=color, marker="o", ms=3, label=label)
+    ax.fill_between(epochs, 100 * (mean - sd), 100 * (mean + sd), color=color, alpha=0.12)
+
+
 def curves_figure(records, part):
     from tfdisguise.plots import new_figure
 
@@ -244,14 +253,8 @@ def curves_figure(records, part):
     for i, recipe in enumerate(recipes):
         for side, style in (("plain", "--"), ("disguised", "-")):
             curves = [r["curve"] for r in rows if r["recipe"] == recipe and r["side"] == side]
-            if not curves:
-                continue
-            n = min(len(c) for c in curves)
-            mean = np.mean([c[:n] for c in curves], axis=0)
-            sd = np.std([c[:n] for c in curves], axis=0)
-            epochs = np.arange(1, n + 1)
-            ax.plot(epochs, 100 * mean, style, color=f"C{i}", marker="o", ms=3, label=f"{recipe} ({side})")
-            ax.fill_between(epochs, 100 * (mean - sd), 100 * (mean + sd), color=f"C{i}", alpha=0.12)
+            if curves:
+                plot_mean_sd(ax, curves, style, f"C{i}", f"{recipe} ({side})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"{part}: plain (dashed) vs disguised (solid), mean ± sd over keys")

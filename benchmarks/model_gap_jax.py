@@ -217,6 +217,7 @@ def inverse_stem(plain_x, public_x, key, seed: int):
     import keras
 
     from tfdisguise import Disguise
+    from tfdisguise.privacy.attacks import true_permutation
     from tfdisguise.privacy.attacks.spectral import estimate_spectral
 
     layer, shape = Disguise(key), key.spec.image_shape
@@ -228,9 +229,8 @@ def inverse_stem(plain_x, public_x, key, seed: int):
     layers = [keras.layers.Flatten(), dense, keras.layers.Reshape(shape)]
     dense.build((None, g.shape[0]))
     dense.set_weights([g, c])
-    names = [s.name for s in key.spec.steps]
-    positions = (float(np.mean(estimate.perm == key.materials[names.index("permute")]))
-                 if "permute" in names else None)
+    perm = true_permutation(key)
+    positions = None if perm is None else float(np.mean(estimate.perm == perm))
     adapt = np.clip(uploaded[:4096].reshape(-1, g.shape[0]) @ g + c, 0, 255).reshape(-1, *shape)
     return layers, adapt, positions
 

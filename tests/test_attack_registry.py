@@ -193,3 +193,20 @@ def test_toy_attack_column_in_calibration_report(toy, rng, tmp_path):
     assert any("resume: plain baseline" in m for m in messages)
     assert any("mine: the recipe changed" in m for m in messages)
     assert list(report["settings"][0]["attacks"]) == ["toy"]
+
+
+def test_true_permutation_is_the_keys_block_order_and_none_without_one():
+    from tfdisguise.privacy.attacks import true_permutation
+
+    key = make_key(image_shape=(8, 8, 1), block_size=2, rmt="orthogonal", permute=True)
+    perm = true_permutation(key)
+    assert sorted(perm.tolist()) == list(range(16))
+    # the permuted blocks are where the permutation says: undo the RMT-free part of the disguise by hand
+    plain = np.arange(64, dtype=np.float32).reshape(1, 8, 8, 1)
+    only_perm = make_key(image_shape=(8, 8, 1), block_size=2, permute=True, rmt=None, noise=0)
+    blocks = disguise(plain, only_perm).reshape(4, 2, 4, 2).transpose(0, 2, 1, 3).reshape(16, 4)
+    plain_blocks = plain.reshape(4, 2, 4, 2).transpose(0, 2, 1, 3).reshape(16, 4)
+    order = true_permutation(only_perm)
+    assert {tuple(b) for b in blocks} == {tuple(b) for b in plain_blocks}
+    assert any(np.array_equal(blocks, plain_blocks[p]) for p in (order, np.argsort(order)))
+    assert true_permutation(make_key(image_shape=(8, 8, 1), block_size=2, rmt="orthogonal", permute=False)) is None

@@ -73,10 +73,10 @@ import numpy as np
 from tfdisguise import datasets, io
 from tfdisguise.key import Key
 from tfdisguise.mechanisms import disguise
-from tfdisguise.privacy.attacks import AttackInput, attack_names, run_attacks
+from tfdisguise.privacy.attacks import AttackInput, attack_names, run_attacks, true_permutation
 from tfdisguise.privacy.metrics import PrivacyReport, accuracy, misusability, visual_privacy
 from tfdisguise.privacy.report import BROKEN_AT, frontier_settings, samples_figure, write_report
-from tfdisguise.spec import Permute, Spec
+from tfdisguise.spec import Spec
 from tfdisguise.train import TrainConfig, train_classifier
 
 __all__ = [
@@ -297,14 +297,6 @@ def skipped_settings(config: CalibrationConfig, image_shape) -> list[tuple[str, 
     return _grid(config, image_shape)[1]
 
 
-def _true_perm(key: Key):
-    """The key's block permutation, to score an attack's estimate of it (None unless the spec permutes once)."""
-    steps = key.spec.steps_of(Permute)
-    if len(steps) != 1:
-        return None
-    return key.materials[key.spec.steps.index(steps[0])]
-
-
 # ---- one run: one setting under one key -------------------------------------------------------------------------
 
 
@@ -331,7 +323,7 @@ def _run_key(name, spec, data, public, examiner, baseline, config, log, index) -
     attack_input = AttackInput(
         spec=spec, victim_disguised=dis_va, victim_labels=y_va, victim_plain=x_va, num_classes=num_classes,
         public_plain=public[0], public_labels=public[1], leaked_plain=leak, leaked_disguised=disguise(leak, key),
-        examiner=examiner, true_perm=_true_perm(key), train_config=train_config, seed=config.seed + index,
+        examiner=examiner, true_perm=true_permutation(key), train_config=train_config, seed=config.seed + index,
         setting=name,
     )
     results = run_attacks(attack_input, config.selected_attacks(), options=config.attack_options(), log=log)

@@ -23,6 +23,7 @@ from tfdisguise.privacy.attacks.base import (
     attack_names,
     register_attack,
     run_attacks,
+    true_permutation,
 )
 
 _BUILT_IN = ("kpa", "block_norm", "key_agnostic")
@@ -38,4 +39,5 @@ __all__ = [
     "attack_names",
     "register_attack",
     "run_attacks",
+    "true_permutation",
 ]

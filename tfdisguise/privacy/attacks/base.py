@@ -45,7 +45,7 @@ import numpy as np
 
 from tfdisguise.privacy.metrics import accuracy, attack_success
 from tfdisguise.privacy.result import Result, json_safe
-from tfdisguise.spec import Spec
+from tfdisguise.spec import Permute, Spec
 
 __all__ = [
     "ATTACKS",
@@ -57,6 +57,7 @@ __all__ = [
     "register_attack",
     "relative_success",
     "run_attacks",
+    "true_permutation",
 ]
 
 NO_JSON = {"json": False}
@@ -226,6 +227,14 @@ def relative_success(attacked_accuracy: float, reference_accuracy: float | None 
     """`attack_success` clipped to [0, 1]; with no reference, the attack's accuracy itself."""
     ratio = attacked_accuracy if reference_accuracy is None else attack_success(attacked_accuracy, reference_accuracy)
     return float(min(1.0, max(0.0, ratio)))
+
+
+def true_permutation(key) -> np.ndarray | None:
+    """The key's block permutation, for `AttackInput.true_perm` (None unless the spec permutes exactly once)."""
+    steps = key.spec.steps_of(Permute)
+    if len(steps) != 1:
+        return None
+    return key.materials[key.spec.steps.index(steps[0])]
 
 
 def examiner_reference(inp: AttackInput, n: int | None = None) -> float:
