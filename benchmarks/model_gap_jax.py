@@ -2,7 +2,7 @@
 `Disguise` layer's throughput. Needs no TensorFlow (the device machines have JAX only).
 
 Training (`--parts`): for each part of `model_gap.py` (`plain` is the baseline), one process trains
-`--model` with the `resnet20+aug` recipe of `model_gap.py` (owner-side crop + flip before the disguise,
+`--recipe` of `model_gap.py` (default `resnet20+aug`: owner-side crop + flip before the disguise,
 label smoothing 0.1, Adam with a warm-up and a cosine decay; `tfdisguise.recipe`) for `--epochs`. The owner's
 side runs on the GPU inside the training graph: plain images -> augmentation -> `Disguise` (fresh noise at every
 step) -> the classifier. That is what `wrap(ds, key, augment=...)` feeds a cloud trainer, computed where the
@@ -58,7 +58,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help=".npz with x (uint8 NHWC) and y")
     p.add_argument("--parts", default="plain,cifar-poster,cifar-perm", help="comma list: plain and model_gap parts")
-    p.add_argument("--model", default="resnet20")
+    p.add_argument("--recipe", default="resnet20+aug", help="a CIFAR-10 recipe of model_gap.py's RECIPES")
+    p.add_argument("--model", default=None, help="replace the recipe's model (its model_options stay)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--learning-rate", type=float, default=2e-3)
@@ -137,23 +138,28 @@ def train_worker(args, part: str) -> dict:
     train = datasets.load(args.data, "train", validation_fraction=0.2, seed=0)
     val = datasets.load(args.data, "validation", validation_fraction=0.2, seed=0)
     train, public = owner_and_public(train, args.public_limit if args.inverse_stem else 0, args.limit)
-    recipe = dict(RECIPES["cifar10"]["resnet20+aug"], model=args.model)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                         seed=args.seed, warmup_epochs=min(2, args.epochs - 1), **recipe)
+                         seed=args.seed, **recipe_fields(args.recipe, args.model, args.epochs))
     keras.utils.set_random_seed(config.seed)
     shape = train.image_shape
     key = None if part == "plain" else Key.generate(_spec(shape, PARTS[part]["spec"]))
     owner = [augmentation(config.augment)] + ([Disguise(key)] if key else [])
     adapt = train.x[:4096].astype("float32")
-    stem, name, positions = [], part, None
+    name = row_name(part, args.recipe)
+    stem, positions, errors = [], None, None
     if key is not None and public is not None:
         stem, adapt, positions = inverse_stem(train.x, public, key, args.seed)
-        name = f"{part}+inverse"
-        print(f"{name}: the attack placed {positions} of the blocks where the key puts them", flush=True)
+        name = f"{name}+inverse"
+        # CIFAR's statistics are nearly left-right symmetric, so the attack can find the mirror image of the truth
+        # (0 positions right), which serves a classifier as well: the error against both says which it found.
+        plain = train.x[:len(adapt)].astype("float32")
+        errors = [float(np.mean((adapt - p) ** 2)) for p in (plain, plain[:, :, ::-1])]
+        print(f"{name}: the attack placed {positions} of the blocks where the key puts them; reconstruction "
+              f"MSE {errors[0]:.1f} (against the mirror image {errors[1]:.1f})", flush=True)
     elif key is not None:
         adapt = np.asarray(Disguise(key)(adapt))
     classifier = models.build(config.model, shape, 10, adapt_data=adapt,
-                              spec=key.spec if key and not stem else None)
+                              spec=key.spec if key and not stem else None, **config.model_options)
     model = keras.Sequential([keras.Input(shape), *owner, *stem, classifier])
     steps = -(-len(train) // config.batch_size)
     compile_model(model, config, steps)
@@ -181,13 +187,36 @@ def train_worker(args, part: str) -> dict:
               "model": config.model, "epochs_run": len(accuracy), "epochs": config.epochs,
               "batch_size": config.batch_size, "learning_rate": config.learning_rate,
               "train_images": len(train), "val_images": len(val), "public_images": 0 if public is None else len(public),
-              "positions_correct": positions, "final_val_accuracy": accuracy[-1],
+              "positions_correct": positions, "reconstruction_mse": errors and errors[0],
+              "reconstruction_mse_mirror": errors and errors[1], "final_val_accuracy": accuracy[-1],
               "best_val_accuracy": max(accuracy), "seconds": round(time.time() - started, 1),
               "data_parallel_devices": len(keras.distribution.list_devices()) if args.data_parallel else 1}
     with open(os.path.join(args.out, "results.jsonl"), "a") as f:
         f.write(json.dumps(result) + "\n")
     print(json.dumps(result), flush=True)
     return result
+
+
+def recipe_fields(recipe: str, model: str | None, epochs: int) -> dict:
+    """TrainConfig fields of a CIFAR-10 recipe of model_gap.py, with `model` replacing its model if given.
+
+    >>> fields = recipe_fields("adapter+aug", None, 100)
+    >>> fields["model"], fields["model_options"]["backbone"], fields["warmup_epochs"], fields["augment"]
+    ('block_adapter', 'resnet20', 2, 'crop=0.125,flip')
+    >>> recipe_fields("resnet20+aug", "simple_cnn", 2)["model"], recipe_fields("vit+aug", None, 100)["warmup_epochs"]
+    ('simple_cnn', 1)
+    """
+    return {"warmup_epochs": min(2, epochs - 1), **RECIPES["cifar10"][recipe], **({"model": model} if model else {})}
+
+
+def row_name(part: str, recipe: str) -> str:
+    """The part's name in results.jsonl: rows of another recipe than the default carry it, so that the summary
+    keeps them apart.
+
+    >>> row_name("cifar-perm", "resnet20+aug"), row_name("cifar-perm", "adapter+aug")
+    ('cifar-perm', 'cifar-perm [adapter+aug]')
+    """
+    return part if recipe == "resnet20+aug" else f"{part} [{recipe}]"
 
 
 def owner_and_public(train, public_limit: int, limit: int | None):
@@ -302,6 +331,8 @@ def main(argv=None) -> int:
     bad = [p for p in parts if p != "plain" and p not in PARTS]
     if bad:
         sys.exit(f"--parts: unknown {bad}; choose from plain, {sorted(PARTS)}")
+    if args.recipe not in RECIPES["cifar10"]:
+        sys.exit(f"--recipe: unknown {args.recipe!r}; choose from {sorted(RECIPES['cifar10'])}")
     nonlinear = [p for p in parts if p != "plain" and not PARTS[p]["spec"].get("rmt")]
     if args.inverse_stem and nonlinear:
         sys.exit(f"--inverse-stem: the spectral attack inverts RMT specs only; {nonlinear} have none")

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -109,3 +110,34 @@ def test_the_gpu_scripts_public_images_are_held_out_of_every_training():
         assert not set(owner.x.ravel()) & set(public.ravel())
     with pytest.raises(ValueError, match="--public-limit must be between 1 and 99; got 100"):
         bench.owner_and_public(data, 100, None)
+
+
+def test_the_gpu_script_takes_model_gaps_recipes_by_name(tmp_path):
+    """--recipe: model_gap.py's CIFAR-10 recipes (the block_adapter one with its ResNet-20 backbone), rows named
+    apart from the default recipe's, and an unknown name refused before anything trains."""
+    import doctest
+
+    bench = _load_benchmark("model_gap_jax")
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for function in (bench.recipe_fields, bench.row_name):
+        for test in doctest.DocTestFinder().find(function, function.__name__, globs=dict(vars(bench))):
+            runner.run(test)
+    assert runner.summarize(verbose=False) == (0, 4)  # (failed, attempted)
+    assert bench.recipe_fields("adapter+aug", None, 100)["model_options"]["lr_multiplier"] == 100
+    with pytest.raises(SystemExit, match=r"--recipe: unknown 'adapter'; choose from \['adapter\+aug', 'adapter-cnn"):
+        bench.main(["--data", str(tmp_path / "none.npz"), "--recipe", "adapter", "--out", str(tmp_path / "out")])
+
+
+def test_the_device_data_pack_is_lossless_and_keeps_the_order(tmp_path, monkeypatch):
+    """benchmarks/device/pack_cifar.py: what travels to the device unpacks to the first N images, bit for bit."""
+    pack = _load_benchmark("device/pack_cifar")
+    # Its process pool pickles `encode` by module name: the children (forked) find it in sys.modules.
+    pack.__name__ = pack.encode.__module__ = pack.decode.__module__ = "pack_cifar"
+    monkeypatch.setitem(sys.modules, "pack_cifar", pack)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", x=rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), y=np.arange(12) % 10)
+    assert pack.main(["pack", str(tmp_path / "train.npz"), "9", str(tmp_path / "packed.npz"), "--check"]) == 0
+    assert pack.main(["unpack", str(tmp_path / "packed.npz"), str(tmp_path / "out.npz")]) == 0
+    source, out = np.load(tmp_path / "train.npz"), np.load(tmp_path / "out.npz")
+    np.testing.assert_array_equal(out["x"], source["x"][:9])
+    np.testing.assert_array_equal(out["y"], source["y"][:9])
