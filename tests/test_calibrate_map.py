@@ -324,3 +324,40 @@ def test_report_only_reports_a_map_run_in_parts(sources, tmp_path, fake_runs, mo
     assert report["skipped"] == [{"setting": "b4x4-n10before-orthogonal-matrix-perm",
                                   "reason": "not run: no results for it in this map's folder"}]
     assert os.path.exists(os.path.join(config.out, "frontier.png"))
+
+
+def test_the_map_trains_the_recommended_recipe(sources, tmp_path, capsys):
+    """calibrate --model block_adapter --model-options ... --augment ... --label-smoothing: the recipe reaches the
+    plain baseline and every disguised model, and the saved recipe names it (so a map without it is not reused)."""
+    data, _ = sources
+    out = str(tmp_path / "map")
+    argv = ["calibrate", "--input", data, "--out", out, "--block-sizes", "4", "--keys", "1", "--attacks",
+            "block_norm", "--epochs", "1", "--batch-size", "32", "--model", "block_adapter", "--model-options",
+            "lr_multiplier=100", "--augment", "flip", "--label-smoothing", "0.1"]
+    assert cli.main(argv) == 0
+    logged = capsys.readouterr().out
+    assert "training the plain baseline / examiner: block_adapter" in logged
+    assert "training block_adapter on disguised images" in logged
+    with open(os.path.join(out, "baseline.json")) as f:
+        recipe = json.load(f)["recipe"]
+    # The plain baseline's block model takes the map's only block size; the disguised ones take their key's.
+    assert recipe["model_options"] == {"lr_multiplier": 100, "block_size": 4} and recipe["augment"] == "flip"
+    assert recipe["label_smoothing"] == 0.1
+    config = CalibrationConfig(source=data, out=out, model="block_adapter",
+                                           model_options={"lr_multiplier": 100}, augment="flip", label_smoothing=0.1)
+    train = config.train_config(2, disguised=True)
+    assert (train.model_options, train.augment, train.label_smoothing, train.seed) == ({"lr_multiplier": 100},
+                                                                                       "flip", 0.1, 2)
+    assert config.train_config().model_options == {"lr_multiplier": 100, "block_size": 7}  # the default grid
+    several = CalibrationConfig(source=data, out=out, block_sizes=(4, 7), model="block_adapter")
+    with pytest.raises(ValueError, match=r"`block_adapter` needs a block size for the plain baseline, and this map "
+                                         r"has several .*`--model-options block_size=N`"):
+        several.recipe()
+    assert cli.main([*argv[:6], "4,7", *argv[7:], "--overwrite"]) == 1
+    assert "--model-options block_size=N" in capsys.readouterr().err
+    chosen = CalibrationConfig(source=data, out=out, block_sizes=(4, 7), model="block_adapter",
+                               model_options={"block_size": 7})
+    assert chosen.train_config().model_options == {"block_size": 7} and chosen.train_config(0, True).model_options == {}
+    # Without them the recipe is what maps made before these options saved, so those stay reusable.
+    assert set(CalibrationConfig(source=data, out=out).training_recipe()) == {
+        "source", "validation_fraction", "limit", "seed", "model", "epochs", "batch_size", "learning_rate"}

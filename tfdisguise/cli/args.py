@@ -68,6 +68,28 @@ def blocks(text: str) -> tuple:
     return tuple(out)
 
 
+def options(text: str) -> dict:
+    """`K=V,...` -> a dict, each value an int, a float, true/false or a string.
+
+    >>> options("lr_multiplier=100,structure=matrix,pool=true,dropout=0.1")
+    {'lr_multiplier': 100, 'structure': 'matrix', 'pool': True, 'dropout': 0.1}
+    """
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected K=V,... got {text!r}")
+        for cast in (int, float):
+            try:
+                out[name.strip()] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[name.strip()] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
+
+
 def add_augment_arg(parser, note: str = "") -> None:
     """--augment RECIPE: owner-side augmentation of the plain images before the disguise (see `augment_layer`)."""
     parser.add_argument("--augment", default=None, metavar="RECIPE",

@@ -43,6 +43,10 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--public-limit", type=int, default=None, help="use at most this many public images")
     p.add_argument("--model", default="simple_cnn",
                    help="the model trained on plain and disguised data (`tfdisguise train --help` lists them)")
+    p.add_argument("--model-options", type=cli_args.options, default={}, metavar="K=V,...",
+                   help="options for the model family, e.g. lr_multiplier=100 for block_adapter (default: none)")
+    cli_args.add_augment_arg(p, "; plain and disguised training alike")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (default: 0, off)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per training")
     p.add_argument("--batch-size", type=int, default=128, help="training batch size")
     p.add_argument("--validation-fraction", type=float, default=0.2,
@@ -82,7 +86,8 @@ def run(args) -> int:
         permute=(True, False) if args.both_permutations else (args.permute,),
         noise_positions=tuple(args.noise_position), mechanisms=tuple(args.mechanisms),
         scramble_variants=tuple(args.scramble_variants), keys=args.keys, public=args.public,
-        public_limit=args.public_limit, model=args.model,
+        public_limit=args.public_limit, model=args.model, model_options=args.model_options, augment=args.augment,
+        label_smoothing=args.label_smoothing,
         epochs=args.epochs, batch_size=args.batch_size, validation_fraction=args.validation_fraction,
         limit=args.limit, seed=args.seed, ks=tuple(args.ks), attack_images=args.attack_images,
         key_agnostic=args.key_agnostic, key_agnostic_keys=args.key_agnostic_keys,

@@ -27,7 +27,7 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="train on at most this many images (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the shuffle and the initial weights")
     recipe = p.add_argument_group("recipe (each applies to plain and disguised training alike)")
-    recipe.add_argument("--model-options", type=_options, default={}, metavar="K=V,...",
+    recipe.add_argument("--model-options", type=cli_args.options, default={}, metavar="K=V,...",
                         help="options for the model family, e.g. lr_multiplier=100 for block_adapter or "
                              "dim=64,depth=4 for block_vit (default: none)")
     cli_args.add_augment_arg(recipe, "; with --input only (for shards: `tfdisguise disguise --augment`)")
@@ -44,30 +44,6 @@ def register_subparser(subparsers) -> None:
                             "(default: one)")
     p.add_argument("--out", required=True, help="run directory: model.keras, history.json/png, disguise.json")
     p.set_defaults(run=run)
-
-
-def _options(text: str) -> dict:
-    """`K=V,...` -> a dict, each value an int, a float, true/false or a string.
-
-    >>> _options("lr_multiplier=100,structure=matrix,pool=true,dropout=0.1")
-    {'lr_multiplier': 100, 'structure': 'matrix', 'pool': True, 'dropout': 0.1}
-    """
-    import argparse
-
-    out = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise argparse.ArgumentTypeError(f"expected K=V,... got {text!r}")
-        for cast in (int, float):
-            try:
-                out[name.strip()] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[name.strip()] = {"true": True, "false": False}.get(value.lower(), value)
-    return out
 
 
 def run(args) -> int:

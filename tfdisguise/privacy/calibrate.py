@@ -121,6 +121,10 @@ class CalibrationConfig:
     training split; "rest": the unused part of the source's training split, with
     `limit`; otherwise a source for `datasets.load`), at most `public_limit` images.
 
+    `model`, `model_options`, `augment` (owner-side, before the disguise) and
+    `label_smoothing` are the training recipe, the same for the plain baseline
+    and every disguised model (`tfdisguise.train.TrainConfig`).
+
     `attacks` selects registered attacks by name (None: all of them);
     `key_agnostic=False` leaves that one out. `ks` and `attack_images` configure
     the known-plaintext attack (and `max(ks)` is the number of leaked pairs a
@@ -142,6 +146,9 @@ class CalibrationConfig:
     public: str | None = None
     public_limit: int | None = None
     model: str = "simple_cnn"
+    model_options: dict = dataclasses.field(default_factory=dict)
+    augment: str | None = None
+    label_smoothing: float = 0.0
     epochs: int = 2
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -197,9 +204,13 @@ class CalibrationConfig:
 
     def training_recipe(self) -> dict:
         """What the plain baseline depends on; `resume` reuses it only if this matches."""
-        return {"source": self.source, "validation_fraction": self.validation_fraction, "limit": self.limit,
-                "seed": self.seed, "model": self.model, "epochs": self.epochs, "batch_size": self.batch_size,
-                "learning_rate": self.learning_rate}
+        recipe = {"source": self.source, "validation_fraction": self.validation_fraction, "limit": self.limit,
+                  "seed": self.seed, "model": self.model, "epochs": self.epochs, "batch_size": self.batch_size,
+                  "learning_rate": self.learning_rate}
+        # Only when set, so that results of a map without them stay reusable.
+        extra = {"model_options": self.train_config().model_options, "augment": self.augment,
+                 "label_smoothing": self.label_smoothing}
+        return dict(recipe, **{k: v for k, v in extra.items() if v})
 
     def recipe(self) -> dict:
         """What a setting's runs depend on; `resume` reuses them only if this matches.
@@ -212,9 +223,31 @@ class CalibrationConfig:
             recipe.update(public=self.public, public_limit=self.public_limit)
         return recipe
 
-    def train_config(self, key_index: int = 0) -> TrainConfig:
+    def train_config(self, key_index: int = 0, disguised: bool = False) -> TrainConfig:
+        """The recipe of one training: the plain baseline's, or (`disguised`) a disguised model's.
+
+        A block model (one whose family takes `block_size`, such as `block_adapter`) takes its block size from the
+        key's spec when it trains on disguised images, so one map covers several block sizes; its plain baseline
+        takes the `block_size` model option, or the map's only block size.
+        """
+        options = dict(self.model_options)
+        if disguised:
+            options.pop("block_size", None)
+        elif "block_size" not in options and "block_size" in _family_parameters(self.model):
+            options["block_size"] = self._only_block_size()
         return TrainConfig(model=self.model, epochs=self.epochs, batch_size=self.batch_size,
-                           learning_rate=self.learning_rate, seed=self.seed + key_index)
+                           learning_rate=self.learning_rate, seed=self.seed + key_index, model_options=options,
+                           augment=self.augment, label_smoothing=self.label_smoothing)
+
+    def _only_block_size(self):
+        sizes = ({tuple(spec.block_size) for spec in self.specs.values()} if self.specs
+                 else {(b, b) if isinstance(b, int) else b for b in self.block_sizes})
+        if len(sizes) != 1 or None in sizes:
+            raise ValueError(f"`{self.model}` needs a block size for the plain baseline, and this map has several "
+                             f"({sorted(map(str, sizes))}): pass one in `model_options` (for the CLI, "
+                             "`--model-options block_size=N`); the disguised models take their key's.")
+        height, width = sizes.pop()
+        return height if height == width else [height, width]  # JSON-safe, so that `resume` compares it equal
 
     def to_dict(self) -> dict:
         """JSON-safe: tuples as lists, specs as their dicts."""
@@ -225,6 +258,16 @@ class CalibrationConfig:
                 value = {name: spec.to_dict() for name, spec in value.items()}
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
+
+
+def _family_parameters(model: str) -> set[str]:
+    """The keyword options a registered model family takes (none for keras.applications.<Name> and unknown names)."""
+    import inspect
+
+    from tfdisguise.models.registry import MODELS
+
+    family = MODELS.get(model)
+    return set(inspect.signature(family).parameters) if family is not None else set()
 
 
 def _mechanism_variants(config: CalibrationConfig):
@@ -306,7 +349,7 @@ def _run_key(name, spec, data, public, examiner, baseline, config, log, index) -
     key = Key.generate(spec)
     tag = f"{name} key {index + 1}/{config.keys}"
     log(f"[{tag}] training {config.model} on disguised images (key {key.fingerprint})")
-    train_config = config.train_config(index)
+    train_config = config.train_config(index, disguised=True)
     model, train_result = train_classifier(x_tr, y_tr, (x_va, y_va), key=key, config=train_config,
                                            num_classes=num_classes, progress=False)
     dis_va = disguise(x_va, key)
@@ -560,7 +603,7 @@ def _check_out(config: CalibrationConfig) -> None:
 def calibrate(config: CalibrationConfig, log: Callable[[str], None] = print) -> dict:
     """Runs the settings, each under `config.keys` keys, and writes the report directory. Returns the report."""
     started = time.time()
-    recipe = config.recipe()  # checks the attack selection against the registry before any training
+    recipe = config.recipe()  # checks the attack selection and the model's options before any training
     _check_out(config)
     io.makedirs(config.out)
     train, val = _load_data(config)
