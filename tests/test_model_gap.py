@@ -141,3 +141,23 @@ def test_the_device_data_pack_is_lossless_and_keeps_the_order(tmp_path, monkeypa
     source, out = np.load(tmp_path / "train.npz"), np.load(tmp_path / "out.npz")
     np.testing.assert_array_equal(out["x"], source["x"][:9])
     np.testing.assert_array_equal(out["y"], source["y"][:9])
+
+
+def test_inverse_stem_inverts_block_scrambling_by_the_search_and_rmt_by_the_spectral_attack(rng):
+    """benchmarks/inverse_stem.py's fixed first layer for both families it takes: one affine map y @ G + c."""
+    from keyfree_data import fixed_key, structured
+
+    from tfdisguise import Spec, disguise
+
+    bench = _load_benchmark("inverse_stem")
+    assert {"mnist-scramble", "mnist-paper", "cifar-poster"} <= set(bench.INVERTIBLE_PARTS)
+    (public, _), (owner, _) = structured(rng, 3000, (16, 16, 1)), structured(rng, 1000, (16, 16, 1))
+    for spec in (Spec.create((16, 16, 1), 4, rmt=None, scramble="per_position", permute=True, noise=20),
+                 Spec.create((16, 16, 1), 4, rmt="orthogonal", rmt_mode="matrix", permute=True, noise=20)):
+        key = fixed_key(spec)
+        uploaded = disguise(owner, key)
+        g, c, perm = bench.estimate_inverse(public, uploaded, spec, seed=0)
+        assert np.array_equal(perm, bench.true_permutation(key))
+        recovered = uploaded.reshape(len(owner), -1) @ g + c
+        # What is left is about the noise (uniform 0..20: variance 33), against the images' own spread.
+        assert np.mean((recovered - owner.reshape(len(owner), -1)) ** 2) < 0.1 * np.var(owner), spec.describe()

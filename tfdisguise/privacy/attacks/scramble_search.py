@@ -50,7 +50,7 @@ from tfdisguise.privacy.attacks._keyfree import (
 from tfdisguise.privacy.attacks.base import AttackInput, register_attack
 from tfdisguise.spec import Permute, Spec
 
-__all__ = ["scramble_family", "scramble_search", "search"]
+__all__ = ["fit", "inverse_affine", "scramble_family", "scramble_search", "search", "undo"]
 
 
 def scramble_family(step: BlockScramble, spec: Spec) -> tuple[np.ndarray, np.ndarray, list]:
@@ -79,17 +79,27 @@ def search(public_plain, victim_disguised, spec: Spec):
     perm[j] is the plain position that disguised position j came from (the identity when the spec does not
     permute); members[j] the family member (see `scramble_family`) taken for it.
     """
+    perm, members = fit(public_plain, victim_disguised, spec)
+    return np.clip(undo(victim_disguised, spec, perm, members), 0.0, 255.0), perm, members
+
+
+def _noise_shifts(spec: Spec) -> tuple[float, float]:
+    """Uniform noise U[0, N] has mean N/2 per value: (its mean before the scramble, its mean after)."""
+    noise = spec.noise_level
+    before = bool(noise) and spec.steps[0].adds_noise  # Spec.create puts noise first only when it comes before
+    return (noise / 2.0, 0.0) if before else (0.0, noise / 2.0)
+
+
+def fit(public_plain, disguised, spec: Spec) -> tuple[np.ndarray, np.ndarray]:
+    """(perm, members): the search's estimate from public plain images and disguised ones (see `search`)."""
     step = spec.steps_of(BlockScramble)[0]
     matrices, biases, _ = scramble_family(step, spec)
     noise = spec.noise_level
-    before = bool(noise) and spec.steps[0].adds_noise  # Spec.create puts noise first only when it comes before
     t, d = spec.num_blocks, spec.block_dim
     plain_mean, plain_cov = _moments(np_blocks(public_plain, spec))
-    victim_blocks = np_blocks(victim_disguised, spec)
-    seen_mean, seen_cov = _moments(victim_blocks)
-    # Uniform noise U[0, N]: mean N/2, variance N^2/12 per value, before or after the scramble.
-    shift_in = noise / 2.0 if before else 0.0
-    shift_out = 0.0 if before else noise / 2.0
+    seen_mean, seen_cov = _moments(np_blocks(disguised, spec))
+    # The noise's variance N^2/12 per value adds to every covariance, before or after the scramble alike.
+    shift_in, shift_out = _noise_shifts(spec)
     # What member k makes of plain position s: [t, K, d] means and [t, K, d, d] covariances.
     predicted_mean = np.einsum("si,kij->skj", plain_mean + shift_in, matrices) + biases[None] + shift_out
     predicted_cov = np.einsum("kai,sab,kbj->skij", matrices, plain_cov, matrices, optimize=True)
@@ -113,12 +123,38 @@ def search(public_plain, victim_disguised, spec: Spec):
             options.append((cost[p, np.arange(t), k].sum(), k, p))
         _, k, perm = min(options, key=lambda o: o[0])
         members = np.full(t, k)
-    # Undo: y = (x + n_in) M + b + n_out, so x = (y - b - n_out) M^T - n_in (M orthogonal).
-    undone = np.einsum("tni,tji->tnj", victim_blocks - biases[members][:, None] - shift_out, matrices[members])
-    undone -= shift_in
+    return perm, members
+
+
+def undo(disguised, spec: Spec, perm, members) -> np.ndarray:
+    """The disguised images put back through the inverse of their members and in place, unclipped (float64)."""
+    matrices, biases, _ = scramble_family(spec.steps_of(BlockScramble)[0], spec)
+    shift_in, shift_out = _noise_shifts(spec)
+    # y = (x + n_in) M + b + n_out, so x = (y - b - n_out) M^T - n_in (M orthogonal).
+    blocks = np_blocks(disguised, spec)
+    undone = np.einsum("tni,tji->tnj", blocks - biases[members][:, None] - shift_out, matrices[members]) - shift_in
     placed = np.empty_like(undone)
     placed[perm] = undone
-    return np.clip(np_images(placed, spec), 0.0, 255.0), perm, members
+    return np_images(placed, spec)
+
+
+def inverse_affine(spec: Spec, perm, members) -> tuple[np.ndarray, np.ndarray]:
+    """(G [D, D], c [D]) with `undo(y) == y.reshape(N, D) @ G + c`: the search's inverse as one affine map, for a
+    fixed first layer (D = H*W*C pixels). Built by probing `undo` with the zero image and the D unit images.
+
+    >>> from tfdisguise.key import Key
+    >>> from tfdisguise.mechanisms import disguise
+    >>> key = Key(bytes(32), Spec.create((4, 4, 1), 2, rmt=None, scramble="per_position", noise=10))
+    >>> perm, members = key.materials[1], np.arange(4) % 3
+    >>> g, c = inverse_affine(key.spec, perm, members)
+    >>> y = disguise(np.full((2, 4, 4, 1), 7.0), key)
+    >>> bool(np.allclose(y.reshape(2, -1) @ g + c, undo(y, key.spec, perm, members).reshape(2, -1)))
+    True
+    """
+    size = int(np.prod(spec.image_shape))
+    probes = np.concatenate([np.zeros((1, size)), np.eye(size)]).reshape(-1, *spec.image_shape)
+    out = undo(probes, spec, perm, members).reshape(size + 1, size)
+    return out[1:] - out[0], out[0]
 
 
 def _applicable(spec: Spec) -> str:
