@@ -55,11 +55,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_gap import PARTS, RECIPES, load_part, mean_sd, plot_mean_sd  # a sibling script, not a package
 
 
-def run_key(k, train, val, public, spec, recipe, epochs, log) -> dict:
+def run_key(k, train, val, public, spec, recipe, epochs, log, denoise: bool = True) -> dict:
     key = Key.generate(spec)
     started = time.time()
     uploaded = disguise(train.x, key)  # what the cloud holds
-    g, c, estimated_perm = estimate_inverse(public.x, uploaded, spec, seed=k)
+    g, c, estimated_perm = estimate_inverse(public.x, uploaded, spec, seed=k, denoise=denoise)
     estimate_s = time.time() - started
     perm = true_permutation(key)
     placed = None if perm is None else float(np.mean(estimated_perm == perm))
@@ -88,21 +88,24 @@ def run_key(k, train, val, public, spec, recipe, epochs, log) -> dict:
     return row
 
 
-def estimate_inverse(public_x, uploaded, spec, seed: int):
+def estimate_inverse(public_x, uploaded, spec, seed: int, denoise: bool = True):
     """(G, c, estimated block order): the key-free attack's inverse as one affine map `y @ G + c`, unclipped.
 
     RMT specs: the `spectral` attack's LMMSE reconstruction. Block scrambling: `scramble_search`'s transforms,
-    put back in place and inverted (each is a signed permutation of the block plus a bias)."""
+    put back in place and inverted (each is a signed permutation of the block plus a bias), then (`denoise`) the
+    noise removed by the public images' block statistics, as the LMMSE map does for RMT."""
     if spec.has("block_scramble"):
         perm, members = scramble_fit(public_x, uploaded, spec)
-        return (*scramble_inverse(spec, perm, members), perm)
+        return (*scramble_inverse(spec, perm, members, public_x if denoise else None), perm)
     estimate = estimate_spectral(public_x, uploaded, spec, seed=seed)
     return (*estimate.affine(), estimate.perm)
 
 
-def _attack(spec) -> str:
+def _attack(spec, denoise: bool = True) -> str:
     # The spectral name is what result files of the RMT parts already hold (so that --resume still matches).
-    return "scramble_search" if spec.has("block_scramble") else "spectral LMMSE"
+    if spec.has("block_scramble"):
+        return "scramble_search + LMMSE denoising" if denoise else "scramble_search"
+    return "spectral LMMSE"
 
 
 def load(args):
@@ -164,6 +167,8 @@ def main(argv=None) -> int:
                         help="the owner's first N training images (CIFAR-10 default: all but the public ones)")
     parser.add_argument("--val-limit", type=int, default=None, help="the first N validation images")
     parser.add_argument("--public-limit", type=int, default=5000, help="CIFAR-10: the attacker's public images")
+    parser.add_argument("--no-denoise", action="store_true",
+                        help="block scrambling: the found transforms inverted only, without the LMMSE denoising")
     parser.add_argument("--out", default="benchmarks/out/inverse_stem")
     parser.add_argument("--plain-results", default=None,
                         help="a model_gap.py results.jsonl whose plain and disguised runs of the same recipe, "
@@ -182,9 +187,11 @@ def main(argv=None) -> int:
     log(f"{args.part}: {spec.describe()}; {len(train)} train / {len(val)} validation; {len(public)} public")
     recipe = RECIPES[data][args.recipe]
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"results_{args.part}_noise{options['noise']:g}_{args.recipe}.json")
+    variant = "_nodenoise" if args.no_denoise else ""
+    path = os.path.join(args.out, f"results_{args.part}_noise{options['noise']:g}_{args.recipe}{variant}.json")
     budget = {"part": args.part, "spec": spec.describe(),
-              "recipe": f"attack inverse ({_attack(spec)}, fixed) + {args.recipe}", "recipe_fields": recipe,
+              "recipe": f"attack inverse ({_attack(spec, not args.no_denoise)}, fixed) + {args.recipe}",
+              "recipe_fields": recipe,
               "noise": options["noise"], "epochs": args.epochs, "train_images": len(train),
               "validation_images": len(val), "public_images": len(public)}
     rows = []
@@ -197,7 +204,7 @@ def main(argv=None) -> int:
     for k in range(args.keys):
         if any(r["index"] == k for r in rows):
             continue
-        rows.append(run_key(k, train, val, public, spec, recipe, args.epochs, log))
+        rows.append(run_key(k, train, val, public, spec, recipe, args.epochs, log, denoise=not args.no_denoise))
         rows.sort(key=lambda r: r["index"])
         mean, sd = mean_sd([r["val_accuracy"] for r in rows])
         with open(path + ".tmp", "w") as f:  # never a half-written file under the real name

@@ -50,7 +50,7 @@ from tfdisguise.privacy.attacks._keyfree import (
 from tfdisguise.privacy.attacks.base import AttackInput, register_attack
 from tfdisguise.spec import Permute, Spec
 
-__all__ = ["fit", "inverse_affine", "scramble_family", "scramble_search", "search", "undo"]
+__all__ = ["denoise", "fit", "inverse_affine", "scramble_family", "scramble_search", "search", "undo"]
 
 
 def scramble_family(step: BlockScramble, spec: Spec) -> tuple[np.ndarray, np.ndarray, list]:
@@ -138,9 +138,22 @@ def undo(disguised, spec: Spec, perm, members) -> np.ndarray:
     return np_images(placed, spec)
 
 
-def inverse_affine(spec: Spec, perm, members) -> tuple[np.ndarray, np.ndarray]:
+def denoise(images, spec: Spec, public_plain) -> np.ndarray:
+    """Per block position, the LMMSE estimate of the plain block from `undo`'s output, which is the plain block
+    plus zero-mean noise of variance N^2/12 per value (uniform noise, through an orthogonal member):
+    mean + (x - mean) (C + s^2 I)^-1 C, with the mean and covariance C of the public images' blocks."""
+    variance = spec.noise_level ** 2 / 12.0
+    mean, cov = _moments(np_blocks(public_plain, spec))
+    gain = np.linalg.solve(cov + variance * np.eye(spec.block_dim), cov)  # (C + s^2 I)^-1 C, per position
+    blocks = np_blocks(images, spec)
+    return np_images(mean[:, None] + np.einsum("tni,tij->tnj", blocks - mean[:, None], gain), spec)
+
+
+def inverse_affine(spec: Spec, perm, members, public_plain=None) -> tuple[np.ndarray, np.ndarray]:
     """(G [D, D], c [D]) with `undo(y) == y.reshape(N, D) @ G + c`: the search's inverse as one affine map, for a
     fixed first layer (D = H*W*C pixels). Built by probing `undo` with the zero image and the D unit images.
+    With `public_plain` and noise in the spec, the map also removes the noise it can (`denoise`), as the
+    spectral attack's LMMSE reconstruction does for RMT.
 
     >>> from tfdisguise.key import Key
     >>> from tfdisguise.mechanisms import disguise
@@ -153,7 +166,10 @@ def inverse_affine(spec: Spec, perm, members) -> tuple[np.ndarray, np.ndarray]:
     """
     size = int(np.prod(spec.image_shape))
     probes = np.concatenate([np.zeros((1, size)), np.eye(size)]).reshape(-1, *spec.image_shape)
-    out = undo(probes, spec, perm, members).reshape(size + 1, size)
+    out = undo(probes, spec, perm, members)
+    if public_plain is not None and spec.noise_level:
+        out = denoise(out, spec, public_plain)
+    out = out.reshape(size + 1, size)
     return out[1:] - out[0], out[0]
 
 
