@@ -45,9 +45,7 @@ import tensorflow as tf
 
 from tfdisguise import Key, Spec, datasets, disguise, models, wrap
 from tfdisguise.privacy.attacks import true_permutation
-from tfdisguise.privacy.attacks.scramble_search import fit as scramble_fit
-from tfdisguise.privacy.attacks.scramble_search import inverse_affine as scramble_inverse
-from tfdisguise.privacy.attacks.spectral import estimate_spectral
+from tfdisguise.privacy.attacks.inverse_map import key_free_inverse
 from tfdisguise.recipe import TrainConfig, augmentation, compile_model
 from tfdisguise.train import _one_hot
 
@@ -59,7 +57,7 @@ def run_key(k, train, val, public, spec, recipe, epochs, log, denoise: bool = Tr
     key = Key.generate(spec)
     started = time.time()
     uploaded = disguise(train.x, key)  # what the cloud holds
-    g, c, estimated_perm = estimate_inverse(public.x, uploaded, spec, seed=k, denoise=denoise)
+    g, c, estimated_perm = key_free_inverse(public.x, uploaded, spec, seed=k, denoise=denoise)
     estimate_s = time.time() - started
     perm = true_permutation(key)
     placed = None if perm is None else float(np.mean(estimated_perm == perm))
@@ -86,19 +84,6 @@ def run_key(k, train, val, public, spec, recipe, epochs, log, denoise: bool = Tr
     log(f"key {k + 1}: {row['val_accuracy']:.4f} (positions {placed}, reconstruction MSE "
         f"{row['reconstruction_mse']:.0f}, estimate {estimate_s:.0f}s, total {row['seconds']:.0f}s)")
     return row
-
-
-def estimate_inverse(public_x, uploaded, spec, seed: int, denoise: bool = True):
-    """(G, c, estimated block order): the key-free attack's inverse as one affine map `y @ G + c`, unclipped.
-
-    RMT specs: the `spectral` attack's LMMSE reconstruction. Block scrambling: `scramble_search`'s transforms,
-    put back in place and inverted (each is a signed permutation of the block plus a bias), then (`denoise`) the
-    noise removed by the public images' block statistics, as the LMMSE map does for RMT."""
-    if spec.has("block_scramble"):
-        perm, members = scramble_fit(public_x, uploaded, spec)
-        return (*scramble_inverse(spec, perm, members, public_x if denoise else None), perm)
-    estimate = estimate_spectral(public_x, uploaded, spec, seed=seed)
-    return (*estimate.affine(), estimate.perm)
 
 
 def _attack(spec, denoise: bool = True) -> str:
@@ -182,6 +167,8 @@ def main(argv=None) -> int:
     if args.recipe not in RECIPES[data]:
         sys.exit(f"--recipe: unknown for {data}: {args.recipe}; choose from {sorted(RECIPES[data])}")
     train, val, public = load(args)
+    if args.no_denoise and not PARTS[args.part]["spec"].get("scramble"):
+        sys.exit("--no-denoise: for block scrambling parts only (the spectral LMMSE map always removes noise)")
     options = dict(PARTS[args.part]["spec"], **({} if args.noise is None else {"noise": args.noise}))
     spec = Spec.create(train.image_shape, **options)
     log(f"{args.part}: {spec.describe()}; {len(train)} train / {len(val)} validation; {len(public)} public")

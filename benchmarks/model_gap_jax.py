@@ -58,7 +58,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help=".npz with x (uint8 NHWC) and y")
     p.add_argument("--parts", default="plain,cifar-poster,cifar-perm", help="comma list: plain and model_gap parts")
-    p.add_argument("--recipe", default="resnet20+aug", help="a CIFAR-10 recipe of model_gap.py's RECIPES")
+    p.add_argument("--recipe", default="resnet20+aug", choices=sorted(RECIPES["cifar10"]),
+                   help="a CIFAR-10 recipe of model_gap.py")
     p.add_argument("--model", default=None, help="replace the recipe's model (its model_options stay)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=512)
@@ -145,7 +146,7 @@ def train_worker(args, part: str) -> dict:
     key = None if part == "plain" else Key.generate(_spec(shape, PARTS[part]["spec"]))
     owner = [augmentation(config.augment)] + ([Disguise(key)] if key else [])
     adapt = train.x[:4096].astype("float32")
-    name = row_name(part, args.recipe)
+    name = row_name(part, args.recipe, args.model)
     stem, positions, errors = [], None, None
     if key is not None and public is not None:
         stem, adapt, positions = inverse_stem(train.x, public, key, args.seed)
@@ -203,20 +204,28 @@ def recipe_fields(recipe: str, model: str | None, epochs: int) -> dict:
     >>> fields = recipe_fields("adapter+aug", None, 100)
     >>> fields["model"], fields["model_options"]["backbone"], fields["warmup_epochs"], fields["augment"]
     ('block_adapter', 'resnet20', 2, 'crop=0.125,flip')
-    >>> recipe_fields("resnet20+aug", "simple_cnn", 2)["model"], recipe_fields("vit+aug", None, 100)["warmup_epochs"]
-    ('simple_cnn', 1)
+    >>> recipe_fields("adapter+aug", "simple_cnn", 2)["model_options"]
+    {}
+    >>> recipe_fields("vit+aug", None, 100)["warmup_epochs"]
+    1
     """
-    return {"warmup_epochs": min(2, epochs - 1), **RECIPES["cifar10"][recipe], **({"model": model} if model else {})}
+    # Another model does not take the recipe's model options (a backbone, a block size): they go with it.
+    override = {"model": model, "model_options": {}} if model else {}
+    return {"warmup_epochs": min(2, epochs - 1), **RECIPES["cifar10"][recipe], **override}
 
 
-def row_name(part: str, recipe: str) -> str:
-    """The part's name in results.jsonl: rows of another recipe than the default carry it, so that the summary
-    keeps them apart.
+def row_name(part: str, recipe: str, model: str | None = None) -> str:
+    """The part's name in results.jsonl: rows of another recipe or model than the default carry it, so that the
+    summary keeps them apart.
 
     >>> row_name("cifar-perm", "resnet20+aug"), row_name("cifar-perm", "adapter+aug")
     ('cifar-perm', 'cifar-perm [adapter+aug]')
+    >>> row_name("plain", "resnet20+aug", "simple_cnn")
+    'plain [resnet20+aug, simple_cnn]'
     """
-    return part if recipe == "resnet20+aug" else f"{part} [{recipe}]"
+    if recipe == "resnet20+aug" and not model:
+        return part
+    return f"{part} [{recipe}{', ' + model if model else ''}]"
 
 
 def owner_and_public(train, public_limit: int, limit: int | None):
@@ -241,25 +250,25 @@ def owner_and_public(train, public_limit: int, limit: int | None):
 
 
 def inverse_stem(plain_x, public_x, key, seed: int):
-    """([fixed layers], reconstructed adapt images, share of blocks placed right): the `spectral` estimate from
-    the uploads (`plain_x` disguised once) and the public images, as the layers flatten -> Dense(G, c) -> reshape."""
+    """([fixed layers], reconstructed adapt images, share of blocks placed right): the key-free inverse
+    (`key_free_inverse`: spectral for RMT, scramble_search for block scrambling) from the uploads (`plain_x`
+    disguised once) and the public images, as the layers flatten -> Dense(G, c) -> reshape."""
     import keras
 
     from tfdisguise import Disguise
     from tfdisguise.privacy.attacks import true_permutation
-    from tfdisguise.privacy.attacks.spectral import estimate_spectral
+    from tfdisguise.privacy.attacks.inverse_map import key_free_inverse
 
     layer, shape = Disguise(key), key.spec.image_shape
     uploaded = np.concatenate([np.asarray(layer(plain_x[s:s + 4096].astype("float32")))
                                for s in range(0, len(plain_x), 4096)])
-    estimate = estimate_spectral(public_x, uploaded, key.spec, seed=seed)
-    g, c = estimate.affine()
+    g, c, estimated_perm = key_free_inverse(public_x, uploaded, key.spec, seed=seed)
     dense = keras.layers.Dense(g.shape[0], trainable=False, name="attack_inverse")
     layers = [keras.layers.Flatten(), dense, keras.layers.Reshape(shape)]
     dense.build((None, g.shape[0]))
     dense.set_weights([g, c])
     perm = true_permutation(key)
-    positions = None if perm is None else float(np.mean(estimate.perm == perm))
+    positions = None if perm is None else float(np.mean(estimated_perm == perm))
     adapt = np.clip(uploaded[:4096].reshape(-1, g.shape[0]) @ g + c, 0, 255).reshape(-1, *shape)
     return layers, adapt, positions
 
@@ -313,9 +322,9 @@ def summarize(out: str) -> str:
 
 
 def main(argv=None) -> int:
+    args = parse_args(argv)  # first: a refused command line leaves the environment as it was
     # Here, not at import: the tests import every benchmark, and their later subprocesses would inherit it.
     os.environ.setdefault("KERAS_BACKEND", "jax")
-    args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.summarize:
         print(summarize(args.out))
@@ -331,11 +340,11 @@ def main(argv=None) -> int:
     bad = [p for p in parts if p != "plain" and p not in PARTS]
     if bad:
         sys.exit(f"--parts: unknown {bad}; choose from plain, {sorted(PARTS)}")
-    if args.recipe not in RECIPES["cifar10"]:
-        sys.exit(f"--recipe: unknown {args.recipe!r}; choose from {sorted(RECIPES['cifar10'])}")
-    nonlinear = [p for p in parts if p != "plain" and not PARTS[p]["spec"].get("rmt")]
+    spec_of = lambda p: PARTS[p]["spec"]
+    nonlinear = [p for p in parts if p != "plain" and not (spec_of(p).get("rmt") or spec_of(p).get("scramble"))]
     if args.inverse_stem and nonlinear:
-        sys.exit(f"--inverse-stem: the spectral attack inverts RMT specs only; {nonlinear} have none")
+        sys.exit(f"--inverse-stem: the key-free inverse takes RMT and block scrambling parts; {nonlinear} have "
+                 "neither")
     # Each child takes a share of the device's memory instead of JAX's default 75% each.
     env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / max(1, args.parallel):.2f}")
     base = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--layer-speed"]

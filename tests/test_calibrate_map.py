@@ -331,9 +331,10 @@ def test_the_map_trains_the_recommended_recipe(sources, tmp_path, capsys):
     plain baseline and every disguised model, and the saved recipe names it (so a map without it is not reused)."""
     data, _ = sources
     out = str(tmp_path / "map")
+    # key_agnostic trains models of its own with the recipe: under random keys of the public spec.
     argv = ["calibrate", "--input", data, "--out", out, "--block-sizes", "4", "--keys", "1", "--attacks",
-            "block_norm", "--epochs", "1", "--batch-size", "32", "--model", "block_adapter", "--model-options",
-            "lr_multiplier=100", "--augment", "flip", "--label-smoothing", "0.1"]
+            "block_norm,key_agnostic", "--key-agnostic-keys", "2", "--epochs", "1", "--batch-size", "32", "--model",
+            "block_adapter", "--model-options", "lr_multiplier=100", "--augment", "flip", "--label-smoothing", "0.1"]
     assert cli.main(argv) == 0
     logged = capsys.readouterr().out
     assert "training the plain baseline / examiner: block_adapter" in logged
@@ -351,8 +352,12 @@ def test_the_map_trains_the_recommended_recipe(sources, tmp_path, capsys):
     assert config.train_config().model_options == {"lr_multiplier": 100, "block_size": 7}  # the default grid
     several = CalibrationConfig(source=data, out=out, block_sizes=(4, 7), model="block_adapter")
     with pytest.raises(ValueError, match=r"`block_adapter` needs a block size for the plain baseline, and this map "
-                                         r"has several .*`--model-options block_size=N`"):
+                                         r"has 2 \(4x4, 7x7\): pass one .*`--model-options block_size=N`"):
         several.recipe()
+    with open(os.path.join(out, "report.json")) as f:
+        row = json.load(f)["settings"][0]
+    assert row["recipe"]["model"] == "block_adapter" and set(row["attacks"]) == {"block_norm", "key_agnostic"}
+    assert np.isfinite(row["attacks"]["key_agnostic"]["success"])
     assert cli.main([*argv[:6], "4,7", *argv[7:], "--overwrite"]) == 1
     assert "--model-options block_size=N" in capsys.readouterr().err
     chosen = CalibrationConfig(source=data, out=out, block_sizes=(4, 7), model="block_adapter",

@@ -123,14 +123,15 @@ def test_the_gpu_script_trains_plain_and_disguised_under_data_parallel(tmp_path)
     done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert sorted(r["part"] for r in results) == ["cifar-perm", "plain"]
+    # --model names the rows, so that runs of another model never pool with the default's.
+    perm, plain = "cifar-perm [resnet20+aug, simple_cnn]", "plain [resnet20+aug, simple_cnn]"
+    assert sorted(r["part"] for r in results) == [perm, plain]
     assert all(r["data_parallel_devices"] == 2 and r["epochs_run"] == 2 for r in results)
     assert all(r["train_images"] == 128 and r["val_images"] == 32 for r in results)
-    assert next(r for r in results if r["part"] == "cifar-perm")["spec"].startswith("block 2x2: rmt(orthogonal")
+    assert next(r for r in results if r["part"] == perm)["spec"].startswith("block 2x2: rmt(orthogonal")
     epochs = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
-    assert sorted((e["part"], e["epoch"]) for e in epochs) == [("cifar-perm", 1), ("cifar-perm", 2),
-                                                               ("plain", 1), ("plain", 2)]
+    assert sorted((e["part"], e["epoch"]) for e in epochs) == [(perm, 1), (perm, 2), (plain, 1), (plain, 2)]
     done = subprocess.run([sys.executable, script, "--summarize", "--out", str(out)], capture_output=True,
                           text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "| cifar-perm |" in (out / "summary.md").read_text() and (out / "curves.png").stat().st_size > 1000
+    assert f"| {perm} |" in (out / "summary.md").read_text() and (out / "curves.png").stat().st_size > 1000

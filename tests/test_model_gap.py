@@ -112,7 +112,7 @@ def test_the_gpu_scripts_public_images_are_held_out_of_every_training():
         bench.owner_and_public(data, 100, None)
 
 
-def test_the_gpu_script_takes_model_gaps_recipes_by_name(tmp_path):
+def test_the_gpu_script_takes_model_gaps_recipes_by_name(tmp_path, capsys):
     """--recipe: model_gap.py's CIFAR-10 recipes (the block_adapter one with its ResNet-20 backbone), rows named
     apart from the default recipe's, and an unknown name refused before anything trains."""
     import doctest
@@ -122,10 +122,14 @@ def test_the_gpu_script_takes_model_gaps_recipes_by_name(tmp_path):
     for function in (bench.recipe_fields, bench.row_name):
         for test in doctest.DocTestFinder().find(function, function.__name__, globs=dict(vars(bench))):
             runner.run(test)
-    assert runner.summarize(verbose=False) == (0, 4)  # (failed, attempted)
+    assert runner.summarize(verbose=False) == (0, 6)  # (failed, attempted)
     assert bench.recipe_fields("adapter+aug", None, 100)["model_options"]["lr_multiplier"] == 100
-    with pytest.raises(SystemExit, match=r"--recipe: unknown 'adapter'; choose from \['adapter\+aug', 'adapter-cnn"):
+    backend = os.environ.get("KERAS_BACKEND")
+    with pytest.raises(SystemExit):
         bench.main(["--data", str(tmp_path / "none.npz"), "--recipe", "adapter", "--out", str(tmp_path / "out")])
+    assert "argument --recipe: invalid choice: 'adapter' (choose from" in capsys.readouterr().err
+    # Refused before main() sets KERAS_BACKEND for its trainings: later tests' subprocesses must not inherit it.
+    assert os.environ.get("KERAS_BACKEND") == backend
 
 
 def test_the_device_data_pack_is_lossless_and_keeps_the_order(tmp_path, monkeypatch):
@@ -143,30 +147,36 @@ def test_the_device_data_pack_is_lossless_and_keeps_the_order(tmp_path, monkeypa
     np.testing.assert_array_equal(out["y"], source["y"][:9])
 
 
-def test_inverse_stem_inverts_block_scrambling_by_the_search_and_rmt_by_the_spectral_attack(rng):
-    """benchmarks/inverse_stem.py's fixed first layer for both families it takes: one affine map y @ G + c."""
+def test_the_key_free_inverse_undoes_block_scrambling_and_rmt_as_one_affine_map(rng):
+    """tfdisguise.privacy.attacks.inverse_map: the fixed first layer of inverse_stem.py and model_gap_jax.py."""
     from keyfree_data import fixed_key, structured
 
     from tfdisguise import Spec, disguise
+    from tfdisguise.privacy.attacks import true_permutation
+    from tfdisguise.privacy.attacks.inverse_map import key_free_inverse
 
-    bench = _load_benchmark("inverse_stem")
-    assert {"mnist-scramble", "mnist-paper", "cifar-poster"} <= set(bench.INVERTIBLE_PARTS)
+    assert {"mnist-scramble", "mnist-paper", "cifar-poster"} <= set(_load_benchmark("inverse_stem").INVERTIBLE_PARTS)
     (public, _), (owner, _) = structured(rng, 3000, (16, 16, 1)), structured(rng, 1000, (16, 16, 1))
     for spec in (Spec.create((16, 16, 1), 4, rmt=None, scramble="per_position", permute=True, noise=20),
                  Spec.create((16, 16, 1), 4, rmt="orthogonal", rmt_mode="matrix", permute=True, noise=20)):
         key = fixed_key(spec)
         uploaded = disguise(owner, key)
-        g, c, perm = bench.estimate_inverse(public, uploaded, spec, seed=0)
-        assert np.array_equal(perm, bench.true_permutation(key))
+        g, c, perm = key_free_inverse(public, uploaded, spec, seed=0)
+        assert np.array_equal(perm, true_permutation(key))
         recovered = uploaded.reshape(len(owner), -1) @ g + c
         # What is left is at most the noise (uniform 0..20: variance 33), against the images' own spread.
         assert np.mean((recovered - owner.reshape(len(owner), -1)) ** 2) < 0.1 * np.var(owner), spec.describe()
+    with pytest.raises(ValueError, match="`denoise=False` applies to block scrambling"):
+        key_free_inverse(public, uploaded, spec, denoise=False)
+    aes = Spec.create((16, 16, 1), 4, rmt=None, aes=True, noise=0)
+    with pytest.raises(ValueError, match=r"No key-free inverse for block 4x4: aes"):
+        key_free_inverse(public, owner, aes)
     # Block scrambling with strong noise: inverting the transforms leaves all of the noise (variance 100^2/12 =
     # 833), and the LMMSE denoising removes about half of it here (measured 837 -> 435).
     spec = Spec.create((16, 16, 1), 4, rmt=None, scramble="per_position", permute=True, noise=100)
     uploaded, flat = disguise(owner, fixed_key(spec)).reshape(len(owner), -1), owner.reshape(len(owner), -1)
     errors = []
     for denoise in (False, True):
-        g, c, _ = bench.estimate_inverse(public, uploaded.reshape(owner.shape), spec, seed=0, denoise=denoise)
+        g, c, _ = key_free_inverse(public, uploaded.reshape(owner.shape), spec, seed=0, denoise=denoise)
         errors.append(np.mean((uploaded @ g + c - flat) ** 2))
     assert 750 < errors[0] < 920 and errors[1] < 0.7 * errors[0], errors

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import subprocess
 from multiprocessing import Pool
 
 import numpy as np
@@ -47,6 +49,15 @@ def unpack(packed: str, processes: int = 16) -> tuple[np.ndarray, np.ndarray]:
         return np.stack(pool.map(decode, blobs, chunksize=500)), data["y"]
 
 
+def _tracked_bytes() -> int:
+    """The size of the repository's tracked files, which travel with every device call (0 outside a checkout)."""
+    try:
+        names = subprocess.run(["git", "ls-files", "-z"], capture_output=True, check=True).stdout.split(b"\0")
+    except (OSError, subprocess.CalledProcessError):
+        return 0
+    return sum(os.path.getsize(n) for n in names if n and os.path.isfile(n))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -66,7 +77,9 @@ def main(argv=None) -> int:
             source = np.load(args.source)
             if not (np.array_equal(x, source["x"][:args.count]) and np.array_equal(y, source["y"][:args.count])):
                 raise SystemExit(f"{args.out}: the round trip differs from {args.source}")
-        print(f"{args.out}: {args.count} images")
+        print(f"{args.out}: {args.count} images, {os.path.getsize(args.out) / 2**20:.1f} MiB; with the tracked files, "
+              f"a device call carries {(os.path.getsize(args.out) + _tracked_bytes()) / 2**20:.1f} MiB of its 64 "
+              "(and the wheels)")
     else:
         x, y = unpack(args.packed)
         np.savez(args.out, x=x, y=y)

@@ -4,6 +4,7 @@
 # (1 key each), 100 epochs, on the same 16,200 owner images as run_inverse.sh. Prepared as run_inverse.sh says;
 # results go to $OUT/adapter.
 T0=$(date +%s); BUDGET=${BUDGET:-380}; PY=${PY:-python3}; EPOCHS=${EPOCHS:-100}; LIMIT=${LIMIT:-16200}
+: "${OUT:?set OUT to the folder whose files come back (the device tool sets it)}"
 if [ -z "$SKIP_INSTALL" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site

@@ -6,6 +6,7 @@
 # then run `bash benchmarks/device/run_inverse.sh` on the device, carrying .gpu/d and .gpu/whl. Results go to
 # $OUT/inv; a seed that would not finish inside BUDGET seconds is stopped by --max-seconds.
 T0=$(date +%s); BUDGET=${BUDGET:-560}; PY=${PY:-python3}; EPOCHS=${EPOCHS:-100}; PUBLIC=${PUBLIC:-3000}
+: "${OUT:?set OUT to the folder whose files come back (the device tool sets it)}"
 if [ -z "$SKIP_INSTALL" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site

@@ -63,6 +63,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 import os
 import re
 import time
@@ -210,7 +211,8 @@ class CalibrationConfig:
         # Only when set, so that results of a map without them stay reusable.
         extra = {"model_options": self.train_config().model_options, "augment": self.augment,
                  "label_smoothing": self.label_smoothing}
-        return dict(recipe, **{k: v for k, v in extra.items() if v})
+        # As JSON gives it back (tuples as lists), since `resume` compares it with the saved one.
+        return json.loads(json.dumps(dict(recipe, **{k: v for k, v in extra.items() if v})))
 
     def recipe(self) -> dict:
         """What a setting's runs depend on; `resume` reuses them only if this matches.
@@ -228,7 +230,8 @@ class CalibrationConfig:
 
         A block model (one whose family takes `block_size`, such as `block_adapter`) takes its block size from the
         key's spec when it trains on disguised images, so one map covers several block sizes; its plain baseline
-        takes the `block_size` model option, or the map's only block size.
+        takes the `block_size` model option, or the map's only block size. A map run in parts with different
+        block sizes should name `block_size` from its first part on, or each part trains its own baseline.
         """
         options = dict(self.model_options)
         if disguised:
@@ -241,11 +244,15 @@ class CalibrationConfig:
 
     def _only_block_size(self):
         sizes = ({tuple(spec.block_size) for spec in self.specs.values()} if self.specs
-                 else {(b, b) if isinstance(b, int) else b for b in self.block_sizes})
-        if len(sizes) != 1 or None in sizes:
-            raise ValueError(f"`{self.model}` needs a block size for the plain baseline, and this map has several "
-                             f"({sorted(map(str, sizes))}): pass one in `model_options` (for the CLI, "
-                             "`--model-options block_size=N`); the disguised models take their key's.")
+                 else {(b, b) if isinstance(b, int) else (None if b is None else tuple(b)) for b in self.block_sizes})
+        fix = ("pass one in `model_options` (for the CLI, `--model-options block_size=N`); the disguised models "
+               "take their key's")
+        if None in sizes:
+            raise ValueError(f"`{self.model}` needs a block size for the plain baseline, and this map has a "
+                             f"whole-image block: {fix}.")
+        if len(sizes) != 1:
+            raise ValueError(f"`{self.model}` needs a block size for the plain baseline, and this map has "
+                             f"{len(sizes)} ({', '.join('x'.join(map(str, s)) for s in sorted(sizes))}): {fix}.")
         height, width = sizes.pop()
         return height if height == width else [height, width]  # JSON-safe, so that `resume` compares it equal
 

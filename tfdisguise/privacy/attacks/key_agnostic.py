@@ -76,7 +76,7 @@ def key_agnostic_attack(
     train = tf.data.Dataset.from_tensor_slices((xs, ys)).shuffle(len(xs), seed=config.seed).batch(config.batch_size)
     model, _ = fit(train.prefetch(tf.data.AUTOTUNE), None, input_shape=spec.image_shape, num_classes=num_classes,
                    adapt_data=xs[:4096], config=config, steps_per_epoch=-(-len(xs) // config.batch_size),
-                   progress=progress)
+                   progress=progress, spec=spec)  # the public spec: block models take their geometry from it
     acc = accuracy(model, victim_disguised, victim_y)
     return KeyAgnosticResult(setting=setting, success=relative_success(acc, reference_accuracy), accuracy=acc,
                              num_keys=num_keys, train_images=len(xs), epochs=config.epochs, chance=1.0 / num_classes)

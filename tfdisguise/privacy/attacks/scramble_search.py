@@ -143,6 +143,8 @@ def denoise(images, spec: Spec, public_plain) -> np.ndarray:
     plus zero-mean noise of variance N^2/12 per value (uniform noise, through an orthogonal member):
     mean + (x - mean) (C + s^2 I)^-1 C, with the mean and covariance C of the public images' blocks."""
     variance = spec.noise_level ** 2 / 12.0
+    if not variance:  # nothing to remove (and constant blocks, such as MNIST's borders, would make C singular)
+        return np.asarray(images, np.float64)
     mean, cov = _moments(np_blocks(public_plain, spec))
     gain = np.linalg.solve(cov + variance * np.eye(spec.block_dim), cov)  # (C + s^2 I)^-1 C, per position
     blocks = np_blocks(images, spec)
