@@ -50,7 +50,14 @@ from tfdisguise.recipe import TrainConfig, augmentation, compile_model
 from tfdisguise.train import _one_hot
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_gap import PARTS, RECIPES, load_part, mean_sd, plot_mean_sd  # a sibling script, not a package
+from model_gap import (  # a sibling script, not a package
+    INVERTIBLE_PARTS,
+    PARTS,
+    RECIPES,
+    load_part,
+    mean_sd,
+    plot_mean_sd,
+)
 
 
 def run_key(k, train, val, public, spec, recipe, epochs, log, denoise: bool = True) -> dict:
@@ -133,11 +140,6 @@ def curves_png(rows, budget, args, path) -> str:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)
-
-
-# The parts a key-free attack inverts: RMT (spectral) and block scrambling (scramble_search).
-INVERTIBLE_PARTS = sorted(name for name, part in PARTS.items()
-                          if part["spec"].get("rmt") or part["spec"].get("scramble"))
 
 
 def main(argv=None) -> int:

@@ -63,6 +63,11 @@ PARTS = {
     "cifar-noiseonly": {"data": "cifar10", "spec": {"block_size": 2, "rmt": None, "permute": False, "noise": 25}},
 }
 
+# The parts whose disguise a key-free attack inverts (tfdisguise.privacy.attacks.inverse_map): RMT (spectral) and
+# block scrambling (scramble_search); inverse_stem.py and model_gap_jax.py --inverse-stem take these.
+INVERTIBLE_PARTS = sorted(name for name, part in PARTS.items()
+                          if part["spec"].get("rmt") or part["spec"].get("scramble"))
+
 SOURCES = {"mnist": "mnist", "cifar10": "cifar10/train.npz"}
 
 # Recipe name -> TrainConfig fields per data set (epochs and seed come from the command line). Block models

@@ -42,7 +42,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
-from model_gap import PARTS, RECIPES, mean_sd  # one definition of the settings, the recipe and the statistics
+from model_gap import INVERTIBLE_PARTS, PARTS, RECIPES, mean_sd  # one definition of the settings, recipes, stats
 
 LAYER_SETTINGS = {
     "cifar-poster 32x32x3 b2 orthogonal matrix, noise 25": ((32, 32, 3), PARTS["cifar-poster"]["spec"]),
@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--parts", default="plain,cifar-poster,cifar-perm", help="comma list: plain and model_gap parts")
     p.add_argument("--recipe", default="resnet20+aug", choices=sorted(RECIPES["cifar10"]),
                    help="a CIFAR-10 recipe of model_gap.py")
-    p.add_argument("--model", default=None, help="replace the recipe's model (its model_options stay)")
+    p.add_argument("--model", default=None, help="replace the recipe's model (and drop its model_options)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--learning-rate", type=float, default=2e-3)
@@ -340,8 +340,7 @@ def main(argv=None) -> int:
     bad = [p for p in parts if p != "plain" and p not in PARTS]
     if bad:
         sys.exit(f"--parts: unknown {bad}; choose from plain, {sorted(PARTS)}")
-    spec_of = lambda p: PARTS[p]["spec"]
-    nonlinear = [p for p in parts if p != "plain" and not (spec_of(p).get("rmt") or spec_of(p).get("scramble"))]
+    nonlinear = [p for p in parts if p != "plain" and p not in INVERTIBLE_PARTS]
     if args.inverse_stem and nonlinear:
         sys.exit(f"--inverse-stem: the key-free inverse takes RMT and block scrambling parts; {nonlinear} have "
                  "neither")

@@ -3,16 +3,8 @@
 # block_adapter with the ResNet-20 backbone (recipe adapter+aug), 3 keys, and ResNet-20 alone on disguised images
 # (1 key each), 100 epochs, on the same 16,200 owner images as run_inverse.sh. Prepared as run_inverse.sh says;
 # results go to $OUT/adapter.
-T0=$(date +%s); BUDGET=${BUDGET:-380}; PY=${PY:-python3}; EPOCHS=${EPOCHS:-100}; LIMIT=${LIMIT:-16200}
-: "${OUT:?set OUT to the folder whose files come back (the device tool sets it)}"
-if [ -z "$SKIP_INSTALL" ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PYTHONPATH:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1
-if [ -z "$DATA" ]; then
-  DATA=/tmp/cifar.npz; $PY benchmarks/device/pack_cifar.py unpack .gpu/d/cifar_d.npz $DATA || exit 1
-fi
+T0=$(date +%s); BUDGET=${BUDGET:-380}; EPOCHS=${EPOCHS:-100}; LIMIT=${LIMIT:-16200}
+source benchmarks/device/prelude.sh
 O=$OUT/adapter; mkdir -p $O
 common="--data $DATA --epochs $EPOCHS --batch-size 512 --learning-rate 2e-3 --parallel 3 --limit $LIMIT --out $O"
 alone=(cifar-poster cifar-perm)

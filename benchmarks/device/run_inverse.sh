@@ -5,17 +5,8 @@
 #   python benchmarks/device/pack_cifar.py pack ../shared/data/cifar10/train.npz 24000 .gpu/d/cifar_d.npz --check
 # then run `bash benchmarks/device/run_inverse.sh` on the device, carrying .gpu/d and .gpu/whl. Results go to
 # $OUT/inv; a seed that would not finish inside BUDGET seconds is stopped by --max-seconds.
-T0=$(date +%s); BUDGET=${BUDGET:-560}; PY=${PY:-python3}; EPOCHS=${EPOCHS:-100}; PUBLIC=${PUBLIC:-3000}
-: "${OUT:?set OUT to the folder whose files come back (the device tool sets it)}"
-if [ -z "$SKIP_INSTALL" ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PYTHONPATH:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1
-nvidia-smi -L; $PY -c "import jax, keras; print('jax', jax.__version__, 'keras', keras.__version__, jax.devices())"
-if [ -z "$DATA" ]; then
-  DATA=/tmp/cifar.npz; $PY benchmarks/device/pack_cifar.py unpack .gpu/d/cifar_d.npz $DATA || exit 1
-fi
+T0=$(date +%s); BUDGET=${BUDGET:-560}; EPOCHS=${EPOCHS:-100}; PUBLIC=${PUBLIC:-3000}
+source benchmarks/device/prelude.sh
 O=$OUT/inv; mkdir -p $O
 for s in 0 1 2; do
   left=$(( BUDGET - ($(date +%s) - T0) - 45 ))
