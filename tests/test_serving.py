@@ -274,6 +274,7 @@ def test_sixteen_concurrent_clients(served):
 
 
 def test_client_retries_through_a_server_restart(served):
+    """Mutations tried: a server whose Predict never answers fails the bounded wait (30 s) instead of hanging."""
     registry = ModelRegistry.from_flags("tiny", str(served["base"] / "tiny"))
     server = ModelServer(registry, port=0, host="127.0.0.1").start()
     port = server.port
@@ -292,8 +293,14 @@ def test_client_retries_through_a_server_restart(served):
 
     t = threading.Thread(target=run)
     t.start()
-    while len(done) < 5:
+    # Bounded: a server that never answers must fail this test, not hang it.
+    started = time.monotonic()
+    while len(done) < 5 and time.monotonic() - started < 30:
         time.sleep(0.01)
+    if len(done) < 5:
+        server.stop(grace=0)
+        t.join(timeout=60)
+    assert len(done) >= 5, f"only {len(done)} answers in 30 s before the restart; failures: {failures[:3]}"
     server.stop(grace=0.5)
     time.sleep(1.0)
     restarted = ModelServer(registry, port=port, host="127.0.0.1").start()
