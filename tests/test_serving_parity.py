@@ -319,7 +319,7 @@ def test_config_reload_adds_and_removes_models_live(tmp_path, key, models):
     path = tmp_path / "models.config"
     path.write_text(config("a"))
     server = ModelServer(ModelRegistry.from_flags(model_config_file=str(path)), port=0, host="127.0.0.1",
-                         model_config_file_poll_wait_seconds=0.1).start()
+                         model_config_file_poll_wait_seconds=0.1, allow_config_reload_rpc=True).start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)

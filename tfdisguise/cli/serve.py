@@ -110,6 +110,10 @@ def register_subparser(subparsers) -> None:
                                f"(default {DEFAULT_REST_READ_TIMEOUT:g})")
     embedded.add_argument("--rest_max_connections", type=int, default=DEFAULT_REST_MAX_CONNECTIONS,
                           help=f"open REST connections at most; more get 503 (default {DEFAULT_REST_MAX_CONNECTIONS})")
+    embedded.add_argument("--allow_config_reload_rpc", type=_bool, nargs="?", const="true", default="false",
+                          help="answer ModelService/HandleReloadConfigRequest (default false: refused with "
+                               "PERMISSION_DENIED, since any client could unload every model or serve any directory "
+                               "of this machine; tensorflow_model_server always answers it)")
     embedded.add_argument("--embedded", action="store_true",
                           help=f"use the embedded server even if {MODEL_SERVER} is on PATH")
     p.set_defaults(run=run, takes_unknown_flags=True, unknown_flags=())
@@ -155,7 +159,8 @@ def embedded_options(args) -> tuple[dict, list[str]]:
         notes.append("--batching_parameters_file is read only with --enable_batching, as in TF Serving.")
     options = dict(given, host=args.host or "0.0.0.0", max_message_bytes=args.max_message_bytes,
                    rest_max_body_bytes=args.rest_max_body_bytes, rest_read_timeout=args.rest_read_timeout,
-                   rest_max_connections=args.rest_max_connections)
+                   rest_max_connections=args.rest_max_connections,
+                   allow_config_reload_rpc=args.allow_config_reload_rpc == "true")
     return options, notes
 
 

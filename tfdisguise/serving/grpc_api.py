@@ -1,7 +1,8 @@
 """TF Serving's gRPC API over a `ModelRegistry`.
 
 tensorflow.serving.PredictionService: Predict, GetModelMetadata.
-tensorflow.serving.ModelService: GetModelStatus, HandleReloadConfigRequest.
+tensorflow.serving.ModelService: GetModelStatus, HandleReloadConfigRequest (refused,
+PERMISSION_DENIED, unless the server allows it: --allow_config_reload_rpc).
 
 A Predict whose deadline has already passed is answered DEADLINE_EXCEEDED and
 not run. It holds its model version (`ModelRegistry.hold`) until it is
@@ -192,8 +193,17 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, registry: ModelRegistry):
+    """GetModelStatus, and HandleReloadConfigRequest only if `allow_config_reload_rpc`.
+
+    Why off by default: the RPC has no authentication, and one call unloads
+    every model (an empty list) or serves any directory on this machine under
+    a new name. TF Serving always allows it; here the operator must ask for it
+    (--allow_config_reload_rpc).
+    """
+
+    def __init__(self, registry: ModelRegistry, allow_config_reload_rpc: bool = False):
         self.registry = registry
+        self.allow_config_reload_rpc = bool(allow_config_reload_rpc)
 
     @_aborts_on_serving_error
     def GetModelStatus(self, request, context):
@@ -201,6 +211,10 @@ class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     def HandleReloadConfigRequest(self, request, context):
         """Serves the models of `request.config` from now on: added ones loaded, removed ones unloaded."""
+        if not self.allow_config_reload_rpc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          "HandleReloadConfigRequest is disabled on this server: it would let any client unload "
+                          "or add models. Start the server with --allow_config_reload_rpc to allow it.")
         response = model_management_pb2.ReloadConfigResponse()
         try:
             self.registry.reload(request.config)
@@ -211,8 +225,9 @@ class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def add_servicers(server: grpc.Server, registry: ModelRegistry,
-                  max_request_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-    """Serves both services of `registry` on `server`."""
+                  max_request_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, allow_config_reload_rpc: bool = False) -> None:
+    """Serves both services of `registry` on `server` (the reload RPC only if `allow_config_reload_rpc`)."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionServicer(registry, max_request_bytes), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(registry), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelStatusServicer(registry, allow_config_reload_rpc), server)

@@ -55,7 +55,9 @@ class ModelServer:
     and removed versions, `model_config_file_poll_wait_seconds` > 0 re-reads
     the registry's --model_config_file; `batching` (`BatchingParameters`)
     merges concurrent requests; `metrics_path` serves Prometheus metrics on
-    the REST port.
+    the REST port. ModelService's HandleReloadConfigRequest is refused
+    (PERMISSION_DENIED) unless `allow_config_reload_rpc`: it is not
+    authenticated, and it can unload every model or serve any directory.
     """
 
     def __init__(self, registry: ModelRegistry, *, port: int = 8500, rest_api_port: int | None = None,
@@ -64,7 +66,8 @@ class ModelServer:
                  rest_read_timeout: float = DEFAULT_REST_READ_TIMEOUT,
                  rest_max_connections: int = DEFAULT_REST_MAX_CONNECTIONS, rest_api_num_threads: int | None = None,
                  rest_api_timeout_in_ms: int | None = None, file_system_poll_wait_seconds: float = 0.0,
-                 model_config_file_poll_wait_seconds: float = 0.0, batching=None, metrics_path: str | None = None):
+                 model_config_file_poll_wait_seconds: float = 0.0, batching=None, metrics_path: str | None = None,
+                 allow_config_reload_rpc: bool = False):
         if ssl is not None and not isinstance(ssl, SSLConfig):
             raise TypeError(f"`ssl` must be a tfdisguise.serving.tls.SSLConfig or None. "
                             f"Received: ssl={type(ssl).__name__}")
@@ -80,6 +83,7 @@ class ModelServer:
         self.rest_api_num_threads = rest_api_num_threads or max_workers
         self.rest_api_timeout_in_ms, self.metrics_path = rest_api_timeout_in_ms, metrics_path
         self.polling = (file_system_poll_wait_seconds, model_config_file_poll_wait_seconds)
+        self.allow_config_reload_rpc = bool(allow_config_reload_rpc)
         if batching is not None:
             from tfdisguise.serving.batching import Batcher
 
@@ -93,7 +97,7 @@ class ModelServer:
                    # Exclusive: with SO_REUSEPORT a second server on this port would take a share of the connections.
                    ("grpc.so_reuseport", 0)]
         server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=self.max_workers), options=options)
-        grpc_api.add_servicers(server, self.registry, self.max_message_bytes)
+        grpc_api.add_servicers(server, self.registry, self.max_message_bytes, self.allow_config_reload_rpc)
         address = _address(self.host, self.port)
         try:
             port = (server.add_secure_port(address, self.ssl.credentials()) if self.ssl
@@ -218,7 +222,8 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
           model_config_file_poll_wait_seconds: float = 0.0, enable_batching: str | None = None,
           batching_parameters_file: str | None = None, monitoring_config_file: str | None = None,
           rest_api_num_threads: int | None = None, rest_api_timeout_in_ms: int | None = None,
-          tensorflow_intra_op_parallelism: int = 0, tensorflow_inter_op_parallelism: int = 0) -> int:
+          tensorflow_intra_op_parallelism: int = 0, tensorflow_inter_op_parallelism: int = 0,
+          allow_config_reload_rpc: bool = False) -> int:
     """Serves until SIGTERM or SIGINT, then lets in-flight requests finish for up to `grace` seconds.
 
     The arguments are `tensorflow_model_server`'s flags of the same names
@@ -251,7 +256,8 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
                              rest_api_timeout_in_ms=rest_api_timeout_in_ms,
                              file_system_poll_wait_seconds=file_system_poll_wait_seconds,
                              model_config_file_poll_wait_seconds=model_config_file_poll_wait_seconds,
-                             batching=batching, metrics_path=metrics_path).start()
+                             batching=batching, metrics_path=metrics_path,
+                             allow_config_reload_rpc=allow_config_reload_rpc).start()
         print(f"serving {registry.names} on {host}: gRPC port {server.port}"
               + (f", REST port {server.rest_api_port}" if rest_api_port else "")
               + (" (TLS)" if ssl else " (no TLS, no authentication)"), flush=True)

@@ -1,0 +1,149 @@
+"""The embedded server's boundary (issue 22): each audit finding, reproduced from the outside.
+
+Every test talks to a real server over loopback (gRPC or HTTP clients, raw
+sockets), with real model directories on disk, and is bounded in time: a
+server that regressed fails a test, it does not hang it. Each test's
+docstring lists the mutations of the server that were tried against it (the
+protection removed), each of which made it fail.
+"""
+
+import contextlib
+import pathlib
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from tfdisguise.serving.registry import ModelRegistry, parse_model_config
+from tfdisguise.serving.server import ModelServer
+
+
+def save_double(path) -> None:
+    """A SavedModel that doubles a [None, 2] float32 input "x" into "y"."""
+
+    class Double(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": 2 * x}
+
+    module = Double()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def write_config(path: pathlib.Path, models: dict) -> pathlib.Path:
+    path.write_text("model_config_list {\n" + "".join(
+        f'  config {{ name: "{name}" base_path: "{base}" model_platform: "tensorflow" }}\n'
+        for name, base in models.items()) + "}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def double(tmp_path_factory):
+    """A saved "double" model, version 1, to copy from."""
+    path = tmp_path_factory.mktemp("double") / "1"
+    save_double(path)
+    return path
+
+
+def copy_version(source: pathlib.Path, target: pathlib.Path) -> None:
+    """A version directory copied file by file (fast; the same SavedModel under another version)."""
+    for item in source.rglob("*"):
+        dest = target / item.relative_to(source)
+        if item.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(item.read_bytes())
+
+
+def predict_request(name: str, x, version: int | None = None) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.asarray(x, np.float32)))
+    return request
+
+
+@contextlib.contextmanager
+def serving(models: dict, tmp_path: pathlib.Path, **options):
+    """A server over a models.config for `models` (name -> base path), on loopback, with gRPC and REST."""
+    config = write_config(tmp_path / "models.config", models)
+    registry = ModelRegistry.from_flags(model_config_file=str(config))
+    options = {"port": 0, "rest_api_port": 0, "host": "127.0.0.1", **options}
+    server = ModelServer(registry, **options).start()
+    try:
+        yield server
+    finally:
+        server.stop(grace=0.5)
+
+
+def wait_for(condition, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not within {seconds} s: {what}")
+
+
+def served_versions(server, name: str) -> list[int]:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        try:
+            answer = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=5)
+        except grpc.RpcError:
+            return []
+    return sorted(s.version for s in answer.model_version_status
+                  if s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+
+
+def grpc_predict(server, name: str, x, version: int | None = None, timeout: float = 5):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        return tf.make_ndarray(stub.Predict(predict_request(name, x, version), timeout=timeout).outputs["y"])
+
+
+# ---- 4. the config-reload RPC is off unless the operator turns it on -----------------------------
+
+
+def test_config_reload_rpc_is_refused_unless_allowed(double, tmp_path):
+    """An unauthenticated client can neither unload every model nor serve a directory of its choosing.
+
+    Mutations tried: the PERMISSION_DENIED check removed from HandleReloadConfigRequest (the empty config
+    unloads "m", and "stolen" serves); `allow_config_reload_rpc` ignored by ModelServer (the allowed
+    server refuses).
+    """
+    copy_version(double, tmp_path / "m" / "1")
+    copy_version(double, tmp_path / "elsewhere" / "1")
+    empty = model_management_pb2.ReloadConfigRequest()
+    empty.config.model_config_list.SetInParent()
+    steal = model_management_pb2.ReloadConfigRequest()
+    steal.config.CopyFrom(parse_model_config(str(write_config(tmp_path / "steal.config",
+                                                               {"stolen": tmp_path / "elsewhere"}))))
+    with serving({"m": tmp_path / "m"}, tmp_path) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        for request in (empty, steal):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.HandleReloadConfigRequest(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "--allow_config_reload_rpc" in err.value.details()
+        assert served_versions(server, "m") == [1] and served_versions(server, "stolen") == []
+        np.testing.assert_allclose(grpc_predict(server, "m", [[1, 2]]), [[2, 4]])
+    with serving({"m": tmp_path / "m"}, tmp_path, allow_config_reload_rpc=True) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        answer = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(steal, timeout=30)
+        assert answer.status.error_code == 0
+        assert served_versions(server, "stolen") == [1] and served_versions(server, "m") == []
