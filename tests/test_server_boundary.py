@@ -14,6 +14,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+import requests
 import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_status_pb2,
@@ -147,3 +148,59 @@ def test_config_reload_rpc_is_refused_unless_allowed(double, tmp_path):
         answer = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(steal, timeout=30)
         assert answer.status.error_code == 0
         assert served_versions(server, "stolen") == [1] and served_versions(server, "m") == []
+
+
+# ---- 7. version directories: int64 only, zero-padded names served as named ------------------------
+
+
+def test_version_directories_above_int64_are_ignored_and_zero_padded_ones_served(double, tmp_path):
+    """A directory named above int64 is not a version; `00000123` is version 123, loaded from that directory.
+
+    Mutations tried: the int64 check removed from `_versions` (the huge version serves as latest and its status
+    cannot be answered); versions loaded from `str(version)` instead of the directory's own name (version 123
+    fails to load from a missing `123`, so the model has no version and the server does not start).
+    """
+    copy_version(double, tmp_path / "m" / "1")
+    copy_version(double, tmp_path / "m" / "99999999999999999999")
+    copy_version(double, tmp_path / "p" / "00000123")
+    with serving({"m": tmp_path / "m", "p": tmp_path / "p"}, tmp_path, file_system_poll_wait_seconds=0.1) as server:
+        time.sleep(0.3)  # a few polls
+        assert served_versions(server, "m") == [1] and served_versions(server, "p") == [123]
+        np.testing.assert_allclose(grpc_predict(server, "m", [[1, 2]]), [[2, 4]])
+        np.testing.assert_allclose(grpc_predict(server, "p", [[1, 2]], version=123), [[2, 4]])
+        rest = f"http://127.0.0.1:{server.rest_api_port}/v1/models"
+        answer = requests.get(f"{rest}/m", timeout=5)
+        assert answer.status_code == 200 and [s["version"] for s in answer.json()["model_version_status"]] == ["1"]
+        answer = requests.post(f"{rest}/p/versions/123:predict", json={"instances": [[1, 2]]}, timeout=5)
+        assert answer.status_code == 200 and answer.json() == {"predictions": [[2.0, 4.0]]}
+
+
+# ---- 14. a version half-written when polled is retried once it changes ---------------------------
+
+
+def test_a_version_that_failed_to_load_is_retried_once_its_directory_changes(double, tmp_path):
+    """Version 2 appears half-written (a truncated saved_model.pb), fails, and is served once completed.
+
+    Mutations tried: failed versions never retried (the old `failed` map; version 2 never serves).
+    """
+    copy_version(double, tmp_path / "m" / "1")
+    with serving({"m": tmp_path / "m"}, tmp_path, file_system_poll_wait_seconds=0.1) as server:
+        assert served_versions(server, "m") == [1]
+        half = tmp_path / "staging"
+        copy_version(double, half)
+        version = tmp_path / "m" / "2"
+        version.mkdir()
+        pb = (half / "saved_model.pb").read_bytes()
+        (version / "saved_model.pb").write_bytes(pb[:len(pb) // 3])
+
+        def failed():
+            with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                request = get_model_status_pb2.GetModelStatusRequest()
+                request.model_spec.name = "m"
+                answer = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=5)
+            return any(s.version == 2 and s.status.error_code != 0 for s in answer.model_version_status)
+
+        wait_for(failed, 10, "version 2 reported as failed")
+        copy_version(half, version)  # the writer finishes
+        wait_for(lambda: served_versions(server, "m") == [2], 10, "version 2 retried and served")
+        np.testing.assert_allclose(grpc_predict(server, "m", [[1, 2]], version=2), [[2, 4]])

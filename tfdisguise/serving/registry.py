@@ -121,10 +121,59 @@ def _signature_defs(path: str) -> dict:
     return {k: defs[k] for k in defs if not k.startswith("__")}
 
 
-def _versions(base_path: str) -> list[int]:
+_INT64_MAX = (1 << 63) - 1
+
+
+def _versions(base_path: str) -> dict[int, str]:
+    """The version directories under `base_path`: version number -> directory name, as named on disk.
+
+    A zero-padded name (`00000123`) is version 123, served from that directory, as TF Serving does. A number
+    above int64 cannot be a version (TF Serving's version field is an int64): it is skipped with a log line,
+    rather than served as the latest. Of two names for one number (`7` and `007`), the shorter serves.
+    """
     if not tf.io.gfile.isdir(base_path):
         raise ValueError(f"Model base path {base_path} does not exist or is not a directory.")
-    return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(base_path) if re.fullmatch(r"\d+/?", n))
+    found: dict[int, str] = {}
+    for entry in tf.io.gfile.listdir(base_path):
+        name = entry.rstrip("/")
+        if not re.fullmatch(r"\d+", name):
+            continue
+        version = int(name)
+        if version > _INT64_MAX:
+            _log_once(base_path, name, "version directory %s under %s is not a version: %s is above int64's "
+                                       "maximum; ignored", name, base_path, name)
+            continue
+        if version in found and found[version] != name:
+            kept = min(found[version], name, key=lambda n: (len(n), n))
+            _log_once(base_path, f"{version}:{kept}", "version %d under %s has two directories (%s, %s); "
+                                                      "serving %s", version, base_path, found[version], name, kept)
+            name = kept
+        found[version] = name
+    return dict(sorted(found.items()))
+
+
+_LOGGED: set = set()  # what `_log_once` has said: a poll every second must not repeat it every second
+
+
+def _log_once(base_path: str, what: str, message: str, *args) -> None:
+    if (base_path, what) not in _LOGGED:
+        _LOGGED.add((base_path, what))
+        log.warning(message, *args)
+
+
+def _fingerprint(path: str) -> tuple:
+    """What a version directory holds (names, sizes, times): a failed version is retried once this changes."""
+    seen = []
+    try:
+        for folder, _, files in tf.io.gfile.walk(path):
+            for name in files:
+                full = os.path.join(folder, name)
+                with contextlib.suppress(tf.errors.OpError):
+                    stat = tf.io.gfile.stat(full)
+                    seen.append((os.path.relpath(full, path), stat.length, stat.mtime_nsec))
+    except tf.errors.OpError:
+        return ()
+    return tuple(sorted(seen))
 
 
 def _chosen(mc, versions: list[int]) -> list[int]:
@@ -190,7 +239,8 @@ class ModelRegistry:
         self._labels: dict[str, dict[str, int]] = {}
         self._configs: dict[str, object] = {}
         self._status: dict[str, dict[int, VersionStatus]] = {}
-        self._failed: dict[str, dict[int, str]] = {}  # versions that failed to load: not retried
+        # Versions that failed to load: (message, fingerprint); retried when the directory changes.
+        self._failed: dict[str, dict[int, tuple[str, tuple]]] = {}
         self._config_path, self._config_text = config_path, None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -236,6 +286,10 @@ class ModelRegistry:
             log.warning("model %s: base path %s is gone; its versions keep serving", mc.name, mc.base_path)
             return
         failed = self._failed.setdefault(mc.name, {})
+        for v in list(failed):
+            # Retried once its directory changes (a version half-written when polled, completed since).
+            if v not in on_disk or _fingerprint(os.path.join(mc.base_path, on_disk[v])) != failed[v][1]:
+                del failed[v]
         loaded = dict(self._models.get(mc.name, {}))
         while True:
             chosen = _chosen(mc, [v for v in on_disk if v not in failed])
@@ -243,7 +297,8 @@ class ModelRegistry:
             if not missing:
                 break
             for v in missing:
-                path = os.path.join(mc.base_path, str(v))
+                path = os.path.join(mc.base_path, on_disk[v])
+                before = _fingerprint(path)
                 self._set_status(mc.name, v, VersionStatus("LOADING"))
                 try:
                     servable = load_servable(mc.name, v, path)
@@ -251,7 +306,7 @@ class ModelRegistry:
                     message = f"Failed to load {mc.name} version {v} from {path}: {type(e).__name__}: " \
                               f"{str(e).splitlines()[0] if str(e) else ''}"
                     log.error("%s; serving versions %s meanwhile", message, sorted(loaded))
-                    failed[v] = message
+                    failed[v] = (message, before)
                     self._set_status(mc.name, v, VersionStatus("END", grpc.StatusCode.UNKNOWN, message))
                     continue
                 loaded[v] = servable
@@ -263,7 +318,7 @@ class ModelRegistry:
         if not chosen:
             if initial:
                 raise ValueError(f"Model {mc.name!r}: no servable versions under {mc.base_path}"
-                                 + (f" ({'; '.join(failed.values())})" if failed else "") + ".")
+                                 + (f" ({'; '.join(m for m, _ in failed.values())})" if failed else "") + ".")
             return  # keep what serves rather than serve nothing
         with self._lock:
             self._labels[mc.name] = dict(mc.version_labels)
