@@ -171,12 +171,17 @@ def test_malformed_fields_are_shard_errors(upload, mutate, needle):
 
 
 def test_false_per_shard_counts_are_caught(upload):
-    # The total still adds up (3 + 3 = 6); only the shards' own counts lie.
-    _edit_manifest(upload, lambda m: [s.update(count=3) for s in m["shards"]])
-    with pytest.raises(ShardError, match="shard-00000.tfrecord holds 4 records, but the manifest says 3"):
+    # The manifest agrees with itself (5 + 2 = 7); only the shards' own counts lie.
+    _edit_manifest(upload, lambda m: [m.update(count=7)] + [s.update(count=c) for s, c in zip(m["shards"], (5, 2))])
+    with pytest.raises(ShardError, match="shard-00000.tfrecord holds 4 records, but the manifest says 5"):
         load_disguised(upload)
     seen = []
-    with pytest.raises(tf.errors.OpError, match="expected to contain 3 elements"):  # while reading, at that shard
+    with pytest.raises(tf.errors.OpError, match="expected to contain 5 elements"):  # while reading, at that shard
         for image, _ in load_disguised(upload, verify=False):
             seen.append(image)
-    assert len(seen) == 3
+    assert len(seen) == 4
+    # A count too small for the shard's size is refused before the shard is read, with or without `verify`.
+    _edit_manifest(upload, lambda m: [m.update(count=6)] + [s.update(count=c) for s, c in zip(m["shards"], (3, 3))])
+    for verify in (True, False):
+        with pytest.raises(ShardError, match=r"shard-00000.tfrecord is \d+ bytes, over the \d+ bytes"):
+            load_disguised(upload, verify=verify)

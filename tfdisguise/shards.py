@@ -3,13 +3,18 @@
 `export_disguised` writes into a temporary sibling directory and renames it into
 place only after the manifest is written, so an interrupted run never leaves a
 directory that looks complete. With `overwrite=True` it replaces only a
-disguised data set (a directory that holds our manifest and its shards, nothing
-else); anything else is refused and left untouched.
+disguised data set that it can verify as one it wrote: our manifest, every shard
+it lists present as a regular file named as we name shards and matching its
+sha256, and nothing else. Anything else is refused and left untouched, and the
+replacement deletes only those verified files.
 
-The manifest is checked before it is trusted: every field present and typed,
-shard files named inside the data set's directory (no "..", no absolute paths),
-`image_shape` the spec's. `load_disguised` verifies every shard's sha256 and
-record count, and checks each shard's count again while reading.
+The manifest is checked before it is trusted: a regular file of at most
+`MAX_MANIFEST_BYTES`, every field present and typed, shard files named inside
+the data set's directory (no "..", no absolute paths), `image_shape` the
+spec's. `load_disguised` reads only regular files (a FIFO or a device would hang
+it) that stay inside the directory (no symlink to a file elsewhere) and are no
+larger than their records can be; it verifies every shard's sha256 and record
+count, and checks each shard's count again while reading.
 
 Example:
 
@@ -34,6 +39,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import struct
 import time
 from typing import Any
@@ -46,9 +52,17 @@ from tfdisguise.data import image_spec_of, wrap
 from tfdisguise.identity import Identity
 from tfdisguise.key import Key
 
-__all__ = ["export_disguised", "load_disguised", "read_manifest", "check_output_dir", "ShardError", "MANIFEST"]
+__all__ = ["export_disguised", "load_disguised", "read_manifest", "check_output_dir", "ShardError", "MANIFEST",
+           "MAX_MANIFEST_BYTES"]
 
 MANIFEST = "manifest.json"
+# A manifest entry per shard is about 170 bytes (indent 2): 16 MiB holds some 90,000 shards (900 million images at
+# the default 10,000 per shard), plus labels and class names. Anything larger is not a manifest we wrote.
+MAX_MANIFEST_BYTES = 16 << 20
+# What `export_disguised` and the Beam pipeline name their shards; `--overwrite` deletes nothing named otherwise.
+_OUR_SHARD = re.compile(r"shard-[0-9]{5,}\.tfrecord")
+# A record's framing (16 bytes) and its Example's field names and tags take well under this beyond the image.
+_RECORD_OVERHEAD = 128
 FORMAT = "tfdisguise.shards"
 VERSION = 1
 # How shards may store disguised values, and their little-endian numpy types.
@@ -211,9 +225,17 @@ def build_manifest(identity: dict, image_shape, *, dtype: str, shards: list[dict
 
 
 def write_manifest(directory: str, manifest: dict) -> None:
-    """Writes `manifest.json` into `directory`: the last file of a data set, after every shard."""
+    """Writes `manifest.json` into `directory`: the last file of a data set, after every shard.
+
+    A manifest that `read_manifest` would refuse as too large is refused here, before the data set looks complete.
+    """
+    text = json.dumps(manifest, indent=2) + "\n"
+    if len(text.encode("utf-8")) > MAX_MANIFEST_BYTES:
+        raise ShardError(f"The manifest of {len(manifest['shards'])} shards would be {len(text.encode('utf-8'))} "
+                         f"bytes, over the {MAX_MANIFEST_BYTES} bytes a reader accepts; use larger shards "
+                         f"(`shard_size`).")
     with tf.io.gfile.GFile(os.path.join(directory, MANIFEST), "w") as f:
-        f.write(json.dumps(manifest, indent=2) + "\n")
+        f.write(text)
 
 
 def write_shard(path: str, images: np.ndarray, labels: np.ndarray, dtype: str = "float32") -> dict:
@@ -229,35 +251,61 @@ def _shard_entry(path: str, count: int) -> dict:
     return {"file": os.path.basename(path), "count": int(count), "sha256": _sha256(path)}
 
 
-def check_output_dir(out_dir: str, *, overwrite: bool, option: str = "overwrite=True") -> bool:
-    """Whether `export_disguised` will replace `out_dir`; raises FileExistsError if it must not be touched.
+def check_output_dir(out_dir: str, *, overwrite: bool, option: str = "overwrite=True") -> tuple[str, ...]:
+    """What `export_disguised` will replace in `out_dir` (empty: nothing); FileExistsError if it must not touch it.
 
     Only a disguised data set may be replaced, and only with `overwrite`: a
     directory that holds a valid manifest of ours and the shards it lists,
-    nothing else. `option` is how the caller spells "overwrite" in messages
-    (the command line says --overwrite).
+    nothing else, each a regular file (not a symlink, not a directory), each
+    shard named as we name shards (shard-NNNNN.tfrecord) and matching the
+    manifest's sha256. A planted manifest that lists someone's photos cannot
+    get them deleted. Returns those file names, the only things a replacement
+    removes (`io.atomic_dir`). `option` is how the caller spells "overwrite" in
+    messages (the command line says --overwrite).
     """
     out_dir = out_dir.rstrip("/")
     if not tf.io.gfile.exists(out_dir):
-        return False
+        return ()
     if not tf.io.gfile.isdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not a directory; refusing to replace it (even with "
                               f"{option}). Choose another output path.")
+
+    def refuse(why: str):
+        raise FileExistsError(f"{out_dir} exists and is not a disguised data set ({why}); refusing to replace it "
+                              f"(even with {option}). Nothing was deleted; choose another output path.")
+
     try:
-        manifest = read_manifest(out_dir)
+        manifest, problem = read_manifest(out_dir), None
     except ShardError as e:
-        raise FileExistsError(f"{out_dir} exists and is not a disguised data set ({e}); refusing to replace it "
-                              f"(even with {option}). Choose another output path.") from None
-    ours = {MANIFEST, *(shard["file"] for shard in manifest["shards"])}
+        manifest, problem = None, str(e)
+    if problem:
+        refuse(problem)
+    ours = [MANIFEST, *(shard["file"] for shard in manifest["shards"])]
     others = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(out_dir) if name.rstrip("/") not in ours)
     if others:
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         raise FileExistsError(f"{out_dir} holds a disguised data set but also other files ({shown}); refusing to "
                               f"replace it (even with {option}). Move them, or choose another output path.")
+    for shard in manifest["shards"]:
+        if not _OUR_SHARD.fullmatch(shard["file"]):
+            refuse(f"its manifest lists {shard['file']!r}, which is not a shard name tfdisguise writes")
+    for name in ours:
+        path = os.path.join(out_dir, name)
+        if io.is_local(path):
+            mode = os.lstat(path).st_mode if os.path.lexists(path) else None
+            if mode is None:
+                refuse(f"{name}, listed in its manifest, is missing")
+            if not stat.S_ISREG(mode):
+                refuse(f"{name} is not a regular file")
+        elif not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+            refuse(f"{name}, listed in its manifest, is missing or a directory")
     if not overwrite:
         raise FileExistsError(f"{out_dir} already exists; refusing to overwrite it (pass {option} to replace "
                               f"the data set in it).")
-    return True
+    for shard in manifest["shards"]:
+        if _sha256(os.path.join(out_dir, shard["file"])) != shard["sha256"]:
+            refuse(f"{shard['file']} does not match the sha256 its manifest records")
+    return tuple(ours)
 
 
 def _progress(total, enabled):
@@ -273,9 +321,13 @@ def read_manifest(out_dir: str) -> dict[str, Any]:
     path = os.path.join(out_dir, MANIFEST)
     if not tf.io.gfile.exists(path):
         raise ShardError(f"{out_dir} has no {MANIFEST}: it is not a disguised data set, or its export did not finish.")
+    # Checked before a byte is read: a FIFO or /dev/zero would hang the reader, a huge file would fill memory.
+    with io.open_regular(path, max_bytes=MAX_MANIFEST_BYTES, what="Manifest", inside=out_dir, error=ShardError) as f:
+        raw = f.read(MAX_MANIFEST_BYTES + 1)  # it may have grown since the check
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ShardError(f"Manifest {path} is over {MAX_MANIFEST_BYTES} bytes; refusing to read it.")
     try:
-        with tf.io.gfile.GFile(path, "r") as f:
-            manifest = json.loads(f.read())
+        manifest = json.loads(raw)
     except (ValueError, RecursionError) as e:
         raise ShardError(f"{path} is corrupt ({type(e).__name__}: {e}).") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -368,10 +420,15 @@ def load_disguised(out_dir: str, *, key: Key | None = None, verify: bool = True)
     if key is not None:
         key.check_matches(manifest_identity(manifest), f"The data set in {out_dir}")
     paths, counts = [], []
+    image_bytes = int(np.prod(manifest["image_shape"])) * np.dtype(_LITTLE[manifest["dtype"]]).itemsize
     for shard in manifest["shards"]:
         path = os.path.join(out_dir, shard["file"])
         if not tf.io.gfile.exists(path):
             raise ShardError(f"Shard {path} listed in the manifest is missing.")
+        # Before anything opens it (with or without `verify`): a FIFO or a device would hang every reader, a
+        # symlink could make this read a file from elsewhere, and no shard of `count` records is larger.
+        io.check_regular_file(path, max_bytes=shard["count"] * (image_bytes + _RECORD_OVERHEAD), what="Shard",
+                              inside=out_dir, error=ShardError)
         if verify:
             if _sha256(path) != shard["sha256"]:
                 raise ShardError(f"Shard {path} is corrupt: its sha256 does not match the manifest.")

@@ -11,20 +11,24 @@ from __future__ import annotations
 def register_subparser(subparsers) -> None:
     p = subparsers.add_parser("predict", help="disguise images locally and query a served model",
                               description=__doc__.split("\n\n", 1)[0])
-    p.add_argument("--key", required=True)
+    p.add_argument("--key", required=True,
+                   help="the owner's key file: images are disguised with it here, before they leave")
     p.add_argument("--server", required=True,
                    help="HOST:PORT (gRPC), or http://HOST:PORT / https://HOST:PORT (REST)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--version", type=int, default=None)
+    p.add_argument("--model", required=True, help="the served model's name (serve's --model_name)")
+    p.add_argument("--version", type=int, default=None,
+                   help="the model version to ask for (default: the newest the server has)")
     p.add_argument("--rest", action="store_true", help="use the REST API")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds for each request, retries included")
     p.add_argument("--batch-size", type=int, default=64, help="images per request (default 64)")
     p.add_argument("--concurrency", type=int, default=1, help="requests in flight at once (default 1)")
     tls = p.add_argument_group("TLS (as the server's --ssl_config_file asks)")
     tls.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs (implied by the others)")
-    tls.add_argument("--ca-cert", help="PEM file of the CA that signs the server's certificate")
-    tls.add_argument("--client-cert", help="PEM file of this client's certificate (for client_verify)")
-    tls.add_argument("--client-key", help="PEM file of this client's private key (with --client-cert)")
+    tls.add_argument("--ca-cert", help="PEM file of the CA that signs the server's certificate (default: the "
+                                       "system's CAs)")
+    tls.add_argument("--client-cert", help="PEM file of this client's certificate (for client_verify) (default: none)")
+    tls.add_argument("--client-key", help="PEM file of this client's private key (with --client-cert) "
+                                          "(default: none)")
     p.add_argument("images", nargs="+", help="image files (.png/.jpg), .npy, or .npz with x")
     p.set_defaults(run=run)
 
@@ -48,10 +52,12 @@ def target_and_tls(args):
 def run(args) -> int:
     import numpy as np
 
+    from tfdisguise.datasets import read_images
     from tfdisguise.key import Key
-    from tfdisguise.serving.client import DisguisedClient, read_images
+    from tfdisguise.serving.client import DisguisedClient
 
     key = Key.load(args.key)
+    # Untrusted files: regular files only (a FIFO would hang here), sizes checked before decoding.
     names, images = read_images(args.images, key.spec.image_shape)
     target, tls = target_and_tls(args)
     with DisguisedClient(target, args.model, key, version=args.version, timeout=args.timeout, tls=tls,

@@ -53,11 +53,33 @@ def _bool(text: str) -> str:
     return "true" if value in ("true", "1") else "false"
 
 
+def _port(text: str) -> int:
+    """A TCP port: out of range, the OS would take it modulo 65536 (70000 binds 4464; -1 binds 65535)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """A limit: 0 or less would remove it (gRPC reads -1 as no message limit) rather than mean anything."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 # Flags that tensorflow_model_server also has (same names, same defaults): handed over when it runs.
 # (flag, argparse keywords, help)
 _MODEL_SERVER_FLAGS = (
-    ("--port", {"type": int}, "gRPC port (default 8500; 0 picks a free one in the embedded server)"),
-    ("--rest_api_port", {"type": int}, "REST port (default 0: no REST, as in TF Serving)"),
+    ("--port", {"type": _port}, "gRPC port (default 8500; 0 picks a free one in the embedded server)"),
+    ("--rest_api_port", {"type": _port}, "REST port (default 0: no REST, as in TF Serving)"),
     ("--model_name", {"type": str}, "the served model's name (default 'default')"),
     ("--model_base_path", {"type": str}, "the model's directory of numbered versions"),
     ("--model_config_file", {"type": str}, "a ModelServerConfig text proto (models.config), for several models"),
@@ -100,15 +122,15 @@ def register_subparser(subparsers) -> None:
     embedded.add_argument("--host", default=None,
                           help="address that gRPC and REST bind (default 0.0.0.0: every interface; 127.0.0.1 for "
                                "this machine only)")
-    embedded.add_argument("--max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+    embedded.add_argument("--max_message_bytes", type=_positive, default=DEFAULT_MAX_MESSAGE_BYTES,
                           help="gRPC message limit, and the most a request's inputs may decode to (default 64 MiB)")
-    embedded.add_argument("--rest_max_body_bytes", type=int, default=DEFAULT_REST_MAX_BODY_BYTES,
+    embedded.add_argument("--rest_max_body_bytes", type=_positive, default=DEFAULT_REST_MAX_BODY_BYTES,
                           help=f"largest REST body; larger ones get 413 (default {DEFAULT_REST_MAX_BODY_BYTES >> 20} "
                                f"MiB)")
     embedded.add_argument("--rest_read_timeout", type=float, default=DEFAULT_REST_READ_TIMEOUT,
                           help=f"seconds a REST client has to send its headers, and again its body "
                                f"(default {DEFAULT_REST_READ_TIMEOUT:g})")
-    embedded.add_argument("--rest_max_connections", type=int, default=DEFAULT_REST_MAX_CONNECTIONS,
+    embedded.add_argument("--rest_max_connections", type=_positive, default=DEFAULT_REST_MAX_CONNECTIONS,
                           help=f"open REST connections at most; more get 503 (default {DEFAULT_REST_MAX_CONNECTIONS})")
     embedded.add_argument("--allow_config_reload_rpc", type=_bool, nargs="?", const="true", default="false",
                           help="answer ModelService/HandleReloadConfigRequest (default false: refused with "

@@ -43,6 +43,18 @@ class ServingError(Exception):
         self.message = message
 
 
+def _check_unique_names(config: model_server_config_pb2.ModelServerConfig, source: str) -> None:
+    """Refuses a model_config_list that names one model twice: which one serves would be an accident."""
+    seen = set()
+    for mc in config.model_config_list.config:
+        if not mc.name:
+            raise ValueError(f"{source}: a model config has no name (base_path: {mc.base_path!r}).")
+        if mc.name in seen:
+            raise ValueError(f"{source}: model name {mc.name!r} appears more than once; each model needs its "
+                             f"own name.")
+        seen.add(mc.name)
+
+
 def parse_model_config(path: str) -> model_server_config_pb2.ModelServerConfig:
     """Reads a `models.config` text proto (TF Serving's --model_config_file)."""
     with tf.io.gfile.GFile(path) as f:
@@ -249,6 +261,7 @@ class ModelRegistry:
         self.metrics = Metrics()  # what the APIs answered and what loaded; served with --monitoring_config_file
         self.batcher = None  # a `batching.Batcher` merges concurrent requests (--enable_batching)
         self.listeners = [self.metrics.version_state]  # callables (model, version, VersionStatus)
+        _check_unique_names(config, config_path or "the model config")
         for mc in config.model_config_list.config:
             self._configs[mc.name] = mc
             self._poll_model(mc, initial=True)
@@ -362,6 +375,7 @@ class ModelRegistry:
         if config.WhichOneof("config") != "model_config_list":
             raise ValueError("Only a model_config_list can be served; got "
                              f"{config.WhichOneof('config') or 'an empty config'}.")
+        _check_unique_names(config, "the reloaded model config")
         wanted = {mc.name: mc for mc in config.model_config_list.config}
         with self._poll_lock:
             for name, mc in wanted.items():

@@ -113,6 +113,13 @@ def _predict_rows(run, spec: dict, instances, max_bytes: int) -> dict:
     else:
         if not all(isinstance(i, dict) for i in instances):
             raise _invalid("Each instance must be an object of named inputs.")
+        for row, instance in enumerate(instances):
+            # Named, not dropped: a misspelt input name must not run the model on something else.
+            unknown, missing = sorted(set(instance) - set(spec)), sorted(set(spec) - set(instance))
+            if unknown or missing:
+                wrong = ([f"has unknown inputs {unknown}"] if unknown else []) + (
+                    [f"lacks inputs {missing}"] if missing else [])
+                raise _invalid(f"Instance {row} {' and '.join(wrong)}; the signature expects {sorted(spec)}.")
         inputs = _arrays({k: [i.get(k) for i in instances] for k in spec}, spec, max_bytes)
     outputs = run(inputs)
     keys = sorted(outputs)
@@ -135,7 +142,11 @@ def _predict_columns(run, spec: dict, columns, max_bytes: int) -> dict:
 
 
 def _predict(registry: ModelRegistry, servable: Servable, body: dict, max_bytes: int, deadline) -> dict:
-    signature, spec = servable.input_specs(body.get("signature_name") or "serving_default")
+    signature_name = body.get("signature_name") or "serving_default"
+    if not isinstance(signature_name, str):
+        raise _invalid(f"'signature_name' must be a string. Received: {type(signature_name).__name__} "
+                       f"{json.dumps(signature_name)[:80]}")
+    signature, spec = servable.input_specs(signature_name)
     if ("instances" in body) == ("inputs" in body):
         raise _invalid("Request must have exactly one of 'instances' or 'inputs'.")
 
@@ -164,12 +175,23 @@ def _json_body(request: Request) -> dict:
     return body
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
+def _int64_version(digits: str) -> int:
+    """The URL's version, which must fit TF Serving's int64 (checked before `int()`: 5000 digits would raise)."""
+    if len(digits.lstrip("0")) > 19 or int(digits) > _INT64_MAX:
+        raise _invalid(f"The version in the URL must be a 64-bit integer (at most {_INT64_MAX}). Received "
+                       f"{len(digits)} digits: {digits[:24]}{'...' if len(digits) > 24 else ''}")
+    return int(digits)
+
+
 def _route(registry: ModelRegistry, request: Request, max_request_bytes: int, timeout: float | None) -> dict:
     match = _PATH.match(request.path)
     if not match:
         raise ServingError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {request.method} {request.path}")
     name, verb, label = match["name"], match["verb"], match["label"]
-    version = int(match["version"]) if match["version"] else None
+    version = _int64_version(match["version"]) if match["version"] else None
     allowed = "POST" if verb in (":predict", ":classify", ":regress") else "GET"
     if request.method != allowed:
         raise _MethodNotAllowed(request.method, allowed)

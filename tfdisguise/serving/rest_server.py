@@ -124,6 +124,16 @@ def address_in_use(host: str, port: int, what: str, error: Exception | None = No
                    f"Pick another port, or stop that server.")
 
 
+def _bind_address(host: str) -> str | None:
+    """tornado's address for `host`: every interface of both IP versions for either wildcard, as gRPC binds.
+
+    gRPC serves IPv4 and IPv6 for `0.0.0.0` and for `::` alike; tornado would bind `::` IPv6-only and `0.0.0.0`
+    IPv4-only, so the two APIs would be reachable from different networks.
+    """
+    host = host.strip("[]")
+    return None if host in ("", "0.0.0.0", "::") else host
+
+
 class _InFlight:
     """WSGI middleware that counts requests in progress, so that stopping can wait for them."""
 
@@ -173,7 +183,7 @@ class RestServer:
         """Binds the port, raising OSError at once if it is taken; `start()` then serves on it."""
         if self._sockets is None:
             try:
-                self._sockets = netutil.bind_sockets(self.port, address=self.host, reuse_port=False)
+                self._sockets = netutil.bind_sockets(self.port, address=_bind_address(self.host), reuse_port=False)
             except OSError as e:
                 raise address_in_use(self.host, self.port, "REST", e) from None
             self.port = self._sockets[0].getsockname()[1]

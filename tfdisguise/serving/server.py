@@ -71,6 +71,13 @@ class ModelServer:
         if ssl is not None and not isinstance(ssl, SSLConfig):
             raise TypeError(f"`ssl` must be a tfdisguise.serving.tls.SSLConfig or None. "
                             f"Received: ssl={type(ssl).__name__}")
+        for name, value in (("port", port), ("rest_api_port", rest_api_port)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535):
+                raise ValueError(f"`{name}` must be a port number from 0 to 65535 (0 picks a free one). "
+                                 f"Received: {name}={value!r}")
+        for name, value in (("max_message_bytes", max_message_bytes), ("max_workers", max_workers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
         if rest_api_port and rest_api_port == port:
             raise ValueError(f"`rest_api_port` must differ from `port`. Received: port={port}, "
                              f"rest_api_port={rest_api_port}")
