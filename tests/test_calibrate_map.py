@@ -26,7 +26,8 @@ def test_cli_map_with_two_keys_and_public_data(sources, tmp_path, capsys):
     data, public = sources
     out = str(tmp_path / "map")
     argv = ["calibrate", "--input", data, "--out", out, "--block-sizes", "4", "--mechanisms", "rmt,aes",
-            "--keys", "2", "--public", public, "--attacks", "block_norm", "--epochs", "1", "--batch-size", "32"]
+            "--noise-levels", "0", "--keys", "2", "--public", public, "--attacks", "block_norm", "--epochs", "1",
+            "--batch-size", "32"]
     assert cli.main(argv) == 0
     names = ["b4x4-n0-orthogonal-matrix-perm", "b4x4-n0-aes-perm"]
     assert {"frontier.png", "report.md", "report.json", "tradeoff.png"} <= set(os.listdir(out))
@@ -295,7 +296,7 @@ def test_overwrite_runs_every_setting_again(sources, tmp_path, fake_runs):
 
 def test_block_sizes_take_full_and_rectangles(sources, capsys):
     argv = ["calibrate", "--input", sources[0], "--out", "unused", "--block-sizes", "4,full,2x4", "--no-permute",
-            "--list-settings"]
+            "--mechanisms", "rmt", "--noise-levels", "0", "--list-settings"]
     assert cli.main(argv) == 0
     listed = capsys.readouterr().out
     for name in ("b4x4-n0-orthogonal-matrix:", "b8x8-n0-orthogonal-matrix:", "b2x4-n0-orthogonal-matrix:"):
@@ -332,7 +333,8 @@ def test_the_map_trains_the_recommended_recipe(sources, tmp_path, capsys):
     data, _ = sources
     out = str(tmp_path / "map")
     # key_agnostic trains models of its own with the recipe: under random keys of the public spec.
-    argv = ["calibrate", "--input", data, "--out", out, "--block-sizes", "4", "--keys", "1", "--attacks",
+    argv = ["calibrate", "--input", data, "--out", out, "--block-sizes", "4", "--mechanisms", "rmt", "--keys", "1",
+            "--noise-levels", "0", "--attacks",
             "block_norm,key_agnostic", "--key-agnostic-keys", "2", "--epochs", "1", "--batch-size", "32", "--model",
             "block_adapter", "--model-options", "lr_multiplier=100", "--augment", "flip", "--label-smoothing", "0.1"]
     assert cli.main(argv) == 0

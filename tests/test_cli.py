@@ -163,7 +163,8 @@ def test_calibrate_passes_attacks_only_when_asked(monkeypatch, tmp_path):
     configs = []
     monkeypatch.setattr(calibration, "CalibrationConfig", lambda **kwargs: kwargs)
     monkeypatch.setattr(calibration, "calibrate", lambda config, log: configs.append(config))
-    argv = ["calibrate", "--input", "x.npz", "--out", str(tmp_path / "report"), "--block-sizes", "4,8"]
+    argv = ["calibrate", "--input", "x.npz", "--out", str(tmp_path / "report"), "--block-sizes", "4,8",
+            "--noise-levels", "0"]
     assert cli.main(argv) == 0
     assert cli.main([*argv, "--attacks", "known_plaintext, block_norm"]) == 0
     assert "attacks" not in configs[0] and configs[0]["block_sizes"] == (4, 8)

@@ -38,7 +38,8 @@ COMMANDS = (keygen, disguise, preview, stream, train, calibrate, export, serve, 
 class _DefaultsFormatter(argparse.HelpFormatter):
     """Appends an option's default to its help the way a user would type it (`7,14`, not `(7, 14)`).
 
-    Help that already names its default, and options without one (None, a switch that is off), are left alone.
+    Help that already names its default, and options without one (None, a switch that is off), are left alone;
+    a required option says so instead.
 
     >>> parser = argparse.ArgumentParser(prog="x", formatter_class=_DefaultsFormatter)
     >>> _ = parser.add_argument("--sizes", default=(7, 14), help="block sizes")
@@ -52,7 +53,10 @@ class _DefaultsFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if ("default" in text.lower() or default in (None, False, argparse.SUPPRESS)
+        if action.required and action.option_strings and "required" not in text:
+            return f"{text} (required)".strip()
+        # Identity, not ==: a default of 0 (a seed, a port) is a default to show, unlike a switch that is off.
+        if ("default" in text.lower() or any(default is v for v in (None, False, argparse.SUPPRESS))
                 or not action.option_strings):
             return text
         if isinstance(default, (tuple, list)):
@@ -78,7 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:
         command.register_subparser(subparsers)
+    for sub in subparsers.choices.values():
+        _say_which_is_required(sub)
     return parser
+
+
+def _say_which_is_required(parser: argparse.ArgumentParser) -> None:
+    """Each option of a required either-or group says so in its help (argparse marks none of them required)."""
+    for group in parser._mutually_exclusive_groups:
+        if group.required:
+            flags = [a.option_strings[0] for a in group._group_actions]
+            either = ", ".join(flags[:-1]) + f" or {flags[-1]}"
+            for action in group._group_actions:
+                if action.help is not argparse.SUPPRESS and "required" not in (action.help or ""):
+                    action.help = f"{action.help or ''} (one of {either} is required)".strip()
 
 
 def main(argv=None) -> int:

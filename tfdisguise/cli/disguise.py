@@ -10,9 +10,10 @@ from tfdisguise.cli import console
 
 def register_subparser(subparsers) -> None:
     p = subparsers.add_parser("disguise", help="disguise a data set into TFRecord shards + manifest for upload")
-    p.add_argument("--key", required=True)
+    p.add_argument("--key", required=True, help="the owner's key file, from `tfdisguise keygen`")
     cli_args.add_source_args(p)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True,
+                   help="the directory for the shards and manifest.json (the upload); new, empty, or with --overwrite")
     p.add_argument("--shard-size", type=int, default=10000, help="images per TFRecord shard")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it holds a disguised data set (ours, nothing else); never anything else")
@@ -26,10 +27,10 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--runner", default=None,
                    help="disguise on Apache Beam with this runner (DirectRunner, FlinkRunner, SparkRunner, "
                         "DataflowRunner, ...): workers load the key file and the source themselves "
-                        "(needs the `beam` extra)")
+                        "(needs the `beam` extra) (default: none, one process here)")
     p.add_argument("--beam_pipeline_options", "--beam-pipeline-options", dest="beam_pipeline_options", default=None,
                    help="with --runner: Beam options as NAME=VALUE,NAME=VALUE, e.g. "
-                        "direct_num_workers=2,direct_running_mode=multi_processing")
+                        "direct_num_workers=2,direct_running_mode=multi_processing (default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -61,7 +62,7 @@ def run(args) -> int:
 
 
 def _run_on_beam(args) -> int:
-    from tfdisguise.beam import disguise_on_beam
+    from tfdisguise.beam import check_pipeline_options, disguise_on_beam
 
     if args.copies != 1 or args.augment:
         raise ValueError("--copies and --augment are not available with --runner yet: export them without "
@@ -71,6 +72,8 @@ def _run_on_beam(args) -> int:
     # Beam's own INFO lines (gRPC channels, worker start-up) would bury the progress; the workers' per-shard
     # lines and the final counts stay.
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    # Before any work, in the command's own words.
+    check_pipeline_options(args.beam_pipeline_options, option="--beam_pipeline_options")
     print(f"disguising {args.input} on Beam ({args.runner}); the workers load {args.key}", file=sys.stderr)
     manifest = disguise_on_beam(args.input, args.key, args.out, split=args.split,
                                 validation_fraction=args.validation_fraction, seed=args.seed, limit=args.limit,

@@ -8,10 +8,12 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--model", required=True, help="a .keras file from `tfdisguise train`")
     p.add_argument("--base", default="saved_models", help="base directory (default saved_models)")
     p.add_argument("--name", required=True, help="the served model's name")
-    p.add_argument("--version", type=int, default=None, help="default: the next integer")
+    p.add_argument("--version", type=int, default=None,
+                   help="the version number to write (default: one more than the newest under --base/--name)")
     identity = p.add_mutually_exclusive_group()
-    identity.add_argument("--key", help="owner's key file (only its spec and fingerprint are recorded)")
-    identity.add_argument("--manifest", help="the shards' manifest.json the model was trained on")
+    identity.add_argument("--key", help="owner's key file (only its spec and fingerprint are recorded) "
+                                        "(default: none)")
+    identity.add_argument("--manifest", help="the shards' manifest.json the model was trained on (default: none)")
     p.set_defaults(run=run)
 
 

@@ -7,9 +7,9 @@ from tfdisguise.cli import args as cli_args
 
 def register_subparser(subparsers) -> None:
     p = subparsers.add_parser("preview", help="PNG grid: originals above, disguised below")
-    p.add_argument("--key", required=True)
+    p.add_argument("--key", required=True, help="the owner's key file, from `tfdisguise keygen`")
     cli_args.add_source_args(p, with_split=False)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the PNG file to write, e.g. preview.png")
     p.add_argument("--n", type=int, default=8, help="number of images (default 8)")
     p.set_defaults(run=run)
 

@@ -18,7 +18,7 @@ from tfdisguise.cli import args as cli_args
 def register_subparser(subparsers) -> None:
     p = subparsers.add_parser("stream", help="owner side: serve disguised batches through the tf.data service "
                                              "(fresh noise every epoch; the trainer never holds the key)")
-    p.add_argument("--key", required=True)
+    p.add_argument("--key", required=True, help="the owner's key file, from `tfdisguise keygen`")
     cli_args.add_source_args(p, with_split=False)
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="share of the images streamed as the validation set")

@@ -17,9 +17,9 @@ def register_subparser(subparsers) -> None:
                      help="the dispatcher of a `tfdisguise stream` (with --dataset-id): disguised batches with fresh "
                           "noise every epoch, from the owner's workers; this process never holds the key")
     p.add_argument("--dataset-id", default="tfdisguise", help="the stream's name, as `tfdisguise stream` printed it")
-    p.add_argument("--key", help="key file: train on --input disguised with it")
+    p.add_argument("--key", help="key file: train on --input disguised with it (default: none, plain training)")
     p.add_argument("--model", default="simple_cnn",
-                   help="a registered model (tfdisguise.models.MODEL_NAMES) or keras.applications.<Name>")
+                   help=cli_args.MODEL_HELP)
     p.add_argument("--epochs", type=int, default=10, help="training epochs")
     p.add_argument("--batch-size", type=int, default=128, help="images per training step")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's initial rate (cosine decay to 0)")
@@ -42,7 +42,8 @@ def register_subparser(subparsers) -> None:
     scale.add_argument("--cpu-devices", type=int, default=None,
                        help="split the CPU into this many logical devices (for --strategy mirrored without GPUs) "
                             "(default: one)")
-    p.add_argument("--out", required=True, help="run directory: model.keras, history.json/png, disguise.json")
+    p.add_argument("--out", required=True,
+                   help="the run directory to write: model.keras, history.json/png, disguise.json")
     p.set_defaults(run=run)
 
 

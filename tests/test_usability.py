@@ -1,0 +1,137 @@
+"""Errors and defaults as a first-time user meets them (issue 24): quiet start-up, complete --help, errors that
+name the flag or argument, defaults that are the recommended ones."""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfdisguise import cli
+from tfdisguise.cli import args as cli_args
+from tfdisguise.key import Key
+from tfdisguise.spec import Spec
+
+TF_STARTUP = re.compile(r"oneDNN|cuda|cuInit|absl::InitializeLog|cuDNN|cuBLAS|cuFFT", re.IGNORECASE)
+
+
+def _user_env():
+    """The environment a user's shell has: none of the test run's TensorFlow settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+@pytest.mark.parametrize("command", [[os.path.join(os.path.dirname(sys.executable), "tfdisguise")],
+                                     [sys.executable, "-m", "tfdisguise.cli"]])
+def test_commands_print_no_tensorflow_startup_lines(tmp_path, command):
+    out = tmp_path / "key.json"
+    done = subprocess.run([*command, "keygen", "--image-shape", "8,8,1", "--block-size", "4", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, env=_user_env(), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not TF_STARTUP.search(done.stderr), done.stderr
+    assert done.stdout.startswith(f"wrote {out}")
+    # An error still reaches stderr, alone.
+    again = subprocess.run([*command, "keygen", "--image-shape", "8,8,1", "--block-size", "4", "--out", str(out)],
+                           capture_output=True, text=True, timeout=120, env=_user_env(), cwd=tmp_path)
+    assert again.returncode == 1 and again.stderr.strip().splitlines()[0].startswith("tfdisguise keygen: error: ")
+    assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+
+
+def _subparsers():
+    parser = cli.build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_option_has_help_with_its_default_or_says_required():
+    missing = []
+    for name, parser in _subparsers().items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction) or not action.option_strings or \
+                    action.help is argparse.SUPPRESS:
+                continue
+            text = formatter._get_help_string(action) if action.help else ""
+            switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+            if len(text.split()) < 3 or not (switch or "default" in text.lower() or "required" in text.lower()):
+                missing.append(f"{name} {action.option_strings[0]}: {text!r}")
+    assert not missing, "\n".join(missing)
+
+
+def test_help_shows_defaults_as_typed_and_either_or_groups_as_required():
+    parsers = _subparsers()
+    keygen = " ".join(parsers["keygen"].format_help().split())
+    assert "(default: 2000000000)" in keygen and "2000000000.0" not in keygen
+    train = " ".join(parsers["train"].format_help().split())
+    assert "(one of --input, --shards or --stream is required)" in train
+    assert "seed of the split, the shuffle and the initial weights (default: 0)" in train
+    for command in ("disguise", "preview", "predict", "calibrate"):
+        text = " ".join(parsers[command].format_help().split())
+        assert "--out OUT" not in text or re.search(r"--out OUT \w", text), command
+
+
+def test_model_help_lists_the_registered_models():
+    from tfdisguise.models.registry import MODELS
+
+    assert set(cli_args.BUILTIN_MODELS) == set(MODELS) - {"keras.applications"}
+    for command in ("train", "calibrate"):
+        text = " ".join(_subparsers()[command].format_help().split())
+        for name in (*cli_args.BUILTIN_MODELS, "keras.applications.<Name>"):
+            assert name in text, (command, name)
+        assert "MODEL_NAMES" not in text and "train --help" not in text
+
+
+def test_keygen_names_force_and_takes_a_byte_count(tmp_path, capsys):
+    path = tmp_path / "key.json"
+    out = str(path)
+    argv = ["keygen", "--image-shape", "8,8,1", "--block-size", "4", "--out", out]
+    assert cli.main([*argv, "--max-plan-bytes", "3e9"]) == 0
+    assert cli.main([*argv[:-1], str(tmp_path / "small.json"), "--max-plan-bytes", "1e3"]) == 1
+    assert "--max-plan-bytes" in capsys.readouterr().err and not os.path.exists(tmp_path / "small.json")
+    before = path.read_text()
+    capsys.readouterr()
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Pass --force to replace it" in err and "overwrite=True" not in err
+    assert path.read_text() == before
+    with pytest.raises(FileExistsError, match=r"overwrite=True"):  # the library names its own argument
+        Key.load(out).save(out)
+    assert cli.main([*argv, "--force"]) == 0 and path.read_text() != before
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--force", "--max-plan-bytes", "1.5"])
+    assert "expected a whole number of bytes" in capsys.readouterr().err
+
+
+def test_keygen_warns_about_a_key_git_would_commit(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, timeout=30)
+    argv = ["keygen", "--image-shape", "8,8,1", "--block-size", "4", "--out"]
+    assert cli.main([*argv, str(repo / "owner" / "key.json")]) == 0
+    err = capsys.readouterr().err
+    assert "is inside a git work tree that does not ignore it" in err and "owner/key.json" in err
+    (repo / ".gitignore").write_text("/owner2/\n")
+    assert cli.main([*argv, str(repo / "owner2" / "key.json")]) == 0
+    assert "git" not in capsys.readouterr().err
+    assert cli.main([*argv, str(tmp_path / "elsewhere.json")]) == 0  # outside any work tree
+    assert "git" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape, expected", [((28, 28), "b7x7-n100-scramble-perpos-perm: block 7x7: "
+                                                         "block_scramble(per-position) > permute > noise(100)"),
+                                             ((8, 8, 3), "b4x4-n25-scramble-perpos-perm: block 4x4: "
+                                                         "block_scramble(per-position) > permute > noise(25)")])
+def test_calibrate_defaults_to_the_recommended_setting(tmp_path, capsys, shape, expected):
+    data = str(tmp_path / "d.npz")
+    np.savez(data, x=np.zeros((10, *shape), np.uint8), y=np.arange(10) % 2)
+    assert cli.main(["calibrate", "--input", data, "--out", str(tmp_path / "m"), "--list-settings"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0] == expected and listed[-1].startswith("1 setting(s) x 3 key(s)")
+    full = shape if len(shape) == 3 else (*shape, 1)
+    assert expected.split(": ", 1)[1] == Spec.recommended(full).describe()
+    # Naming RMT maps RMT, as before.
+    assert cli.main(["calibrate", "--input", data, "--out", str(tmp_path / "m"), "--rmt", "orthogonal",
+                     "--list-settings"]) == 0
+    assert "-orthogonal-matrix-perm: block" in capsys.readouterr().out
