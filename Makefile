@@ -1,4 +1,4 @@
-# The README's two commands: `make demo` and `make test` (ruff, then pytest). Each sets up .venv on first use.
+# The README's two commands: `make demo` and `make test` (ruff, the docs in strict mode, pytest); both set up .venv.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -17,10 +17,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mkdocs build --strict -d build/site   # not -q: with -q, mkdocs 1.6 does not abort on warnings
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/disguise_speed.py
 
 clean:
-	rm -rf $(VENV) demo_out *.egg-info
+	rm -rf $(VENV) demo_out build/site *.egg-info
