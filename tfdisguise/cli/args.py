@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 
-
 # Written out rather than read from tfdisguise.models.MODEL_NAMES, which loads Keras: `--help` stays quick.
 # tests/test_usability.py checks that this list and the registry agree.
 BUILTIN_MODELS = ("simple_cnn", "resnet20", "block_adapter", "block_vit")
