@@ -231,7 +231,8 @@ def train_and_save(
     source: str | None = None,
     key_path: str | None = None,
     shards: str | None = None,
-    stream: tuple[str, str] | None = None,
+    stream: str | None = None,
+    stream_timeout: float = 60.0,
     validation_fraction: float = 0.2,
     limit: int | None = None,
 ) -> TrainResult:
@@ -240,8 +241,10 @@ def train_and_save(
 
     Plain (`source`), on the fly (`source` + `key_path`), or from disguised
     shards (`shards`, split by `validation_fraction` in shard order), or from
-    a stream of disguised batches (`stream` = (dispatcher target, name), see
-    `tfdisguise.stream`: the owner's batch size and validation split apply).
+    the directory an owner's `tfdisguise.stream.push` writes to (`stream`: epoch
+    e trains on the owner's epoch e, each with fresh noise; the owner's
+    validation split applies; each epoch is waited for up to `stream_timeout`
+    seconds).
     """
     import os
 
@@ -257,13 +260,17 @@ def train_and_save(
 
         if key_path or config.augment:
             raise ValueError("A stream arrives disguised (and augmented, if the owner chose to) from the owner's "
-                             "workers; the trainer takes neither a key nor `augment`.")
-        train_ds, val_ds, info = streaming.read(*stream)
+                             "push; the trainer takes neither a key nor `augment`.")
+        streaming.check_not_service(stream, "stream")
+        train_ds, val_ds, info = streaming.read(stream, batch_size=config.batch_size, epochs=config.epochs,
+                                                timeout=stream_timeout)
         n_train, n_val = info["count"], info["validation_count"]
-        steps = fit_steps = max(1, n_train // info["batch_size"])  # the stream never ends: fit counts the steps
-        adapt = np.concatenate([x for x, _ in train_ds.take(-(-ADAPT_IMAGES // info["batch_size"]))
-                               .as_numpy_iterator()])
-        identity = Identity.from_dict(info, f"stream {stream[1]!r} at {stream[0]}")
+        # One pass over the owner's epoch e is Keras epoch e: fit keeps one iterator across epochs with these steps.
+        steps = fit_steps = -(-n_train // config.batch_size)
+        # Epoch 0 once more, apart from the training iterator, so that adapting does not shift the epochs.
+        adapt = np.stack([x for x, _ in load_disguised(streaming.epoch_dir(stream, 0)).take(ADAPT_IMAGES)
+                          .as_numpy_iterator()])
+        identity = Identity.from_dict(info, f"the stream at {stream}")
         image_shape, num_classes = info["image_shape"], info["num_classes"]
     elif shards is not None:
         if key_path:
@@ -294,9 +301,16 @@ def train_and_save(
         image_shape, num_classes = manifest["image_shape"], manifest["labels"]["num_classes"]
     if source is None:  # shards or a stream: disguised batches, no key here
         started = time.time()
-        model, history = fit(train_ds, val_ds, input_shape=image_shape, num_classes=max(2, num_classes),
-                             adapt_data=adapt, config=config, steps_per_epoch=steps, spec=identity.spec,
-                             fit_steps=fit_steps)
+        try:
+            model, history = fit(train_ds, val_ds, input_shape=image_shape, num_classes=max(2, num_classes),
+                                 adapt_data=adapt, config=config, steps_per_epoch=steps, spec=identity.spec,
+                                 fit_steps=fit_steps)
+        except tf.errors.OpError as e:
+            # An epoch that never arrived (or failed its checks) surfaces inside TensorFlow's error: say it plainly.
+            found = streaming.failure(e) if stream is not None else None
+            if found is None:
+                raise
+            raise found from None
         result = TrainResult(model=config.model, epochs=config.epochs, train_images=n_train, val_images=n_val,
                              val_accuracy=float(history.get("val_accuracy", [float("nan")])[-1]),
                              seconds=time.time() - started, history=history, disguised=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 from tfdisguise.cli import args as cli_args
@@ -13,10 +14,13 @@ def register_subparser(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="SRC (as for disguise); with --key it is disguised on the fly by wrap()")
     src.add_argument("--shards", help="a directory written by `tfdisguise disguise`")
-    src.add_argument("--stream", metavar="grpc://HOST:PORT",
-                     help="the dispatcher of a `tfdisguise stream` (with --dataset-id): disguised batches with fresh "
-                          "noise every epoch, from the owner's workers; this process never holds the key")
-    p.add_argument("--dataset-id", default="tfdisguise", help="the stream's name, as `tfdisguise stream` printed it")
+    src.add_argument("--stream", metavar="DIR",
+                     help="the directory (local or gs://...) a `tfdisguise stream --out DIR` pushes to: epoch e trains "
+                          "on the owner's epoch e, fresh noise every epoch; this process never holds the key")
+    p.add_argument("--stream-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="with --stream: how long to wait for the stream to start and for each next epoch to arrive")
+    # The tf.data service design's flag: refused with an explanation (see tfdisguise.stream), not ignored.
+    p.add_argument("--dataset-id", default=None, help=argparse.SUPPRESS)
     p.add_argument("--key", help="key file: train on --input disguised with it (default: none, plain training)")
     p.add_argument("--model", default="simple_cnn",
                    help=cli_args.MODEL_HELP)
@@ -53,6 +57,10 @@ def run(args) -> int:
     if args.cpu_devices:
         split_cpu(args.cpu_devices)  # before anything starts TensorFlow's devices
 
+    if args.dataset_id is not None:
+        raise ValueError("--dataset-id belonged to the tf.data service stream, which is gone: the owner's dispatcher "
+                         "let anyone who reached it run code beside the key. The owner now pushes key-free epochs "
+                         "to a directory (`tfdisguise stream --out DIR`); train with `tfdisguise train --stream DIR`.")
     if args.augment and args.shards:
         raise ValueError("`--augment` applies to the plain images before the disguise, and shards are disguised "
                          "already: augment them when you make them (`tfdisguise disguise --augment ... --copies K`).")
@@ -62,9 +70,9 @@ def run(args) -> int:
                          weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                          strategy=args.strategy)
     # train_and_save draws a bar on a terminal and one line per epoch in a log (train.verbosity).
-    stream = (args.stream, args.dataset_id) if args.stream else None
     result = train_and_save(args.out, config, source=args.input, key_path=args.key, shards=args.shards,
-                            stream=stream, validation_fraction=args.validation_fraction, limit=args.limit)
+                            stream=args.stream, stream_timeout=args.stream_timeout,
+                            validation_fraction=args.validation_fraction, limit=args.limit)
     print(result.summary())
     files = ", ".join(os.path.join(args.out, n) for n in ("model.keras", "history.json", "history.png"))
     print(f"wrote {files}")
