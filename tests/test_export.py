@@ -1,4 +1,8 @@
+import os
+import types
+
 import keras
+import numpy as np
 import pytest
 from helpers import make_key
 
@@ -47,3 +51,103 @@ def test_export_refuses_a_key_other_than_the_one_the_model_was_trained_with(tmp_
     from tfdisguise.export import read_export_info
 
     assert read_export_info(path)["fingerprint"] == key.fingerprint
+
+
+# ---- key material, however the model carries it ----------------------------------------------
+# Each case is one an audit exported before: the layer-type check could not see it.
+
+
+def _leaky_key():
+    # Vector-mode RMT: its matrices are long enough to be recognised by content.
+    return make_key(image_shape=(8, 8, 1), block_size=4, rmt="orthogonal", rmt_mode="vector")
+
+
+def _classifier(inputs, x):
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+
+
+def _assert_nothing_written(tmp_path):
+    assert not (tmp_path / "m").exists(), os.listdir(tmp_path / "m")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_disguise_layer_called_inside_a_lambda_is_refused(tmp_path):
+    """Mutations tried: `_children` not looking into functions (then only the content scan refuses, with another
+    message)."""
+    key = _leaky_key()
+    layer = Disguise(key)
+    inputs = keras.Input((8, 8, 1))
+    model = _classifier(inputs, keras.layers.Lambda(lambda t: layer(t))(inputs))
+    with pytest.raises(ExportError, match=r"contains a Disguise layer \(the model.*function"):
+        export(model, str(tmp_path), "m", key=key)
+    _assert_nothing_written(tmp_path)
+    # Without the key at hand the layer check alone refuses it.
+    with pytest.raises(ExportError, match="contains a Disguise layer"):
+        export(model, str(tmp_path), "m", identity=key.identity)
+    _assert_nothing_written(tmp_path)
+
+
+def test_a_disguise_layer_hidden_from_the_layer_check_is_found_in_the_written_files(tmp_path):
+    """The content scan is the backstop: here the layer sits in an object the layer walk does not open.
+
+    Mutations tried: no content scan in `export`; the scan run after the rename (the version stays behind);
+    the failed export's new model directory left in place."""
+    key = _leaky_key()
+    hidden = types.SimpleNamespace(layer=Disguise(key))
+    inputs = keras.Input((8, 8, 1))
+    model = _classifier(inputs, keras.layers.Lambda(lambda t: hidden.layer(t))(inputs))
+    with pytest.raises(ExportError, match=r"holds key material \(saved_model.pb: .*matrices"):
+        export(model, str(tmp_path), "m", key=key)
+    _assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("what", ["secret", "matrices"])
+def test_key_material_as_a_constant_in_a_lambda_is_refused(tmp_path, what):
+    """Mutations tried: no content scan in `export`; the scan run after the rename; the failed export's new
+    model directory left in place."""
+    key = _leaky_key()
+    constant = (np.frombuffer(key.secret_bytes(), np.uint8) if what == "secret"
+                else key.materials[0].astype(np.float32))
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Lambda(lambda t: t + 0.0 * keras.ops.mean(keras.ops.cast(constant, "float32")))(inputs)
+    with pytest.raises(ExportError, match="holds key material"):
+        export(_classifier(inputs, x), str(tmp_path), "m", key=key)
+    _assert_nothing_written(tmp_path)
+
+
+def test_the_secret_as_a_float_weight_is_refused(tmp_path):
+    """Mutations tried: the scanner without the secret as int/float arrays (the float32 weight is not found);
+    no content scan; the failed export's new model directory left in place."""
+    key = _leaky_key()
+    inputs = keras.Input((8, 8, 1))
+    hidden = keras.layers.Dense(32)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden(keras.layers.Flatten()(inputs))))
+    hidden.bias.assign(np.frombuffer(key.secret_bytes(), np.uint8).astype(np.float32))
+    with pytest.raises(ExportError, match=r"variables/variables.data.*: the secret as a float32 array"):
+        export(model, str(tmp_path), "m", key=key)
+    _assert_nothing_written(tmp_path)
+
+
+def test_the_cli_scans_with_the_key_it_is_given(tmp_path, capsys):
+    """`tfdisguise export --key` hands the key to the scan; a normal model still exports.
+
+    Mutations tried: `export_trained` passing only the key's identity (the leaking model is exported)."""
+    from tfdisguise import cli
+
+    key = _leaky_key()
+    key.save(str(tmp_path / "key.json"))
+    inputs = keras.Input((8, 8, 1))
+    hidden = keras.layers.Dense(32)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden(keras.layers.Flatten()(inputs))))
+    model.save(str(tmp_path / "clean.keras"))
+    hidden.bias.assign(np.frombuffer(key.secret_bytes(), np.uint8).astype(np.float32))
+    model.save(str(tmp_path / "leaky.keras"))
+    base = tmp_path / "saved_models"
+    args = ["export", "--base", str(base), "--name", "m", "--key", str(tmp_path / "key.json"), "--model"]
+    assert cli.main(args + [str(tmp_path / "leaky.keras")]) != 0
+    assert "holds key material" in capsys.readouterr().err
+    assert not (base / "m").exists()
+    assert cli.main(args + [str(tmp_path / "clean.keras")]) == 0
+    assert sorted(os.listdir(base / "m")) == ["1"]
+    assert (base / "m" / "1" / "saved_model.pb").is_file()

@@ -3,7 +3,6 @@
 Each scan has a positive control, so a broken scan cannot pass silently.
 """
 
-import base64
 import json
 import os
 import zipfile
@@ -15,34 +14,12 @@ import tensorflow as tf
 from helpers import make_key
 
 from tfdisguise import Disguise, export_disguised
+from tfdisguise.leaks import KeyScanner, scan_directory
 
 
-def secret_patterns(key):
-    """Byte strings whose presence in a file would leak the key."""
-    secret = key._secret
-    patterns = [secret, base64.b64encode(secret), secret.hex().encode()]
-    for material in key.materials:
-        if material is None:
-            continue
-        if material.dtype.kind in "iu" and material.nbytes >= 32:
-            # Whole arrays only: a short run of small ints (a 4-block permutation) occurs by chance.
-            patterns.append(material.tobytes())
-            if material.dtype == np.uint8:  # an AES key or a hash table: as bytes, hex and base64
-                patterns += [material.tobytes().hex().encode(), base64.b64encode(material.tobytes())]
-        if material.dtype.kind != "f":
-            continue
-        for m in material:
-            patterns += [m.astype("<f4").tobytes(), m.astype("<f8").tobytes()]
-    for op in key.plan.ops:
-        if getattr(op, "matrices", None) is not None:
-            patterns += [m.astype("<f4").tobytes() for m in op.matrices]
-        if isinstance(getattr(op, "key", None), bytes):
-            patterns.append(op.key)
-    return patterns
-
-
-def leaks(blob: bytes, key) -> list[int]:
-    return [i for i, p in enumerate(secret_patterns(key)) if p in blob]
+def leaks(blob: bytes, key) -> list[str]:
+    """What of `key` `blob` holds (descriptions); [] when none. The library's scanner, shared by other tests."""
+    return KeyScanner(key).find(blob)
 
 
 @pytest.fixture
@@ -58,15 +35,8 @@ def mechanism_key():
 
 
 def scan_dir(path, key) -> dict:
-    """{file: leaked pattern indices} for every file under `path` that holds key material."""
-    found = {}
-    for root, _, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                hits = leaks(f.read(), key)
-            if hits:
-                found[os.path.relpath(os.path.join(root, name), path)] = hits
-    return found
+    """{file: what it holds} for every file under `path` that holds key material."""
+    return scan_directory(str(path), key)
 
 
 def test_scan_finds_planted_material(key, tmp_path):

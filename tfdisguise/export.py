@@ -14,6 +14,8 @@ Signatures:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import re
@@ -27,6 +29,7 @@ from tfdisguise.identity import FILE_NAME as IDENTITY_FILE
 from tfdisguise.identity import Identity
 from tfdisguise.key import Key
 from tfdisguise.layer import Disguise
+from tfdisguise.leaks import scan_directory
 
 __all__ = ["export", "export_trained", "read_export_info", "INFO_FILE", "INFO_SIGNATURE", "ExportError"]
 
@@ -39,22 +42,70 @@ class ExportError(ValueError):
     """A model cannot be exported for serving as asked."""
 
 
-def _layers(model):
-    """Every layer inside `model`, nested models and layers held as attributes included."""
-    seen, stack = set(), [model]
+# Functions from these packages are library code: what they capture is not the model's.
+_LIBRARY_MODULES = ("keras", "tensorflow", "tf_keras", "numpy", "jax", "torch", "tfdisguise")
+
+
+def _children(obj, where: str):
+    """(child, where) for everything `obj` holds that could lead to a layer or a key.
+
+    Layers (nested models, attributes, lists of layers) and, beyond the layer
+    tree, what functions capture: a `Lambda`'s function, a bound method, a
+    `functools.partial`, through their closures, defaults and the globals they
+    name. A `Disguise` layer called inside a `Lambda` is reached this way.
+    """
+    if isinstance(obj, keras.layers.Layer):
+        items = [(child, f"{where} > {child.name!r}") for child in list(getattr(obj, "layers", None) or [])]
+        items += [(v, f"{where}.{k}") for k, v in vars(obj).items()]
+        return items
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [(item, where) for item in obj]
+    if isinstance(obj, dict):
+        return [(item, where) for item in obj.values()]
+    if isinstance(obj, functools.partial):
+        return [(item, where) for item in (obj.func, *obj.args, *obj.keywords.values())]
+    if inspect.ismethod(obj):
+        return [(obj.__func__, where), (obj.__self__, where)]
+    if inspect.isfunction(obj):
+        if str(obj.__globals__.get("__name__", "")).split(".")[0] in _LIBRARY_MODULES:
+            return []
+        name = f"{where} (function {obj.__qualname__})"
+        items = [(cell.cell_contents, name) for cell in obj.__closure__ or () if _filled(cell)]
+        defaults = [*(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values()]
+        items += [(v, name) for v in defaults]
+        items += [(obj.__globals__[n], name) for n in _global_names(obj.__code__) if n in obj.__globals__]
+        return items
+    return []
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises
+    except ValueError:
+        return False
+    return True
+
+
+def _global_names(code) -> set[str]:
+    """The global names `code` and the functions defined in it (a lambda inside a def) refer to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            names |= _global_names(const)
+    return names
+
+
+def _key_holders(model):
+    """(object, where) for every `Disguise` layer and `Key` that `model` reaches (see `_children`)."""
+    seen, stack = set(), [(model, "the model")]
     while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
+        obj, where = stack.pop()
+        if id(obj) in seen or inspect.ismodule(obj) or isinstance(obj, type):
             continue
-        seen.add(id(layer))
-        if layer is not model:
-            yield layer
-        children = list(getattr(layer, "layers", None) or [])
-        children += [v for v in vars(layer).values() if isinstance(v, keras.layers.Layer)]
-        for v in vars(layer).values():
-            if isinstance(v, (list, tuple)):
-                children += [item for item in v if isinstance(item, keras.layers.Layer)]
-        stack.extend(children)
+        seen.add(id(obj))
+        if isinstance(obj, (Disguise, Key)):
+            yield obj, where
+        stack.extend(_children(obj, where))
 
 
 def _check_name(name) -> None:
@@ -107,13 +158,18 @@ def export(
     The export is written to a temporary directory and renamed into place, so
     TF Serving never sees a half-written version.
 
-    Raises ExportError for a model that contains a `Disguise` layer: it would
-    carry the key to the cloud.
+    Raises ExportError for a model that reaches a `Disguise` layer or a `Key`
+    (nested, or captured by a `Lambda`'s function): it would carry the key to the
+    cloud. With `key`, the written files are also scanned for the key's material
+    (`tfdisguise.leaks`), which catches what no layer check can (the secret or
+    the matrices as a constant or a weight); a leaking export is deleted before
+    it is renamed into place, and ExportError says which file held what.
     """
     _check_name(name)
-    if any(isinstance(layer, Disguise) for layer in _layers(model)):
+    for holder, where in _key_holders(model):
+        what = "a Disguise layer" if isinstance(holder, Disguise) else "a tfdisguise Key"
         raise ExportError(
-            "This model contains a Disguise layer, which holds the secret key; exporting it would send the key "
+            f"This model contains {what} ({where}), which holds the secret key; exporting it would send the key "
             "to the server. Export the classifier that takes disguised images instead."
         )
     if key is not None:
@@ -165,6 +221,7 @@ def export(
                          input_signature=[tf.TensorSpec((None,) + shape, tf.float32, name="image")])
     archive.add_endpoint(INFO_SIGNATURE, describe, input_signature=[tf.TensorSpec((None,), tf.int32, name="dummy")])
 
+    created = not tf.io.gfile.exists(model_dir)
     tf.io.gfile.makedirs(model_dir)
     tmp = os.path.join(model_dir, f".tmp-{version}-{secrets.token_hex(4)}")
     try:
@@ -175,12 +232,29 @@ def export(
             f.write(json.dumps(info, indent=2) + "\n")
         with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
             writer.write(_warmup_record(name, shape))
+        if key is not None:
+            _refuse_key_material(tmp, key)
         tf.io.gfile.rename(tmp, final)
     except BaseException:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)
+        if created and tf.io.gfile.exists(model_dir) and not tf.io.gfile.listdir(model_dir):
+            tf.io.gfile.rmtree(model_dir)
         raise
     return final
+
+
+def _refuse_key_material(export_dir: str, key: Key) -> None:
+    """Raises ExportError if any file under `export_dir` holds `key`'s material."""
+    found = scan_directory(export_dir, key)
+    if found:
+        files = "; ".join(f"{path}: {', '.join(what[:3])}{' ...' if len(what) > 3 else ''}"
+                          for path, what in sorted(found.items()))
+        raise ExportError(
+            f"The exported model holds key material ({files}); nothing was written. A layer, Lambda, constant or "
+            "weight of this model carries the secret or its derived matrices/permutations. Export the classifier "
+            "that takes disguised images, built without the key."
+        )
 
 
 def read_export_info(version_dir: str) -> dict:
@@ -202,12 +276,15 @@ def export_trained(model_path: str, base_dir: str, name: str, *, version: int | 
     refused: a model served under the wrong fingerprint would answer the owner's
     client with silently wrong predictions. Without a `disguise.json` (a model
     trained elsewhere), the identity comes from `key_path` or `manifest`.
+    With `key_path`, the written files are scanned for the key's material as
+    well (see `export`).
     """
     run_file = os.path.join(os.path.dirname(os.path.abspath(model_path)), IDENTITY_FILE)
     recorded = Identity.load(run_file) if os.path.exists(run_file) else None
-    given = []
+    given, key = [], None
     if key_path:
-        given.append(("--key " + key_path, Key.load(key_path).identity))
+        key = Key.load(key_path)
+        given.append(("--key " + key_path, key.identity))
     if manifest:
         from tfdisguise.shards import manifest_identity, read_manifest
 
@@ -228,4 +305,5 @@ def export_trained(model_path: str, base_dir: str, name: str, *, version: int | 
         raise ExportError(f"No disguise identity for {model_path}: pass --key or --manifest "
                           f"(looked for {run_file}).")
     model = keras.models.load_model(model_path)
-    return export(model, base_dir, name, identity=identity, version=version)
+    # With the owner's key at hand, the written files are scanned for its material too.
+    return export(model, base_dir, name, key=key, identity=identity, version=version)
