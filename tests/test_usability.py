@@ -135,3 +135,11 @@ def test_calibrate_defaults_to_the_recommended_setting(tmp_path, capsys, shape, 
     assert cli.main(["calibrate", "--input", data, "--out", str(tmp_path / "m"), "--rmt", "orthogonal",
                      "--list-settings"]) == 0
     assert "-orthogonal-matrix-perm: block" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--model_config_file", "--ssl_config_file"])
+def test_serve_names_the_flag_of_a_missing_file(tmp_path, capsys, flag):
+    missing = str(tmp_path / "models.config")
+    assert cli.main(["serve", "--embedded", flag, missing, "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tfdisguise serve: error: {flag}: {missing} does not exist") and "Traceback" not in err

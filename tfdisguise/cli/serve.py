@@ -109,7 +109,8 @@ _MODEL_SERVER_FLAGS = (
     ("--tensorflow_inter_op_parallelism", {"type": int},
      "ops TensorFlow runs at once (default 0: TensorFlow picks)"),
 )
-_FILES = ("batching_parameters_file", "monitoring_config_file")  # must exist, here as for the real server
+# Must exist, here as for the real server (checked before anything starts: a missing one was a traceback).
+_FILES = ("model_config_file", "ssl_config_file", "batching_parameters_file", "monitoring_config_file")
 
 
 def register_subparser(subparsers) -> None:
@@ -180,7 +181,8 @@ def embedded_options(args) -> tuple[dict, list[str]]:
     for name in _FILES:
         value = given.get(name)
         if value is not None and not os.path.isfile(value):
-            raise ValueError(f"--{name}: {value} is not a file.")
+            problem = "is not a regular file" if os.path.exists(value) else "does not exist"
+            raise ValueError(f"--{name}: {value} {problem}; pass the path of an existing text proto file.")
     if given.get("batching_parameters_file") and given.get("enable_batching") != "true":
         notes.append("--batching_parameters_file is read only with --enable_batching, as in TF Serving.")
     options = dict(given, host=args.host or "0.0.0.0", max_message_bytes=args.max_message_bytes,
