@@ -143,3 +143,14 @@ def test_serve_names_the_flag_of_a_missing_file(tmp_path, capsys, flag):
     assert cli.main(["serve", "--embedded", flag, missing, "--port", "0"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"tfdisguise serve: error: {flag}: {missing} does not exist") and "Traceback" not in err
+
+
+def test_train_on_mistyped_shards_says_the_directory_does_not_exist(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "--shards", str(tmp_path / "uplaod"), "--out", out]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'uplaod'} does not exist" in err and "manifest" not in err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["train", "--shards", str(tmp_path / "empty"), "--out", out]) == 1
+    assert "has no manifest.json" in capsys.readouterr().err
+    assert not os.path.exists(out)

@@ -320,6 +320,12 @@ def read_manifest(out_dir: str) -> dict[str, Any]:
     """Reads and checks `manifest.json` of a disguised data set; any problem is a ShardError."""
     path = os.path.join(out_dir, MANIFEST)
     if not tf.io.gfile.exists(path):
+        # A mistyped path is the likelier mistake: say so rather than blame a data set that is not there.
+        if not tf.io.gfile.exists(out_dir):
+            raise ShardError(f"{out_dir} does not exist: pass the directory that `tfdisguise disguise --out` wrote.")
+        if not tf.io.gfile.isdir(out_dir):
+            raise ShardError(f"{out_dir} is a file, not a directory: pass the directory that `tfdisguise disguise "
+                             f"--out` wrote.")
         raise ShardError(f"{out_dir} has no {MANIFEST}: it is not a disguised data set, or its export did not finish.")
     # Checked before a byte is read: a FIFO or /dev/zero would hang the reader, a huge file would fill memory.
     with io.open_regular(path, max_bytes=MAX_MANIFEST_BYTES, what="Manifest", inside=out_dir, error=ShardError) as f:
