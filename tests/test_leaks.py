@@ -105,3 +105,40 @@ def test_export_and_keras_files_of_new_mechanisms_hold_no_key_material(mechanism
                               keras.layers.Dense(2, activation="softmax")])
     path = export(model, str(tmp_path / "serving"), "m", key=mechanism_key)
     assert os.listdir(path) and scan_dir(path, mechanism_key) == {}
+
+
+def test_scan_finds_the_secret_as_a_json_list_of_ints_in_an_export(key, tmp_path):
+    """A mutation review planted exactly this and the byte-pattern scan let it pass.
+
+    Mutations tried: no decimal scan (`KeyScanner._find_numbers` returning nothing); number runs separated by
+    ", " only (the indented JSON list, one number a line, is missed); exact float comparison (the float16
+    matrix printed with 4 digits is missed)."""
+    from tfdisguise.export import export
+
+    model = keras.Sequential([keras.Input((14, 14, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    path = export(model, str(tmp_path / "serving"), "m", key=key)
+    assert scan_dir(path, key) == {}  # a clean export: the control
+    info_file = os.path.join(path, "assets.extra", "tfdisguise.json")
+    with open(info_file) as f:
+        info = json.load(f)
+    info["calibration"] = list(key.secret_bytes())
+    with open(info_file, "w") as f:
+        json.dump(info, f, indent=2)
+    assert scan_dir(path, key) == {os.path.join("assets.extra", "tfdisguise.json"): ["the secret as decimal numbers"]}
+
+    # Other decimal encodings of the key, each alone in a text file.
+    matrix = key.materials[0][3]
+    planted = {
+        "floats.json": json.dumps([float(b) for b in key.secret_bytes()]),
+        "matrix.json": json.dumps({"w": matrix.astype(np.float32).tolist()}),
+        "matrix_f16.txt": np.array2string(matrix.T.astype(np.float16), precision=4, threshold=10**6),
+    }
+    text_dir = tmp_path / "text"
+    text_dir.mkdir()
+    for name, text in planted.items():
+        (text_dir / name).write_text(text)
+    found = scan_dir(text_dir, key)
+    assert sorted(found) == sorted(planted)
+    assert "the secret as decimal numbers" in found["floats.json"]
+    assert "step 0 (rmt) material 0[3] as decimal numbers" in found["matrix.json"]
+    assert "step 0 (rmt) material 0[3] transposed as decimal numbers" in found["matrix_f16.txt"]
