@@ -212,7 +212,7 @@ def collect(dataset):
     return images, None
 
 
-def test_a_partial_epoch_is_never_read_and_a_late_one_times_out(tmp_path):
+def test_a_partial_epoch_is_never_read_and_a_late_one_times_out(tmp_path, capsys):
     key = make_key(image_shape=(8, 8, 1), block_size=4, noise=10)
     x, y = two_classes(n=24)
     out = str(tmp_path / "stream")
@@ -231,6 +231,10 @@ def test_a_partial_epoch_is_never_read_and_a_late_one_times_out(tmp_path):
     found = stream.failure(error)
     assert isinstance(found, TimeoutError) and epoch1 in str(found) and "within 1 s" in str(found)
     assert "--stream-timeout" in str(found)
+    # The trainer says the same, not a TensorFlow traceback, after training on epoch 0.
+    assert cli.main(["train", "--stream", out, "--epochs", "2", "--batch-size", "8", "--stream-timeout", "1",
+                     "--out", str(tmp_path / "run")]) == 1
+    assert f"error: epoch 1 of 2 ({epoch1}) did not appear within 1 s" in capsys.readouterr().err
     # Complete: the same read now yields epoch 1 too (the control: epoch 1's content is what was held back).
     shutil.move(tmp_path / "manifest.json", os.path.join(epoch1, "manifest.json"))
     images, error = collect(stream.read(out, timeout=1)[0])

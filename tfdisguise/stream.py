@@ -30,10 +30,13 @@ needs write access to the stream directory for this; the owner waits (and says s
 Epochs the reader is done with stay in place: delete them when training ends.
 
 The cloud side holds no key: the shards are key-free, so the cloud may run its own tf.data service
-(dispatcher and workers on its own machines) over them. Inside the owner's boundary the tf.data service
-stays available the other way round: an owner who trains on the owner's own machines may run `wrap(ds, key)`
-on a tf.data service whose dispatcher and workers are all owner machines that nobody else can reach (its
-workers hold the key and its dispatcher serves the key-bearing graph, so it must never face the cloud).
+(dispatcher and workers on its own machines) over them, registering `load_disguised(epoch_dir(path, e))`
+epoch by epoch (`read`'s own pipeline waits for epochs in Python, inside the trainer's process).
+
+Inside the owner's boundary the tf.data service stays available: an owner who trains on the owner's own
+machines may run `wrap(ds, key)` on a tf.data service whose dispatcher and workers are all owner machines
+that nobody else can reach (its workers hold the key and its dispatcher serves the key-bearing graph, so it
+must never face the cloud).
 
 Example (both sides in one process here; in practice two machines and a bucket between them):
 
@@ -302,8 +305,8 @@ def read(
     try:
         _wait(f"{file}", lambda: True if tf.io.gfile.exists(file) else None, timeout, poll_interval)
     except TimeoutError as e:
-        raise TimeoutError(f"No tfdisguise stream at {path}: {e} Start the owner's `tfdisguise stream --out "
-                           f"{path}` (or check the path), or wait longer with `timeout` (--stream-timeout on the "
+        raise TimeoutError(f"No tfdisguise stream at {path}: {e} Start the owner's push to it (`tfdisguise stream "
+                           "--out DIR`), or check the path, or wait longer with `timeout` (--stream-timeout on the "
                            "command line).") from None
     info = _read_info(path)
     batch_size = info["batch_size"] if batch_size is None else batch_size
@@ -325,8 +328,8 @@ def read(
                 _check_epoch(manifest, directory, identity, info["count"])
                 batches = load_disguised(directory).batch(int(batch_size)).prefetch(2)
             except TimeoutError as e:
-                raise TimeoutError(f"{_PREFIX}{e} The owner's `tfdisguise stream` writes it; wait longer with "
-                                   "`timeout` (--stream-timeout) if its epochs take longer.") from None
+                raise TimeoutError(f"{_PREFIX}{e} The owner's push (`tfdisguise stream --out DIR`) writes it; wait "
+                                   "longer with `timeout` (--stream-timeout) if its epochs take longer.") from None
             except ShardError as e:
                 raise StreamError(f"{_PREFIX}{e}") from None
             if info.get("ahead") is not None:
