@@ -3,17 +3,21 @@
 Each scan has a positive control, so a broken scan cannot pass silently.
 """
 
+import concurrent.futures
 import json
 import os
+import threading
 import zipfile
 
+import grpc
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import make_key
+from tensorflow_serving.apis import predict_pb2
 
-from tfdisguise import Disguise, export_disguised
+from tfdisguise import Disguise, disguise, export_disguised
 from tfdisguise.leaks import KeyScanner, scan_directory
 
 
@@ -142,3 +146,98 @@ def test_scan_finds_the_secret_as_a_json_list_of_ints_in_an_export(key, tmp_path
     assert "the secret as decimal numbers" in found["floats.json"]
     assert "step 0 (rmt) material 0[3] as decimal numbers" in found["matrix.json"]
     assert "step 0 (rmt) material 0[3] transposed as decimal numbers" in found["matrix_f16.txt"]
+
+
+# ---- the owner's client: no disguised image for a model of another key ---------------------------
+
+
+class _RecordingProxy(grpc.GenericRpcHandler):
+    """A loopback gRPC proxy that forwards every unary call to `upstream` and records it, as bytes.
+
+    It sees what the server would see, whatever the client's code does: the test reads the requests that
+    left the client, not the client's own account of them.
+    """
+
+    def __init__(self, upstream: str):
+        self.calls: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self._channel = grpc.insecure_channel(upstream)
+        self._server = grpc.server(concurrent.futures.ThreadPoolExecutor(4), handlers=[self])
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+
+    def service(self, details):
+        method = details.method
+
+        def forward(request: bytes, context):
+            with self._lock:
+                self.calls.append((method, request))
+            try:
+                return self._channel.unary_unary(method)(request, timeout=10)
+            except grpc.RpcError as e:
+                context.abort(e.code(), e.details())
+
+        return grpc.unary_unary_rpc_method_handler(forward)
+
+    def image_requests(self) -> list:
+        """The Predict requests that carried images (any input but the info signature's `dummy`)."""
+        with self._lock:
+            calls = list(self.calls)
+        requests = [predict_pb2.PredictRequest.FromString(raw) for method, raw in calls if method.endswith("/Predict")]
+        return [r for r in requests if set(r.inputs) != {"dummy"}]
+
+    def methods(self) -> list[str]:
+        with self._lock:
+            return [method.rsplit("/", 1)[-1] for method, _ in self.calls]
+
+    def stop(self):
+        self._server.stop(0)
+        self._channel.close()
+
+
+def test_a_wrong_key_sends_no_image_to_the_server(tmp_path):
+    """A client holding another key learns the model's fingerprint and stops before any image is sent.
+
+    Counted from the outside: every call passes through a recording proxy, and the proxy must see the
+    metadata and info calls but no Predict with an image, for `predict`, `predict_disguised` and concurrent
+    sends. The right key through the same proxy is the positive control.
+
+    Mutations tried: the client's fingerprint check moved after the send (in `_send`, once the answers are
+    back): the KeyMismatchError is still raised, so the error-only test_serving wrong-key test passes, but
+    here the proxy sees the images."""
+    from tfdisguise import KeyMismatchError
+    from tfdisguise.export import export
+    from tfdisguise.serving.client import DisguisedClient
+    from tfdisguise.serving.registry import ModelRegistry
+    from tfdisguise.serving.server import ModelServer
+
+    key = make_key(image_shape=(8, 8, 1), block_size=4, rmt="orthogonal", rmt_mode="vector")
+    other = make_key(seed=99, image_shape=(8, 8, 1), block_size=4, rmt="orthogonal", rmt_mode="vector")
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(2, activation="softmax")])
+    export(model, str(tmp_path), "m", key=key)
+    server = ModelServer(ModelRegistry.from_flags(model_name="m", model_base_path=str(tmp_path / "m")), port=0,
+                         host="127.0.0.1").start()
+    proxy = _RecordingProxy(f"127.0.0.1:{server.port}")
+    target = f"127.0.0.1:{proxy.port}"
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
+    try:
+        sends = {
+            "predict": lambda client: client.predict(images),
+            "predict_disguised": lambda client: client.predict_disguised(disguise(images, other)),
+            "concurrent": lambda client: client.predict(images, concurrency=2),
+        }
+        for name, send in sends.items():
+            with DisguisedClient(target, "m", other, timeout=10, batch_size=2) as client, \
+                    pytest.raises(KeyMismatchError, match=f"belongs to key {key.fingerprint}"):
+                send(client)
+            assert "GetModelMetadata" in proxy.methods(), name  # the proxy saw the client's calls
+            assert proxy.image_requests() == [], name
+        with DisguisedClient(target, "m", key, timeout=10) as client:
+            assert client.predict(images)["probabilities"].shape == (3, 2)
+        (request,) = proxy.image_requests()
+        assert request.model_spec.signature_name == "serving_default"
+        assert tuple(tf.make_ndarray(request.inputs["image"]).shape) == (3, 8, 8, 1)
+    finally:
+        proxy.stop()
+        server.stop(grace=1)
