@@ -188,7 +188,9 @@ def test_versions_labels_and_rest_status(served):
     assert requests.get(f"{rest}/v1/models/tiny/labels/stable").json()["model_version_status"][0]["version"] == "1"
     meta = requests.get(f"{rest}/v1/models/tiny/versions/1/metadata").json()
     assert meta["model_spec"]["version"] == "1"
-    assert "serving_default" in meta["metadata"]["signature_def"]["signatureDef"]
+    # TF Serving's field names (signature_def, method_name), not protobuf's camelCase JSON names.
+    assert meta["metadata"]["signature_def"]["signature_def"]["serving_default"]["method_name"] \
+        == "tensorflow/serving/predict"
     instances = disguise(served["x"][:3], served["key"]).tolist()
     rows = requests.post(f"{rest}/v1/models/tiny:predict", json={"instances": instances}).json()["predictions"]
     assert [sorted(r) for r in rows] == [["class_id", "probabilities"]] * 3

@@ -88,7 +88,7 @@ _MODEL_SERVER_FLAGS = (
     ("--ssl_config_file", {"type": str},
      "an SSLConfig text proto: server_key, server_cert[, custom_ca, client_verify]; TLS for gRPC and REST alike "
      "(default: none, plain text)"),
-    ("--grpc_max_threads", {"type": int}, "gRPC worker threads (default 16)"),
+    ("--grpc_max_threads", {"type": _positive}, "gRPC worker threads (default 16)"),
     ("--enable_batching", {"type": _bool, "nargs": "?", "const": "true"},
      "server-side batching: concurrent requests to one model and signature run as one batch (default: false)"),
     ("--batching_parameters_file", {"type": str},
@@ -108,6 +108,13 @@ _MODEL_SERVER_FLAGS = (
      "requests on CPU with less spinning (docs/RESULTS.md, section 3)"),
     ("--tensorflow_inter_op_parallelism", {"type": int},
      "ops TensorFlow runs at once (default 0: TensorFlow picks)"),
+    ("--grpc_socket_path", {"type": str},
+     "also serve gRPC on this Unix domain socket, e.g. /tmp/tf-serving.sock (default: none)"),
+    ("--grpc_channel_arguments", {"type": str},
+     "gRPC server arguments, comma-separated name=value (e.g. grpc.max_connection_age_ms=2000); the embedded "
+     "server refuses the message sizes (--max_message_bytes sets them) and grpc.so_reuseport (default: none)"),
+    ("--prefer_tflite_model", {"type": _bool, "nargs": "?", "const": "true"},
+     "serve a version's model.tflite instead of its saved_model.pb when it has one (default: false)"),
 )
 # Must exist, here as for the real server (checked before anything starts: a missing one was a traceback).
 _FILES = ("model_config_file", "ssl_config_file", "batching_parameters_file", "monitoring_config_file")

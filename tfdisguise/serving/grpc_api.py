@@ -1,6 +1,7 @@
 """TF Serving's gRPC API over a `ModelRegistry`.
 
-tensorflow.serving.PredictionService: Predict, GetModelMetadata.
+tensorflow.serving.PredictionService: Predict, GetModelMetadata; Classify, Regress and
+MultiInference on tf.Examples (`inference`).
 tensorflow.serving.ModelService: GetModelStatus, HandleReloadConfigRequest (refused,
 PERMISSION_DENIED, unless the server allows it: --allow_config_reload_rpc).
 
@@ -33,7 +34,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES
+from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES, inference
 from tfdisguise.serving.limits import check_tensor_proto
 from tfdisguise.serving.registry import ModelRegistry, Servable, ServingError
 
@@ -178,8 +179,30 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         _answered_by(response.model_spec, servable)
         response.model_spec.signature_name = signature
         for key, value in outputs.items():
-            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+            response.outputs[key].CopyFrom(inference.tensor_proto(value))  # float_val etc., as TF Serving writes
         return response
+
+    def _examples_api(self, api: str, handler, request, context):
+        """Classify, Regress and MultiInference (`inference`): counted, held, refused past their deadline."""
+        remaining = context.time_remaining()
+        spec = request.tasks[0].model_spec if api == "multi_inference" and request.tasks else \
+            getattr(request, "model_spec", None)
+        with counted(self.registry, spec.name if spec is not None else "", api, "GRPC"):
+            if remaining is not None and remaining <= 0:
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded before the request ran")
+            return handler(self.registry, request, self.max_request_bytes)
+
+    @_aborts_on_serving_error
+    def Classify(self, request, context):
+        return self._examples_api("classify", inference.classify, request, context)
+
+    @_aborts_on_serving_error
+    def Regress(self, request, context):
+        return self._examples_api("regress", inference.regress, request, context)
+
+    @_aborts_on_serving_error
+    def MultiInference(self, request, context):
+        return self._examples_api("multi_inference", inference.multi_inference, request, context)
 
     @_aborts_on_serving_error
     def GetModelMetadata(self, request, context):

@@ -35,6 +35,7 @@ from tfdisguise.serving import (  # re-exported: the REST server's defaults, bes
     DEFAULT_REST_MAX_CONNECTIONS,
     DEFAULT_REST_READ_TIMEOUT,
 )
+from tfdisguise.serving.savedmodel import fed_shape
 
 __all__ = [
     "DEFAULT_REST_MAX_BODY_BYTES",
@@ -70,7 +71,7 @@ def _check_against(name: str, shape: tuple[int, ...], dtype: tf.DType, spec: tf.
         return
     if dtype != spec.dtype:
         raise ValueError(f"Expects input '{name}' to be {spec.dtype.name} but {dtype.name} is provided")
-    if not spec.shape.is_compatible_with(shape):
+    if fed_shape(shape, spec.shape) is None:  # TF Serving's [1] for a declared [None, 1] fits (see fed_shape)
         raise ValueError(f"Input '{name}' has shape {list(shape)}, but the signature expects {spec.shape.as_list()}")
 
 
@@ -128,6 +129,6 @@ def json_shape(value) -> tuple[int, ...]:
 def check_json_input(name: str, value, max_bytes: int, spec: tf.TensorSpec) -> int:
     """The REST counterpart of `check_tensor_proto`, before the JSON lists become an array."""
     shape = json_shape(value)
-    if not spec.shape.is_compatible_with(shape):
+    if fed_shape(shape, spec.shape) is None:
         raise ValueError(f"Input '{name}' has shape {list(shape)}, but the signature expects {spec.shape.as_list()}")
     return _check_size(name, shape, spec.dtype, max_bytes)

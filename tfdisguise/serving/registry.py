@@ -29,6 +29,8 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from tfdisguise.serving.savedmodel import SessionModel, fed_shape
+
 __all__ = ["ServingError", "Servable", "ModelRegistry", "VersionStatus", "parse_model_config"]
 
 log = logging.getLogger("tfdisguise.serve")
@@ -62,7 +64,9 @@ def parse_model_config(path: str) -> model_server_config_pb2.ModelServerConfig:
     try:
         return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     except text_format.ParseError as e:
-        raise ValueError(f"{path} is not a valid ModelServerConfig text proto: {e}") from None
+        # TF Serving's words, which scripts and its own tests look for.
+        raise ValueError(f"--model_config_file: Error parsing text-format tensorflow.serving.ModelServerConfig "
+                         f"from {path}: {e}") from None
 
 
 _NP_TO_TF = {np.dtype(np.float32): tf.float32, np.dtype(np.float64): tf.float64, np.dtype(np.int32): tf.int32,
@@ -99,7 +103,7 @@ class Servable:
         if set(inputs) != set(spec):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"Signature \"{name}\" expects inputs {sorted(spec)}; got {sorted(inputs)}")
-        feed = {}
+        feed, added = {}, 0
         for key, value in inputs.items():
             expected = spec[key]
             value = np.asarray(value)
@@ -107,22 +111,27 @@ class Servable:
             if got != expected.dtype:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"Expects input '{key}' to be {expected.dtype.name} but {value.dtype} is provided")
-            if not expected.shape.is_compatible_with(value.shape):
+            shape = fed_shape(value.shape, expected.shape)
+            if shape is None:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"Input '{key}' has shape {list(value.shape)}, but the signature expects "
                                    f"{expected.shape.as_list()}")
-            feed[key] = tf.constant(value)
+            added = max(added, len(shape) - value.ndim)  # trailing 1s the request left out (TF Serving runs it)
+            feed[key] = value.reshape(shape)
+        unknown = set(output_filter) - set(getattr(fn, "output_specs", ()))
+        if unknown:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"output tensor alias not found in signature: {sorted(unknown)}")
         try:
-            outputs = fn(**feed)
+            outputs = fn(output_filter=tuple(output_filter), **feed)
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(e).split("\n")[0]) from None
-        if output_filter:
-            unknown = set(output_filter) - set(outputs)
-            if unknown:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"output tensor alias not found in signature: {sorted(unknown)}")
-            outputs = {k: outputs[k] for k in output_filter}
-        return {k: np.asarray(v.numpy(), dtype=object if v.dtype == tf.string else None) for k, v in outputs.items()}
+        outputs = {k: np.asarray(v, dtype=object if np.asarray(v).dtype.kind in "OSU" else None)
+                   for k, v in outputs.items()}
+        if added:  # the answer has the request's rank, as TF Serving's has for an elementwise model
+            outputs = {k: v.reshape(v.shape[:-added]) if v.ndim > added and v.shape[-added:] == (1,) * added else v
+                       for k, v in outputs.items()}
+        return outputs
 
 
 def _signature_defs(path: str) -> dict:
@@ -221,7 +230,7 @@ def _warm_up(servable: Servable) -> int:
 
 def load_servable(name: str, version: int, path: str) -> Servable:
     """Loads one version and warms it up; any failure raises."""
-    servable = Servable(name, version, path, tf.saved_model.load(path), _signature_defs(path))
+    servable = Servable(name, version, path, SessionModel(path), _signature_defs(path))
     _warm_up(servable)
     return servable
 

@@ -3,6 +3,8 @@
 GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            status
 GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   metadata
 POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    "instances" (rows) or "inputs" (columns)
+POST /v1/models/<name>[/versions/<v>|/labels/<l>]:classify   "examples" (tf.Example features), see `inference`
+POST /v1/models/<name>[/versions/<v>|/labels/<l>]:regress    "examples"
 
 Errors answer `{"error": message}` with the HTTP status that TF Serving maps
 from the gRPC code: 404 for NOT_FOUND, 400 for INVALID_ARGUMENT; other HTTP
@@ -37,7 +39,7 @@ from google.protobuf import json_format
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
-from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES
+from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES, inference
 from tfdisguise.serving.grpc_api import counted, model_status, run_predict, signature_def_map
 from tfdisguise.serving.limits import DEFAULT_REST_MAX_BODY_BYTES, check_json_input
 from tfdisguise.serving.registry import ModelRegistry, Servable, ServingError
@@ -160,7 +162,10 @@ def _predict(registry: ModelRegistry, servable: Servable, body: dict, max_bytes:
 
 def _metadata(servable: Servable) -> dict:
     return {"model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
-            "metadata": {"signature_def": json_format.MessageToDict(signature_def_map(servable))}}
+            # Field for field as TF Serving writes it: proto field names, and defaults ("defaults": {}, "name": "").
+            "metadata": {"signature_def": json_format.MessageToDict(
+                signature_def_map(servable), always_print_fields_with_no_presence=True,
+                preserving_proto_field_name=True)}}
 
 
 def _json_body(request: Request) -> dict:
@@ -196,7 +201,9 @@ def _route(registry: ModelRegistry, request: Request, max_request_bytes: int, ti
     if request.method != allowed:
         raise _MethodNotAllowed(request.method, allowed)
     if verb in (":classify", ":regress"):
-        raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb[1:]} is not served; use :predict.")
+        handler = inference.rest_classify if verb == ":classify" else inference.rest_regress
+        with counted(registry, name, verb[1:], "REST"), registry.hold(name, version, label) as servable:
+            return handler(registry, servable, _json_body(request), max_request_bytes)
     if verb == ":predict":
         deadline = None if timeout is None else time.monotonic() + timeout
         with counted(registry, name, "predict", "REST"), registry.hold(name, version, label) as servable:

@@ -18,6 +18,7 @@ import threading
 import grpc
 
 from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES, grpc_api
+from tfdisguise.serving.grpc_options import parse_channel_arguments
 from tfdisguise.serving.limits import (
     DEFAULT_REST_MAX_BODY_BYTES,
     DEFAULT_REST_MAX_CONNECTIONS,
@@ -67,7 +68,8 @@ class ModelServer:
                  rest_max_connections: int = DEFAULT_REST_MAX_CONNECTIONS, rest_api_num_threads: int | None = None,
                  rest_api_timeout_in_ms: int | None = None, file_system_poll_wait_seconds: float = 0.0,
                  model_config_file_poll_wait_seconds: float = 0.0, batching=None, metrics_path: str | None = None,
-                 allow_config_reload_rpc: bool = False):
+                 allow_config_reload_rpc: bool = False, grpc_socket_path: str | None = None,
+                 grpc_channel_arguments: str | None = None):
         if ssl is not None and not isinstance(ssl, SSLConfig):
             raise TypeError(f"`ssl` must be a tfdisguise.serving.tls.SSLConfig or None. "
                             f"Received: ssl={type(ssl).__name__}")
@@ -91,6 +93,9 @@ class ModelServer:
         self.rest_api_timeout_in_ms, self.metrics_path = rest_api_timeout_in_ms, metrics_path
         self.polling = (file_system_poll_wait_seconds, model_config_file_poll_wait_seconds)
         self.allow_config_reload_rpc = bool(allow_config_reload_rpc)
+        # TF Serving's --grpc_socket_path (gRPC also on a Unix domain socket) and --grpc_channel_arguments.
+        self.grpc_socket_path = grpc_socket_path or None
+        self.channel_arguments = parse_channel_arguments(grpc_channel_arguments)
         if batching is not None:
             from tfdisguise.serving.batching import Batcher
 
@@ -102,7 +107,7 @@ class ModelServer:
         options = [("grpc.max_send_message_length", self.max_message_bytes),
                    ("grpc.max_receive_message_length", self.max_message_bytes),
                    # Exclusive: with SO_REUSEPORT a second server on this port would take a share of the connections.
-                   ("grpc.so_reuseport", 0)]
+                   ("grpc.so_reuseport", 0)] + self.channel_arguments
         server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=self.max_workers), options=options)
         grpc_api.add_servicers(server, self.registry, self.max_message_bytes, self.allow_config_reload_rpc)
         address = _address(self.host, self.port)
@@ -114,6 +119,16 @@ class ModelServer:
         if not port:
             raise address_in_use(self.host, self.port, "gRPC")
         self.port = port
+        if self.grpc_socket_path:
+            socket_address = f"unix:{self.grpc_socket_path}"
+            try:
+                bound = (server.add_secure_port(socket_address, self.ssl.credentials()) if self.ssl
+                         else server.add_insecure_port(socket_address))
+            except RuntimeError:
+                bound = 0
+            if not bound:
+                raise OSError(f"--grpc_socket_path: cannot serve gRPC on the Unix socket {self.grpc_socket_path} "
+                              f"(its directory must exist and be writable).")
         return server
 
     def _rest_server(self):
@@ -230,7 +245,8 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
           batching_parameters_file: str | None = None, monitoring_config_file: str | None = None,
           rest_api_num_threads: int | None = None, rest_api_timeout_in_ms: int | None = None,
           tensorflow_intra_op_parallelism: int = 0, tensorflow_inter_op_parallelism: int = 0,
-          allow_config_reload_rpc: bool = False) -> int:
+          allow_config_reload_rpc: bool = False, grpc_socket_path: str | None = None,
+          grpc_channel_arguments: str | None = None, prefer_tflite_model: str | None = None) -> int:
     """Serves until SIGTERM or SIGINT, then lets in-flight requests finish for up to `grace` seconds.
 
     The arguments are `tensorflow_model_server`'s flags of the same names
@@ -264,7 +280,8 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
                              file_system_poll_wait_seconds=file_system_poll_wait_seconds,
                              model_config_file_poll_wait_seconds=model_config_file_poll_wait_seconds,
                              batching=batching, metrics_path=metrics_path,
-                             allow_config_reload_rpc=allow_config_reload_rpc).start()
+                             allow_config_reload_rpc=allow_config_reload_rpc, grpc_socket_path=grpc_socket_path,
+                             grpc_channel_arguments=grpc_channel_arguments).start()
         print(f"serving {registry.names} on {host}: gRPC port {server.port}"
               + (f", REST port {server.rest_api_port}" if rest_api_port else "")
               + (" (TLS)" if ssl else " (no TLS, no authentication)"), flush=True)
