@@ -19,7 +19,8 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--version", type=int, default=None,
                    help="the model version to ask for (default: the newest the server has)")
     p.add_argument("--rest", action="store_true", help="use the REST API")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds for each request, retries included")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds for each request, retries and decoding the answer included (default 10)")
     p.add_argument("--batch-size", type=int, default=64, help="images per request (default 64)")
     p.add_argument("--concurrency", type=int, default=1, help="requests in flight at once (default 1)")
     tls = p.add_argument_group("TLS (as the server's --ssl_config_file asks)")

@@ -4,6 +4,12 @@ It works unchanged against `tensorflow_model_server` and the embedded server:
 input and output names come from the model's metadata, and the model's
 disguise fingerprint comes from its `tfdisguise_info` signature.
 
+The server is not trusted (see `transports`). Its answer must hold exactly the
+outputs its metadata declares, with that dtype and shape, and one row per image
+sent; this is checked before any value is decoded, and an answer larger than
+`batch_size` rows of those outputs (with a margin) is refused before it is
+read. `timeout` bounds the whole call, decoding included.
+
 Example (against a running server):
 
     with DisguisedClient("localhost:8500", "mnist", Key.load("owner/key.json")) as client:
@@ -37,6 +43,11 @@ __all__ = ["DisguisedClient", "ImagesError", "ServingClientError", "check_images
 # Batches up to this size are disguised in numpy (`mechanisms.small_batch`), larger ones by TensorFlow: measured
 # crossover on 2 CPU cores, 28x28x1 and 32x32x3, somewhere between 64 and 256 images.
 SMALL_BATCH = 64
+
+# What a plaintext channel reports when the server speaks TLS (gRPC: "Socket closed" or a handshake error; REST: the
+# server hangs up, or answers with bytes that are not HTTP).
+_TLS_SIGNS = ("socket closed", "handshake", "ssl", "tls", "remotedisconnected", "badstatusline",
+              "connection reset")
 
 class ServingClientError(RuntimeError):
     """A request failed for good (after retries, or with a non-retryable error); `code` is its gRPC status.
@@ -124,26 +135,57 @@ class DisguisedClient:
         self._transport = transport_for(target, model_name, version, credentials=credentials, tls=tls,
                                         max_message_bytes=max_message_bytes)
 
+    def _failure(self, e: TransportError) -> ServingClientError:
+        """`e` as the client's error; a refused connection to a plaintext channel hints that TLS may be missing."""
+        message = f"{self.model_name} at {self.target}: {e.code.name}: {e.message}"
+        if (not self._transport.tls and e.code == grpc.StatusCode.UNAVAILABLE
+                and any(sign in e.message.lower() for sign in _TLS_SIGNS)):
+            message += (" (the server may require TLS: pass --ca-cert / --tls on the command line, "
+                        "or tls=ClientTLS(...) in Python)")
+        return ServingClientError(message, e.code)
+
+    def _late(self, started: float) -> ServingClientError | None:
+        """The error for an answer that came, or was decoded, after the deadline; None when in time."""
+        elapsed = time.monotonic() - started
+        if elapsed <= self.timeout:
+            return None
+        return ServingClientError(f"{self.model_name} at {self.target}: DEADLINE_EXCEEDED: the answer took "
+                                  f"{elapsed:.3g} s, decoding included, more than timeout={self.timeout:g} s.",
+                                  grpc.StatusCode.DEADLINE_EXCEEDED)
+
     def _retrying(self, call):
-        """`call(timeout)` until it succeeds, fails for good, or the deadline (`self.timeout`) passes."""
-        deadline = time.monotonic() + self.timeout
+        """`call(timeout)` until it succeeds, fails for good, or the deadline (`self.timeout`) passes.
+
+        The deadline covers the whole call: an answer decoded after it is refused.
+        """
+        started = time.monotonic()
+        deadline = started + self.timeout
         attempt = 0
         while True:
             try:
-                return call(max(deadline - time.monotonic(), 0.001))
+                result = call(max(deadline - time.monotonic(), 0.001))
             except TransportError as e:
                 delay = min(self.backoff * 2**attempt, 1.0) * (0.5 + random.random())
                 if not e.retryable or attempt >= self.max_retries or time.monotonic() + delay >= deadline:
-                    raise ServingClientError(f"{self.model_name} at {self.target}: {e.code.name}: {e.message}",
-                                             e.code) from None
+                    raise self._failure(e) from None
             except Exception as e:  # a transport's bug must still reach the caller as the client's error
                 raise ServingClientError(f"{self.model_name} at {self.target}: {type(e).__name__}: {e}",
                                          grpc.StatusCode.INTERNAL) from e
+            else:
+                late = self._late(started)
+                if late is not None:
+                    raise late
+                return result
             attempt += 1
             time.sleep(delay)
 
-    def _predict_raw(self, inputs: dict[str, np.ndarray], signature_name="serving_default") -> dict[str, np.ndarray]:
-        return self._retrying(lambda timeout: self._transport.predict(inputs, signature_name, timeout))
+    def _predict_raw(self, inputs: dict[str, np.ndarray], signature_name="serving_default", expect=None,
+                     rows=None) -> dict[str, np.ndarray]:
+        return self._retrying(lambda timeout: self._transport.predict(inputs, signature_name, timeout, expect, rows))
+
+    def _expected(self, inputs: dict[str, np.ndarray]) -> tuple[dict, int]:
+        """What a prediction on `inputs` must answer: the declared outputs, one row per image."""
+        return self._metadata["output_specs"], len(next(iter(inputs.values())))
 
     def _send(self, batches, concurrency: int) -> dict[str, np.ndarray]:
         """Sends each of `batches` (an iterable of input dicts, made lazily), at most `concurrency` at once,
@@ -151,35 +193,39 @@ class DisguisedClient:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"`concurrency` must be an int >= 1. Received: concurrency={concurrency!r}")
         if concurrency == 1:
-            parts = [self._predict_raw(inputs) for inputs in batches]
+            parts = [self._predict_raw(inputs, "serving_default", *self._expected(inputs)) for inputs in batches]
         else:
             parts, in_flight = [], collections.deque()
             try:
                 for inputs in batches:
-                    in_flight.append((inputs, self._transport.predict_future(inputs, "serving_default",
-                                                                             self.timeout)))
+                    future = self._transport.predict_future(inputs, "serving_default", self.timeout,
+                                                            *self._expected(inputs))
+                    in_flight.append((inputs, time.monotonic(), future))
                     if len(in_flight) >= concurrency:
                         parts.append(self._collect(*in_flight.popleft()))
                 while in_flight:
                     parts.append(self._collect(*in_flight.popleft()))
             finally:
-                for _, future in in_flight:  # after an error: the answers still coming are not waited for
+                for _, _, future in in_flight:  # after an error: the answers still coming are not waited for
                     future.cancel()
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def _collect(self, inputs, future) -> dict[str, np.ndarray]:
+    def _collect(self, inputs, started: float, future) -> dict[str, np.ndarray]:
         try:
-            return future.result()
+            result = future.result()
         except TransportError as e:
             if e.retryable:
-                return self._predict_raw(inputs)
-            raise ServingClientError(f"{self.model_name} at {self.target}: {e.code.name}: {e.message}",
-                                     e.code) from None
+                return self._predict_raw(inputs, "serving_default", *self._expected(inputs))
+            raise self._failure(e) from None
         except Exception as e:  # as in `_retrying`
             raise ServingClientError(f"{self.model_name} at {self.target}: {type(e).__name__}: {e}",
                                      grpc.StatusCode.INTERNAL) from e
+        late = self._late(started)
+        if late is not None:
+            raise late
+        return result
 
     # ---- metadata and key check ------------------------------------------------------
 
@@ -199,7 +245,8 @@ class DisguisedClient:
             if INFO_SIGNATURE not in signatures:
                 raise KeyMismatchError(f"Model {self.model_name} at {self.target} records no disguise fingerprint "
                                        f"(no '{INFO_SIGNATURE}' signature); refusing to send it disguised data.")
-            info = self._predict_raw({"dummy": np.zeros([1], np.int32)}, INFO_SIGNATURE)
+            info = self._predict_raw({"dummy": np.zeros([1], np.int32)}, INFO_SIGNATURE,
+                                     signatures[INFO_SIGNATURE].output_specs)
             try:
                 fingerprint = _as_text(info["fingerprint"])
                 identity = Identity(spec=json.loads(_as_text(info["spec"])), fingerprint=fingerprint)
@@ -207,8 +254,11 @@ class DisguisedClient:
                 raise ServingClientError(f"{self.model_name} at {self.target}: its '{INFO_SIGNATURE}' answer is "
                                          f"malformed ({type(e).__name__}: {e}).", grpc.StatusCode.INTERNAL) from None
             self.key.check_matches(identity, f"Model {self.model_name} at {self.target}")
+            # Answers may take no more room than `batch_size` rows of the declared outputs (with a margin).
+            self._transport.limit_answers(default.output_specs, self.batch_size)
             self._metadata = {"input": inputs[0], "outputs": list(default.outputs),
-                              "input_shape": list(default.inputs[inputs[0]]), "fingerprint": fingerprint}
+                              "input_shape": list(default.inputs[inputs[0]]), "fingerprint": fingerprint,
+                              "output_specs": default.output_specs}
         return self._metadata
 
     # ---- predictions ---------------------------------------------------------------------

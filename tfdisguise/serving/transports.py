@@ -4,8 +4,16 @@ A transport makes one attempt per call, and that attempt ends within the
 timeout it is given, whatever the server does (REST included: a server that
 trickles its answer is cut off at the deadline). The client adds deadlines and
 retries. Both report every failure as `TransportError` with the gRPC status
-code that TF Serving would give, so the client handles them alike; answers are
-checked before they are decoded, as the server checks requests.
+code that TF Serving would give, so the client handles them alike.
+
+The server is not trusted: an answer is checked before it is decoded, as the
+server checks requests. Given what the model's metadata declares (`OutputSpec`)
+and how many rows to expect, a transport refuses, from the cheap part of the
+answer alone (a TensorProto's dtype and shape, a JSON list's lengths), outputs
+that are missing or extra, of another dtype, of another shape, or with another
+number of rows than images sent. `limit_answers` caps the bytes an answer may
+take on the wire (gRPC's receive limit, the REST body), so that a hostile server
+cannot make the client read, parse or allocate more than its answer needs.
 
 `predict_future` starts a call and returns at once (gRPC's own futures; a
 thread pool for REST, whose idle connections are pooled and reused), so that a
@@ -29,6 +37,7 @@ import contextlib
 import dataclasses
 import http.client
 import json
+import math
 import socket
 import ssl
 import threading
@@ -42,10 +51,10 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES
-from tfdisguise.serving.limits import check_tensor_proto
+from tfdisguise.serving.limits import check_tensor_proto, json_shape
 
-__all__ = ["GrpcTransport", "RestTransport", "Signature", "Transport", "TransportError", "ndarray", "tensor_proto",
-           "transport_for"]
+__all__ = ["GrpcTransport", "OutputSpec", "RestTransport", "Signature", "Transport", "TransportError", "check_answer",
+           "ndarray", "tensor_proto", "transport_for"]
 
 # The REST API answers with an HTTP status; TF Serving maps its gRPC codes to these.
 _GRPC_CODE = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
@@ -97,11 +106,68 @@ class TransportError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class OutputSpec:
+    """What a signature declares of one output: a `types_pb2` dtype, and a shape (-1 for any size, None for any)."""
+
+    dtype: int
+    shape: tuple[int, ...] | None
+
+    def elements(self, rows: int) -> int | None:
+        """How many numbers `rows` rows of this output hold; None when the metadata leaves their size open."""
+        if self.shape is None or any(d < 0 for d in self.shape[1:]) or self.dtype not in _FAST_NP:
+            return None
+        return rows * math.prod(self.shape[1:])
+
+
+def _answer_bytes(expect: dict[str, OutputSpec], rows: int, per_element) -> int | None:
+    """The most bytes an answer of `rows` rows may take, `per_element(spec)` bytes a number, with room for framing."""
+    counts = [(spec, spec.elements(rows)) for spec in expect.values()]
+    if not counts or any(n is None for _, n in counts):
+        return None
+    return int(1.25 * sum(n * per_element(spec) for spec, n in counts)) + (64 << 10)
+
+
+@dataclasses.dataclass(frozen=True)
 class Signature:
-    """A served signature's input shapes (-1 for any size) by name, and its output names."""
+    """A served signature's input shapes (-1 for any size) by name, its output names, and their `OutputSpec`s."""
 
     inputs: dict[str, tuple[int, ...]]
     outputs: tuple[str, ...]
+    output_specs: dict[str, OutputSpec] = dataclasses.field(default_factory=dict, compare=False)
+
+
+def _dtype_name(dtype: int) -> str:
+    return types_pb2.DataType.Name(dtype) if dtype in types_pb2.DataType.values() else f"dtype {dtype}"
+
+
+def check_answer(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, int] | None,
+                 expect: dict[str, OutputSpec] | None, rows: int | None) -> None:
+    """Raises TransportError (INTERNAL) unless an answer's outputs are the `expect`ed ones, with `rows` rows.
+
+    `shapes` and `dtypes` are what the answer declares, read without decoding
+    its values (dtypes None: REST, whose JSON has none to check here).
+    """
+    if expect is None:
+        return
+    if set(shapes) != set(expect):
+        raise TransportError(grpc.StatusCode.INTERNAL, f"The server answered the outputs {sorted(shapes)}, but the "
+                                                       f"model's metadata declares {sorted(expect)}.")
+    for name, shape in shapes.items():
+        spec = expect[name]
+        if rows is not None and (not shape or shape[0] != rows):
+            got = f"{shape[0]} rows" if shape else "a scalar"
+            raise TransportError(grpc.StatusCode.INTERNAL, f"The server answered {got} of '{name}' for {rows} "
+                                                           f"images; refusing its answer.")
+        if dtypes is not None and dtypes[name] != spec.dtype:
+            raise TransportError(grpc.StatusCode.INTERNAL,
+                                 f"The server answered '{name}' as {_dtype_name(dtypes[name])}, but the "
+                                 f"model's metadata declares {_dtype_name(spec.dtype)}.")
+        fixed = spec.shape if rows is None else spec.shape[1:] if spec.shape else None  # rows replace dim 0
+        answered = shape if rows is None else shape[1:]
+        if spec.shape is not None and (len(shape) != len(spec.shape) or
+                                       any(d != s for d, s in zip(answered, fixed) if s >= 0)):
+            raise TransportError(grpc.StatusCode.INTERNAL, f"The server answered '{name}' of shape {list(shape)}, but "
+                                                           f"the model's metadata declares {list(spec.shape)}.")
 
 
 class Transport:
@@ -114,18 +180,31 @@ class Transport:
         """The model's signatures by name, from its metadata."""
         raise NotImplementedError
 
-    def predict(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float) -> dict[str, np.ndarray]:
-        """Runs `signature_name` on `inputs`; returns its outputs by name."""
+    tls = False  # whether the server's certificate is checked (and the channel encrypted)
+
+    def predict(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float,
+                expect: dict[str, OutputSpec] | None = None, rows: int | None = None) -> dict[str, np.ndarray]:
+        """Runs `signature_name` on `inputs`; returns its outputs by name.
+
+        With `expect`, the answer must hold exactly those outputs, as declared;
+        with `rows`, each with that many rows (see `check_answer`).
+        """
+        raise NotImplementedError
+
+    def limit_answers(self, expect: dict[str, OutputSpec], rows: int) -> None:
+        """From now on, refuses answers larger on the wire than `rows` rows of `expect` take (before reading or
+        parsing more); an output whose size the metadata leaves open keeps the transport's own limit."""
         raise NotImplementedError
 
     _pool: concurrent.futures.ThreadPoolExecutor | None = None
 
-    def predict_future(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float):
+    def predict_future(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float,
+                       expect: dict[str, OutputSpec] | None = None, rows: int | None = None):
         """Starts `predict`; returns an object whose `result()` gives its answer or raises its TransportError,
         and whose `cancel()` gives it up."""
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="predict")
-        return self._pool.submit(self.predict, inputs, signature_name, timeout)
+        return self._pool.submit(self.predict, inputs, signature_name, timeout, expect, rows)
 
     def close(self) -> None:
         raise NotImplementedError
@@ -137,12 +216,27 @@ class GrpcTransport(Transport):
     def __init__(self, target: str, model_name: str, version: int | None = None, *, credentials=None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         super().__init__(target, model_name, version)
-        self.max_message_bytes = max_message_bytes
-        options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
-        self._channel = (grpc.secure_channel(target, credentials, options) if credentials
-                         else grpc.insecure_channel(target, options))
+        self.max_message_bytes, self.max_answer_bytes = max_message_bytes, max_message_bytes
+        self._credentials, self.tls = credentials, credentials is not None
+        self._open()
+
+    def _open(self) -> None:
+        options = [("grpc.max_send_message_length", self.max_message_bytes),
+                   ("grpc.max_receive_message_length", self.max_answer_bytes)]
+        self._channel = (grpc.secure_channel(self.target, self._credentials, options) if self._credentials
+                         else grpc.insecure_channel(self.target, options))
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def limit_answers(self, expect: dict[str, OutputSpec], rows: int) -> None:
+        # Integers may come as varints, up to 10 bytes each, rather than as raw bytes.
+        max_bytes = _answer_bytes(expect, rows, lambda spec: 10 if _FAST_NP[spec.dtype].kind in "iu"
+                                  else _FAST_NP[spec.dtype].itemsize)
+        max_bytes = self.max_message_bytes if max_bytes is None else min(max_bytes, self.max_message_bytes)
+        # A channel's receive limit is fixed when it is made: a new channel, before any prediction is in flight.
+        if max_bytes != self.max_answer_bytes:
+            self.max_answer_bytes = max_bytes
+            self._channel.close()
+            self._open()
 
     def _model_spec(self, spec, signature_name: str) -> None:
         spec.name = self.model_name
@@ -154,7 +248,18 @@ class GrpcTransport(Transport):
         try:
             return method(request, timeout=timeout)
         except grpc.RpcError as e:
-            raise TransportError(e.code(), e.details()) from None
+            raise self._error(e) from None
+
+    def _error(self, e: grpc.RpcError) -> TransportError:
+        """`e` as a TransportError; an oversized answer and a refused certificate say so, and are not retried."""
+        code, details = e.code(), e.details() or ""
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+            return TransportError(code, f"The server's answer is larger than the {self.max_answer_bytes} bytes "
+                                        f"this request's answer may take; refusing it ({details}).")
+        if any(sign in details for sign in ("CERTIFICATE_VERIFY_FAILED", "Hostname Verification Check failed")):
+            return TransportError(grpc.StatusCode.UNAUTHENTICATED,
+                                  f"TLS: the server's certificate is refused ({details}).")
+        return TransportError(code, details)
 
     def signatures(self, timeout: float) -> dict[str, Signature]:
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
@@ -164,7 +269,10 @@ class GrpcTransport(Transport):
         if not response.metadata["signature_def"].Unpack(sig_map):
             raise TransportError(grpc.StatusCode.INTERNAL, "The model's metadata holds no SignatureDefMap.")
         return {name: Signature(inputs={k: tuple(d.size for d in v.tensor_shape.dim) for k, v in sig.inputs.items()},
-                                outputs=tuple(sorted(sig.outputs)))
+                                outputs=tuple(sorted(sig.outputs)),
+                                output_specs={k: OutputSpec(v.dtype, None if v.tensor_shape.unknown_rank else
+                                                            tuple(d.size for d in v.tensor_shape.dim))
+                                              for k, v in sig.outputs.items()})
                 for name, sig in sig_map.signature_def.items()}
 
     def _request(self, inputs: dict[str, np.ndarray], signature_name: str) -> predict_pb2.PredictRequest:
@@ -174,19 +282,27 @@ class GrpcTransport(Transport):
             request.inputs[name].CopyFrom(tensor_proto(value))
         return request
 
-    def _outputs(self, response) -> dict[str, np.ndarray]:
+    def _outputs(self, response, expect=None, rows=None) -> dict[str, np.ndarray]:
+        outputs = response.outputs
+        # Declared dtypes and shapes first: reading them decodes none of the values.
+        check_answer({name: tuple(d.size for d in value.tensor_shape.dim) for name, value in outputs.items()},
+                     {name: value.dtype for name, value in outputs.items()}, expect, rows)
         try:
-            for name, value in response.outputs.items():
+            for name, value in outputs.items():
                 check_tensor_proto(name, value, self.max_message_bytes)  # a server's answer may lie like a request
-            return {name: ndarray(value) for name, value in response.outputs.items()}
+            return {name: ndarray(value) for name, value in outputs.items()}
         except Exception as e:
             raise TransportError(grpc.StatusCode.INTERNAL, f"The server's answer is malformed: {e}") from None
 
-    def predict(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float) -> dict[str, np.ndarray]:
-        return self._outputs(self._call(self._stub.Predict, self._request(inputs, signature_name), timeout))
+    def predict(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float,
+                expect: dict[str, OutputSpec] | None = None, rows: int | None = None) -> dict[str, np.ndarray]:
+        return self._outputs(self._call(self._stub.Predict, self._request(inputs, signature_name), timeout),
+                             expect, rows)
 
-    def predict_future(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float):
-        return _GrpcFuture(self, self._stub.Predict.future(self._request(inputs, signature_name), timeout=timeout))
+    def predict_future(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float,
+                       expect: dict[str, OutputSpec] | None = None, rows: int | None = None):
+        future = self._stub.Predict.future(self._request(inputs, signature_name), timeout=timeout)
+        return _GrpcFuture(self, future, expect, rows)
 
     def close(self) -> None:
         self._channel.close()
@@ -195,15 +311,15 @@ class GrpcTransport(Transport):
 
 
 class _GrpcFuture:
-    def __init__(self, transport: GrpcTransport, future):
-        self.transport, self.future = transport, future
+    def __init__(self, transport: GrpcTransport, future, expect, rows):
+        self.transport, self.future, self.expect, self.rows = transport, future, expect, rows
 
     def result(self) -> dict[str, np.ndarray]:
         try:
             response = self.future.result()
         except grpc.RpcError as e:
-            raise TransportError(e.code(), e.details()) from None
-        return self.transport._outputs(response)
+            raise self.transport._error(e) from None
+        return self.transport._outputs(response, self.expect, self.rows)
 
     def cancel(self) -> None:
         self.future.cancel()
@@ -228,7 +344,8 @@ class RestTransport(Transport):
                              f"Received: target={target!r}")
         self._scheme, self._host, self._port, self._prefix = url.scheme, url.hostname, url.port, url.path
         self._ssl_context = ssl_context or (ssl.create_default_context() if url.scheme == "https" else None)
-        self._max_response_bytes = max_response_bytes
+        self.tls = url.scheme == "https"
+        self._max_response_bytes = self._max_body_bytes = max_response_bytes
         self._outputs: dict[str, tuple[str, ...]] = {}
         self._idle: list[http.client.HTTPConnection] = []  # kept alive between calls, one per concurrent call
         self._lock = threading.Lock()
@@ -336,17 +453,23 @@ class RestTransport(Transport):
     def signatures(self, timeout: float) -> dict[str, Signature]:
         answer = self._call("GET", "/metadata", timeout)
         try:
-            defs = answer["metadata"]["signature_def"]["signatureDef"]
-            found = {name: Signature(inputs={k: tuple(int(d.get("size", -1)) for d in v["tensorShape"].get("dim", []))
-                                             for k, v in sig.get("inputs", {}).items()},
-                                     outputs=tuple(sorted(sig.get("outputs", {}))))
+            defs = _field(answer["metadata"]["signature_def"], "signature_def")
+            found = {name: Signature(inputs={k: _json_shape_of(v) for k, v in sig.get("inputs", {}).items()},
+                                     outputs=tuple(sorted(sig.get("outputs", {}))),
+                                     output_specs={k: _json_output_spec(v) for k, v in sig.get("outputs", {}).items()})
                      for name, sig in defs.items()}
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise TransportError(grpc.StatusCode.INTERNAL, f"The model's metadata is malformed ({e!r}).") from None
         self._outputs = {name: sig.outputs for name, sig in found.items()}
         return found
 
-    def predict(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float) -> dict[str, np.ndarray]:
+    def limit_answers(self, expect: dict[str, OutputSpec], rows: int) -> None:
+        # A number in JSON takes at most about 25 characters; pretty printing may add a line and its indent to each.
+        max_bytes = _answer_bytes(expect, rows, lambda spec: 64)
+        self._max_response_bytes = self._max_body_bytes if max_bytes is None else min(max_bytes, self._max_body_bytes)
+
+    def predict(self, inputs: dict[str, np.ndarray], signature_name: str, timeout: float,
+                expect: dict[str, OutputSpec] | None = None, rows: int | None = None) -> dict[str, np.ndarray]:
         deadline = time.monotonic() + timeout
         body = {"signature_name": signature_name, "inputs": {k: v.tolist() for k, v in inputs.items()}}
         try:
@@ -362,7 +485,16 @@ class RestTransport(Transport):
                 raise TransportError(grpc.StatusCode.INTERNAL, f"Signature {signature_name!r} has outputs {names}, "
                                                                f"but the answer holds one bare value.")
             outputs = {names[0]: outputs}
-        return {name: _from_json(value) for name, value in outputs.items()}
+        # The lengths of the lists first: a body within the cap may still nest lists that would not fit an array.
+        check_answer({name: json_shape(value) for name, value in outputs.items()}, None, expect, rows)
+        arrays = {name: _from_json(value) for name, value in outputs.items()}
+        for name, array in arrays.items():
+            if expect is None:
+                break
+            if array.shape != json_shape(outputs[name]):
+                raise TransportError(grpc.StatusCode.INTERNAL, f"The server's answer '{name}' is a ragged list.")
+            arrays[name] = _as_declared(name, array, expect[name].dtype)
+        return arrays
 
     def close(self) -> None:
         with self._lock:
@@ -371,6 +503,42 @@ class RestTransport(Transport):
             connection.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+
+
+def _json_output_spec(info: dict) -> OutputSpec:
+    """An output's TensorInfo, as the REST API's metadata writes it."""
+    shape = _field(info, "tensor_shape", {})
+    return OutputSpec(types_pb2.DataType.Value(info.get("dtype", "DT_INVALID")),
+                      None if _field(shape, "unknown_rank", False) else _json_shape_of(info))
+
+
+def _field(message: dict, name: str, default=KeyError):
+    """A field of a proto as JSON, by its proto name (as TF Serving writes it) or its lowerCamelCase name."""
+    camel = name.split("_")[0] + "".join(part.title() for part in name.split("_")[1:])
+    for key in (name, camel):
+        if key in message:
+            return message[key]
+    if default is KeyError:
+        raise KeyError(name)
+    return default
+
+
+def _json_shape_of(info: dict) -> tuple[int, ...]:
+    """A TensorInfo's dims (-1 for any size), as JSON."""
+    return tuple(int(d.get("size", -1)) for d in _field(info, "tensor_shape", {}).get("dim", []))
+
+
+def _as_declared(name: str, array: np.ndarray, dtype: int) -> np.ndarray:
+    """A JSON output as the numeric dtype its metadata declares (as gRPC answers it), or TransportError."""
+    np_dtype = _FAST_NP.get(dtype) or {types_pb2.DT_BOOL: np.dtype(bool)}.get(dtype)
+    if np_dtype is None:
+        return array  # strings and the rarer dtypes: as the JSON holds them
+    fits = {"f": "biuf", "i": "biu", "u": "biu", "b": "b"}[np_dtype.kind]
+    if array.dtype.kind not in fits:
+        raise TransportError(grpc.StatusCode.INTERNAL,
+                             f"The server answered '{name}' as {array.dtype} values, but the model's metadata "
+                             f"declares {types_pb2.DataType.Name(dtype)}.")
+    return array.astype(np_dtype)
 
 
 def _from_json(value) -> np.ndarray:
@@ -394,7 +562,8 @@ def transport_for(target: str, model_name: str, version: int | None = None, *, c
     if target.startswith(("http://", "https://")):
         if credentials is not None:
             raise ValueError("`credentials` are gRPC's; for a REST target pass `tls` (a ClientTLS).")
-        return RestTransport(target, model_name, version, ssl_context=tls.ssl_context() if tls else None)
+        return RestTransport(target, model_name, version, ssl_context=tls.ssl_context() if tls else None,
+                             max_response_bytes=4 * max_message_bytes)
     if tls is not None:
         if credentials is not None:
             raise ValueError("Pass `tls` or `credentials`, not both.")
