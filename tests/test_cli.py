@@ -98,7 +98,7 @@ def test_disguise_errors(key_path, npz, tmp_path, capsys):
     os.chmod(key_path, 0o600)
     np.savez(tmp_path / "mnist.npz", x=np.zeros((3, 28, 28), np.uint8), y=np.zeros(3))
     assert cli.main(["disguise", "--key", key_path, "--input", str(tmp_path / "mnist.npz"), "--out", out]) == 1
-    assert "but the key's spec expects (8, 8, 3)" in capsys.readouterr().err
+    assert "was made for images of shape (8, 8, 3)" in capsys.readouterr().err
     assert not os.path.exists(out) and not [n for n in os.listdir(tmp_path) if "partial" in n]
 
 

@@ -154,3 +154,70 @@ def test_train_on_mistyped_shards_says_the_directory_does_not_exist(tmp_path, ca
     assert cli.main(["train", "--shards", str(tmp_path / "empty"), "--out", out]) == 1
     assert "has no manifest.json" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+@pytest.fixture(scope="module")
+def gray_key():
+    return Key.generate(Spec.create((8, 8, 1), block_size=4, noise=0))
+
+
+def test_grayscale_without_channel_axis_is_taken_everywhere_and_gets_the_axis(gray_key):
+    """As the CLI takes (N, H, W): `disguise`, `wrap` and the layer give (N, H, W, 1), the same values."""
+    import keras
+    import tensorflow as tf
+
+    import tfdisguise
+
+    x = np.random.default_rng(0).integers(0, 256, (5, 8, 8), dtype=np.uint8)
+    want = tfdisguise.disguise(x[..., None], gray_key)  # noise 0: deterministic
+    np.testing.assert_allclose(tfdisguise.disguise(x, gray_key), want, atol=1e-4)
+    np.testing.assert_allclose(tfdisguise.disguise(x[0], gray_key), want[0], atol=1e-4)
+    batched = np.concatenate([b for b, _ in tfdisguise.wrap(tf.data.Dataset.from_tensor_slices((x, np.arange(5)))
+                                                             .batch(2), gray_key)])
+    np.testing.assert_allclose(batched, want, atol=1e-4)
+    single = np.stack(list(tfdisguise.wrap(tf.data.Dataset.from_tensor_slices(x), gray_key)))
+    np.testing.assert_allclose(single, want, atol=1e-4)
+    np.testing.assert_allclose(tfdisguise.Disguise(gray_key)(x), want, atol=1e-4)
+    model = keras.Sequential([keras.Input((8, 8)), tfdisguise.Disguise(gray_key)])
+    assert model.output_shape == (None, 8, 8, 1)
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, atol=1e-4)
+    with pytest.raises(ValueError, match="channels"):  # three channels: no guessing
+        tfdisguise.disguise(np.zeros((2, 8, 8, 3), np.uint8), gray_key)
+
+
+def test_a_key_for_other_images_names_no_internal_parameter(tmp_path, gray_key, capsys):
+    import tensorflow as tf
+
+    import tfdisguise
+
+    ds = tf.data.Dataset.from_tensor_slices(np.zeros((4, 32, 32, 3), np.uint8)).batch(2)
+    with pytest.raises(ValueError) as err:
+        tfdisguise.wrap(ds, gray_key)
+    message = str(err.value)
+    assert "(32, 32, 3)" in message and "(8, 8, 1)" in message and "`ds`" not in message
+    assert "tfdisguise keygen --image-shape 32,32,3" in message
+    # From the command line: the same words, no internal name.
+    gray_key.save(str(tmp_path / "key.json"))
+    data = str(tmp_path / "cifar.npz")
+    np.savez(data, x=np.zeros((10, 32, 32, 3), np.uint8), y=np.arange(10) % 2)
+    assert cli.main(["train", "--input", data, "--key", str(tmp_path / "key.json"), "--out", str(tmp_path / "run"),
+                     "--epochs", "1"]) == 1
+    err_text = capsys.readouterr().err
+    assert "(32, 32, 3)" in err_text and "`ds`" not in err_text and "Traceback" not in err_text
+
+
+def test_0_1_images_raise_the_clear_message(gray_key):
+    import tensorflow as tf
+
+    import tfdisguise
+    from tfdisguise.pixels import PixelRangeError
+
+    x = np.full((2, 8, 8, 1), 0.5, np.float32)
+    with pytest.raises(PixelRangeError) as err:  # the layer on concrete images: the message alone, first
+        tfdisguise.Disguise(gray_key)(x)
+    assert str(err.value).startswith("`images` at index 0, 1 look scaled to 0..1")
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(2)
+    with pytest.raises(tf.errors.InvalidArgumentError) as err:  # in tf.data: one marked line, no escapes
+        list(tfdisguise.wrap(ds, gray_key))
+    assert "tfdisguise: the images look scaled to 0..1 (no value above 1, and fractions); the key means 0..255. " \
+           "Rescale to 0..255 (images * 255)." in str(err.value)

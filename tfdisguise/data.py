@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfdisguise import mechanisms, pixels
 from tfdisguise.key import Key
 from tfdisguise.mechanisms.constants import INLINE_BYTES
+from tfdisguise.mechanisms.eager import lacks_channel_axis
 
 __all__ = ["wrap", "batch_disguiser", "image_spec_of"]
 
@@ -122,7 +123,12 @@ def wrap(
 ):
     """Returns `ds` with every image disguised by `key`; the structure is kept.
 
-    `ds` may be batched or not. Batched input is disguised batch by batch;
+    `ds` may be batched or not. Its images are `(H, W, C)` of the key's image
+    shape; for a one-channel key, `(H, W)` too (grayscale without the channel
+    axis), and then the disguised images get the axis: `(H, W, 1)`, as
+    `tfdisguise.disguise` and the CLI give them.
+
+    Batched input is disguised batch by batch;
     unbatched input is disguised in internal chunks of 256 and unbatched again,
     so either way the work runs on whole batches, with parallel calls and
     prefetch. Noise is drawn fresh each time an element is produced, so each
@@ -163,20 +169,31 @@ def wrap(
         )
     image_spec, get_image, set_image = image_spec_of(ds.element_spec)
     rank = image_spec.shape.rank
+    expected = key.spec.image_shape
+    channel_less = rank is not None and lacks_channel_axis(image_spec.shape.as_list(), expected)
+    if channel_less:  # grayscale (N, H, W) or (H, W): the channel axis is added, as `tfdisguise disguise` does
+        rank += 1
     if rank not in (3, 4):
         raise ValueError(
-            f"`ds` images must have rank 3 (H, W, C) or 4 (batch, H, W, C). Received: image shape {image_spec.shape}"
+            f"The dataset's images must have rank 3 (H, W, C) or 4 (batch, H, W, C), with (H, W, C) = {expected} for "
+            f"this key. Received: image shape {image_spec.shape}"
         )
-    expected = key.spec.image_shape
-    if not image_spec.shape[-3:].is_compatible_with(expected):
+    if not channel_less and not image_spec.shape[-3:].is_compatible_with(expected):
+        got = tuple(image_spec.shape[-3:])
+        # No parameter name: from the command line, the images are --input and the key --key.
         raise ValueError(
-            f"`ds` images have shape {tuple(image_spec.shape[-3:])}, but the key's spec expects {expected}."
+            f"The images have shape {got}, but key {key.fingerprint} was made for images of shape {expected}. Use "
+            f"the key made for these images, or make one for them: tfdisguise keygen --image-shape "
+            f"{','.join(str(d) for d in got)}"
         )
     disguise = batch_disguiser(key, jit_compile)
     if augment is not None:
         disguise = _augmented(disguise, augment)
     if check_pixels:  # on the plain images as they arrive, before any augmentation
         disguise = _checked(disguise)
+    if channel_less:
+        add_axis = disguise
+        disguise = lambda images: add_axis(tf.expand_dims(images, -1))
 
     is_tuple = isinstance(ds.element_spec, tuple)
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from tfdisguise import mechanisms, pixels
 from tfdisguise.key import Key, KeyMismatchError
+from tfdisguise.mechanisms.eager import lacks_channel_axis
 from tfdisguise.spec import Spec
 
 __all__ = ["Disguise"]
@@ -44,10 +45,12 @@ class Disguise(keras.layers.Layer):
 
     Input shape:
         `(H, W, C)` or `(batch, H, W, C)` matching the key's image shape; uint8
-        or float, on the 0..255 scale.
+        or float, on the 0..255 scale. For a one-channel key, `(batch, H, W)`
+        (grayscale without the channel axis) too.
 
     Output shape:
-        Same as the input, float32.
+        Same as the input, float32; with the channel axis added for input
+        without one (`(batch, H, W, 1)`), as `tfdisguise.disguise` does.
 
     Example:
 
@@ -85,6 +88,13 @@ class Disguise(keras.layers.Layer):
         # cannot be compiled by XLA: this keeps Keras's automatic jit_compile off.
         self.supports_jit = not key.plan.runs_numpy
 
+    def __call__(self, inputs, *args, **kwargs):
+        # Concrete images are checked here, before Keras wraps any error of `call` in its own report: a user who
+        # passes 0..1 images reads the PixelRangeError alone. Symbolic ones get the graph assertion in `call`.
+        if self.check_pixels and _is_concrete(inputs):
+            pixels.check_pixels(np.asarray(inputs))
+        return super().__call__(inputs, *args, **kwargs)
+
     def call(self, inputs):
         if self._key is None:
             raise ValueError(
@@ -94,9 +104,13 @@ class Disguise(keras.layers.Layer):
         uniform = mechanisms.uniform_source(self._seed_generator) if self._seed_generator else None
         if self.check_pixels and keras.backend.backend() == "tensorflow":
             inputs = pixels.assert_pixels(inputs)
+        if lacks_channel_axis(inputs.shape, self.spec.image_shape):
+            inputs = keras.ops.expand_dims(inputs, -1)
         return mechanisms.apply(inputs, self._key.plan, uniform)
 
     def compute_output_shape(self, input_shape):
+        if lacks_channel_axis(input_shape, self.spec.image_shape):
+            return tuple(input_shape[:-2]) + self.spec.image_shape
         return tuple(input_shape[:-3]) + self.spec.image_shape
 
     def get_config(self):
@@ -125,3 +139,14 @@ class Disguise(keras.layers.Layer):
     @property
     def key(self) -> Key | None:
         return self._key
+
+
+def _is_concrete(inputs) -> bool:
+    """Whether `inputs` holds values now (numpy, an eager tensor), not a symbolic tensor being traced."""
+    if isinstance(inputs, np.ndarray):
+        return True
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.executing_eagerly() and isinstance(inputs, tf.Tensor) and hasattr(inputs, "numpy")

@@ -25,6 +25,7 @@ __all__ = ["PixelRangeError", "assert_pixels", "check_pixels"]
 _FLOATS = (np.float16, np.float32, np.float64)
 
 _UNIT_HINT = "the key's spec means 0..255. Rescale to 0..255 (images * 255)."
+_GRAPH_LINE = "tfdisguise: "  # the start of a graph assertion's message, see `assert_pixels`
 
 
 class PixelRangeError(ValueError):
@@ -72,7 +73,9 @@ def assert_pixels(x):
 
     The same rules as `check_pixels`, applied to the batch as a whole (a batch whose values never pass 1 and
     include fractions is a 0..1 batch). A failure raises `tf.errors.InvalidArgumentError` when the batch is
-    produced, with the message and the batch's range.
+    produced, with the message and the batch's range. TensorFlow wraps that message in its own report (the
+    node, the iterator) and escapes newlines and apostrophes, so each message is one line without
+    apostrophes, marked `tfdisguise:` to be found in that report.
     """
     import tensorflow as tf
 
@@ -83,12 +86,14 @@ def assert_pixels(x):
     fractions = tf.reduce_any(tf.not_equal(xf, tf.round(xf)))
     checks = [
         tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(xf)),
-                            ["`images` hold NaN or infinite values; the key's spec means pixel values in 0..255."]),
+                            [_GRAPH_LINE + "the images hold NaN or infinite values; the key means pixel values in "
+                             "0..255. Replace them (np.nan_to_num) or drop those images."]),
         tf.debugging.Assert(tf.logical_and(low >= 0, high <= 255),
-                            ["`images` have values outside 0..255, which the key's spec means (min, max):", low,
-                             high]),
+                            [_GRAPH_LINE + "the images have values outside 0..255, the scale the key means. Rescale "
+                             "to 0..255. Their min and max:", low, high]),
         tf.debugging.Assert(tf.logical_not(tf.logical_and(high <= 1, fractions)),
-                            ["`images` look scaled to 0..1 (no value above 1, and fractions): " + _UNIT_HINT]),
+                            [_GRAPH_LINE + "the images look scaled to 0..1 (no value above 1, and fractions); the "
+                             "key means 0..255. Rescale to 0..255 (images * 255)."]),
     ]
     with tf.control_dependencies(checks):
         return tf.identity(x)

@@ -21,7 +21,30 @@ from keras import ops
 from tfdisguise.mechanisms.plan import apply, invert, uniform_source
 from tfdisguise.pixels import check_pixels
 
-__all__ = ["disguise", "undisguise"]
+__all__ = ["disguise", "lacks_channel_axis", "undisguise"]
+
+
+def _fits(shape, expected) -> bool:
+    return len(shape) == len(expected) and all(s is None or s == e for s, e in zip(shape, expected))
+
+
+def lacks_channel_axis(shape, image_shape) -> bool:
+    """Whether `shape` is `(H, W)` or `(N, H, W)` for a one-channel `image_shape` `(H, W, 1)`.
+
+    Grayscale images often come without their channel axis (MNIST's arrays do);
+    `tfdisguise disguise --input` adds it, and so do `disguise`, `wrap` and the
+    `Disguise` layer. A shape that is a whole `(H, W, 1)` image stays one image.
+    Unknown dimensions (None) match anything.
+
+    >>> lacks_channel_axis((5, 28, 28), (28, 28, 1)), lacks_channel_axis((None, 28, 28), (28, 28, 1))
+    (True, True)
+    >>> lacks_channel_axis((28, 28, 1), (28, 28, 1)), lacks_channel_axis((5, 32, 32), (32, 32, 3))
+    (False, False)
+    """
+    shape, image_shape = tuple(shape), tuple(image_shape)
+    if image_shape[2:] != (1,) or len(shape) not in (2, 3) or (len(shape) == 3 and _fits(shape, image_shape)):
+        return False
+    return _fits(shape[-2:], image_shape[:2])
 
 
 def disguise(images, key):
@@ -30,11 +53,19 @@ def disguise(images, key):
     For data pipelines use `tfdisguise.wrap`; inside a model use the `Disguise`
     layer. Noise is fresh at every call, seeded from the OS's CSPRNG.
 
+    `images` is `(N, H, W, C)` or one `(H, W, C)` image of the key's image
+    shape. For a one-channel key, images without the channel axis, `(N, H, W)`
+    or `(H, W)`, are taken too, as `tfdisguise disguise --input` takes them: the
+    result has the channel axis, `(N, H, W, 1)`, the shape a model trained on
+    disguised images expects.
+
     Pixel values must be uint8 or float on the 0..255 scale; images scaled to
     0..1, out of range or not finite raise `tfdisguise.pixels.PixelRangeError`
     (a ValueError) naming them.
     """
     images = check_pixels(ops.convert_to_numpy(images))  # eager: numpy in, numpy out
+    if lacks_channel_axis(images.shape, key.spec.image_shape):
+        images = images[..., np.newaxis]
     seed = keras.random.SeedGenerator(secrets.randbits(31)) if key.plan.has_noise else None
     return ops.convert_to_numpy(apply(images, key.plan, uniform_source(seed) if seed else None))
 
