@@ -25,15 +25,17 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="(required) a new or empty directory, local or gs://..., that the trainer reads: "
                         "epoch-00000/, epoch-00001/, ..., validation/, stream.json")
-    p.add_argument("--epochs", type=int, default=None, help="(required) epochs to push, each with fresh noise")
+    p.add_argument("--epochs", type=int, default=None, metavar="N", help="(required) epochs to push, each with fresh "
+                                                                         "noise")
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="share of the images pushed once as the validation set")
     p.add_argument("--limit", type=cli_args.positive_int, default=None,
                    help="stream at most this many training images (default: all)")
     p.add_argument("--batch-size", type=int, default=128,
-                   help="the trainer's default batch size (its --batch-size wins) and the disguise's")
+                   help="images per batch when disguising; stream.read batches by it unless told otherwise "
+                        "(`train --stream` uses its own --batch-size)")
     cli_args.add_augment_arg(p, "; fresh every epoch")
-    p.add_argument("--ahead", type=int, default=None,
+    p.add_argument("--ahead", type=int, default=None, metavar="K",
                    help="stay at most this many epochs ahead of the trainer, which marks each epoch it starts in "
                         "DIR/progress/ (default: none, write every epoch at once)")
     p.add_argument("--shard-size", type=int, default=10000, help="images per TFRecord shard")
