@@ -9,6 +9,8 @@ protection removed), each of which made it fail.
 
 import contextlib
 import pathlib
+import subprocess
+import sys
 import time
 
 import grpc
@@ -204,3 +206,84 @@ def test_a_version_that_failed_to_load_is_retried_once_its_directory_changes(dou
         copy_version(half, version)  # the writer finishes
         wait_for(lambda: served_versions(server, "m") == [2], 10, "version 2 retried and served")
         np.testing.assert_allclose(grpc_predict(server, "m", [[1, 2]], version=2), [[2, 4]])
+
+
+# ---- 16. careless input: 400s that name the problem, flags that refuse what they cannot mean -------
+
+
+def test_rest_answers_400_naming_the_problem(double, tmp_path):
+    """A list or dict signature_name, a 5000-digit version, an unknown key in an instance: 400, with why.
+
+    Mutations tried: the string check on signature_name removed (500: unhashable list); the int64 check on the
+    URL's version removed (500: int() refuses 5000 digits); instance keys no longer checked (200: "extra"
+    silently dropped).
+    """
+    copy_version(double, tmp_path / "m" / "1")
+    with serving({"m": tmp_path / "m"}, tmp_path) as server:
+        url = f"http://127.0.0.1:{server.rest_api_port}/v1/models/m"
+        for name in (["serving_default"], {"a": 1}):
+            answer = requests.post(f"{url}:predict", json={"signature_name": name, "instances": [[1, 2]]}, timeout=5)
+            assert answer.status_code == 400 and "'signature_name' must be a string" in answer.json()["error"]
+        for path in (f"/versions/{'9' * 5000}:predict", f"/versions/{'9' * 20}:predict", f"/versions/{'1' * 5000}"):
+            answer = requests.post(url + path, json={"instances": [[1, 2]]}, timeout=5) if ":" in path else \
+                requests.get(url + path, timeout=5)
+            assert answer.status_code == 400 and "must be a 64-bit integer" in answer.json()["error"], path
+        answer = requests.post(f"{url}:predict", json={"instances": [{"x": [1, 2], "extra": 3}]}, timeout=5)
+        assert answer.status_code == 400 and "Instance 0 has unknown inputs ['extra']" in answer.json()["error"]
+        answer = requests.post(f"{url}:predict", json={"instances": [{"x": [1, 2]}, {"y": [1, 2]}]}, timeout=5)
+        assert answer.status_code == 400 and "Instance 1 has unknown inputs ['y'] and lacks inputs ['x']" in \
+            answer.json()["error"]
+        answer = requests.post(f"{url}:predict", json={"instances": [{"x": [1, 2]}]}, timeout=5)
+        assert answer.status_code == 200 and answer.json() == {"predictions": [[2.0, 4.0]]}
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--port", "70000"], "argument --port: expected a port number from 0 to 65535, got 70000"),
+    (["--port", "-1"], "argument --port: expected a port number from 0 to 65535, got -1"),
+    (["--rest_api_port", "65536"], "argument --rest_api_port: expected a port number from 0 to 65535, got 65536"),
+    (["--max_message_bytes", "-1"], "argument --max_message_bytes: expected a positive integer, got -1"),
+    (["--max_message_bytes", "0"], "argument --max_message_bytes: expected a positive integer, got 0"),
+])
+def test_serve_refuses_ports_and_limits_it_cannot_mean(flags, needle, tmp_path, capsys):
+    """Mutations tried: `--port`/`--rest_api_port` typed `int` again (the server binds 70000 % 65536 = 4464;
+    here the command goes on and fails later, without naming the flag); `--max_message_bytes` typed `int` again."""
+    from tfdisguise import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", "--embedded", "--host", "127.0.0.1", "--model_base_path", str(tmp_path), *flags])
+    assert exit_.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_serve_refuses_a_config_that_names_a_model_twice(double, tmp_path):
+    """Mutations tried: the duplicate-name check removed (the last "m" silently wins and the server starts)."""
+    copy_version(double, tmp_path / "a" / "1")
+    copy_version(double, tmp_path / "b" / "1")
+    config = tmp_path / "models.config"
+    config.write_text("model_config_list {\n"
+                      f'  config {{ name: "m" base_path: "{tmp_path / "a"}" model_platform: "tensorflow" }}\n'
+                      f'  config {{ name: "m" base_path: "{tmp_path / "b"}" model_platform: "tensorflow" }}\n}}\n')
+    exe = pathlib.Path(sys.executable).parent / "tfdisguise"
+    try:  # a second process, bounded: a server that starts anyway fails here instead of serving forever
+        done = subprocess.run([str(exe), "serve", "--embedded", "--host", "127.0.0.1", "--port", "0",
+                               "--model_config_file", str(config)], capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the server started: {e.stdout}") from None
+    assert done.returncode == 1 and "model name 'm' appears more than once" in done.stderr, done.stderr
+
+
+def test_the_wildcard_host_serves_grpc_and_rest_on_both_ip_versions(double, tmp_path):
+    """`--host ::` (or 0.0.0.0): gRPC and REST reachable over IPv4 and IPv6 alike, as gRPC binds a wildcard.
+
+    Mutations tried: REST bound to the host as given (tornado binds `::` IPv6-only: 127.0.0.1 refused).
+    """
+    copy_version(double, tmp_path / "m" / "1")
+    for host in ("::", "0.0.0.0"):
+        with serving({"m": tmp_path / "m"}, tmp_path, host=host) as server:
+            for address in ("127.0.0.1", "[::1]"):
+                answer = requests.post(f"http://{address}:{server.rest_api_port}/v1/models/m:predict",
+                                       json={"instances": [[1, 2]]}, timeout=5)
+                assert answer.status_code == 200, (host, address)
+                with grpc.insecure_channel(f"{address}:{server.port}") as channel:
+                    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                    y = stub.Predict(predict_request("m", [[1, 2]]), timeout=5).outputs["y"]
+                    np.testing.assert_allclose(tf.make_ndarray(y), [[2, 4]])
