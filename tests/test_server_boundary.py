@@ -9,6 +9,7 @@ protection removed), each of which made it fail.
 
 import contextlib
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -287,3 +288,37 @@ def test_the_wildcard_host_serves_grpc_and_rest_on_both_ip_versions(double, tmp_
                     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
                     y = stub.Predict(predict_request("m", [[1, 2]]), timeout=5).outputs["y"]
                     np.testing.assert_allclose(tf.make_ndarray(y), [[2, 4]])
+
+
+# ---- 6. made-up model names do not grow the server -----------------------------------------------
+
+
+def test_made_up_model_names_become_no_metric_labels(double, tmp_path):
+    """300 requests for made-up names (gRPC and REST) leave one bucket in the metrics, not 300 labels.
+
+    Mutations tried: `counted` labelling with the request's name again (300 new label values, the text grows by
+    hundreds of kilobytes).
+    """
+    copy_version(double, tmp_path / "m" / "1")
+    with serving({"m": tmp_path / "m"}, tmp_path, metrics_path="/metrics") as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel, requests.Session() as http:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        rest = f"http://127.0.0.1:{server.rest_api_port}"
+
+        def made_up(i):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Predict(predict_request(f"nosuch{i}", [[1, 2]]), timeout=5)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            answer = http.post(f"{rest}/v1/models/nosuch{i}x:predict", json={"instances": [[1, 2]]}, timeout=5)
+            assert answer.status_code == 404
+
+        stub.Predict(predict_request("m", [[1, 2]]), timeout=5)
+        made_up(0)
+        before = len(http.get(f"{rest}/metrics", timeout=5).text)
+        for i in range(1, 150):
+            made_up(i)
+        text = http.get(f"{rest}/metrics", timeout=5).text
+    assert "nosuch" not in text
+    labels = set(re.findall(r'model_name="([^"]*)"', text))
+    assert labels == {"m", ""}, labels
+    assert len(text) - before < 200, len(text) - before  # counts change, no new series

@@ -452,6 +452,11 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return sorted(self._models)
 
+    def is_configured(self, name) -> bool:
+        """Whether `name` is one of the configured models (only those may become metric labels or cached keys)."""
+        with self._lock:
+            return isinstance(name, str) and name in self._configs
+
     def versions(self, name: str) -> list[int]:
         return sorted(self._lookup(name))
 
