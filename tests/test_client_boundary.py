@@ -7,16 +7,19 @@ model's metadata and its `tfdisguise_info` signature as a real export would
 needs: honestly, with a flood of rows, with a few rows too many, or with
 another dtype.
 
-Mutations tried (each made a test here fail; each was reverted):
-- the client accepts any row count (no `check_answer`): the row, dtype and flood tests fail;
-- the client keeps the 64 MiB gRPC / 256 MiB REST answer caps (no `limit_answers`): the flood tests fail on
-  time or memory;
-- REST verifies no certificate (`verify_mode = CERT_NONE`, `check_hostname = False` in `ClientTLS.ssl_context`):
-  the other-CA and wrong-name REST tests fail;
-- REST checks the CA but not the host name (`check_hostname = False`): the wrong-name REST test fails;
-- gRPC checks the CA but not the host name (`grpc.ssl_target_name_override` set to the certificate's name):
-  the wrong-name gRPC test fails;
-- no TLS hint on a plaintext failure: the hint tests fail.
+Mutations tried, each applied in memory by a script that then ran this file (no file was edited):
+- no `check_answer` (any outputs, dtypes and row counts accepted): the declared-million-rows test, both
+  extra-row tests and the gRPC dtype test fail (the REST dtype test still passes: `_as_declared` is a second check);
+- no `limit_answers` (the 64 MiB gRPC / 256 MiB REST caps kept): both flood tests fail (the answers are then
+  refused later, by the row check or the deadline, with another message); with neither check, the unchecked
+  client accepted the gRPC flood of 1,000,000 rows (peak +130 MiB) and spent 4.5 s and +629 MiB peak on the
+  REST one before its deadline;
+- REST verifies nothing (`verify_mode = CERT_NONE`, `check_hostname = False` in `ClientTLS.ssl_context`):
+  the other-CA and wrong-name tests fail;
+- REST checks the CA but not the host name (`check_hostname = False`): the wrong-name test fails;
+- gRPC checks the CA but not the host name (`grpc.ssl_target_name_override`): the wrong-name test fails (and
+  the right-name one). grpcio has no switch that skips the CA check, so that mutation exists for REST only;
+- no TLS hint (`client._TLS_SIGNS` empty): the hint test fails.
 """
 
 import concurrent.futures
@@ -40,7 +43,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from tfdisguise import KeyMismatchError
+from tfdisguise import KeyMismatchError, cli
 from tfdisguise.export import INFO_SIGNATURE
 from tfdisguise.serving.client import DisguisedClient, ServingClientError
 from tfdisguise.serving.tls import ClientTLS
@@ -406,7 +409,10 @@ def test_tls_refuses_a_certificate_of_another_ca_or_another_name(certificates, s
 # ---- 3. a plaintext client against a TLS server is told so ----------------------------------------------------------
 
 
-def test_plaintext_client_against_a_tls_server_hints_at_tls(certificates):
+def test_plaintext_client_against_a_tls_server_hints_at_tls(certificates, tmp_path, capsys):
+    key_path, images = str(tmp_path / "key.json"), str(tmp_path / "x.npy")
+    KEY.save(key_path)
+    np.save(images, IMAGES)
     with tls_servers(certificates, "server") as (grpc_target, rest_target):
         for target in (grpc_target, rest_target.replace("https://", "http://")):
             with DisguisedClient(target, "m", KEY, timeout=2) as client, pytest.raises(ServingClientError) as err:
@@ -414,6 +420,12 @@ def test_plaintext_client_against_a_tls_server_hints_at_tls(certificates):
             assert err.value.code == grpc.StatusCode.UNAVAILABLE, str(err.value)
             assert "the server may require TLS: pass --ca-cert" in str(err.value), str(err.value)
             assert "tls=ClientTLS(...)" in str(err.value)
+        assert cli.main(["predict", "--key", key_path, "--server", grpc_target, "--model", "m", "--timeout", "2",
+                         images]) == 1
+        assert "the server may require TLS: pass --ca-cert" in capsys.readouterr().err
+        assert cli.main(["predict", "--key", key_path, "--server", grpc_target, "--model", "m", "--timeout", "2",
+                         "--ca-cert", str(certificates / "ca.crt"), images]) == 0
+        assert "class 0" in capsys.readouterr().out
 
 
 def test_absent_server_gives_no_tls_hint():

@@ -405,7 +405,9 @@ class RestTransport(Transport):
             headers = {"Content-Type": "application/json"} if body is not None else {}
             connection.request(method, self._path(suffix), body=body, headers=headers)
             response = connection.getresponse()
-            data = response.read(self._max_response_bytes + 1)
+            # `limit_answers` caps predictions (POST); metadata, read again for a bare answer, keeps the full cap.
+            limit = self._max_response_bytes if method == "POST" else self._max_body_bytes
+            data = response.read(limit + 1)
         except ssl.SSLCertVerificationError as e:
             connection.close()
             raise TransportError(grpc.StatusCode.UNAUTHENTICATED,
@@ -418,13 +420,13 @@ class RestTransport(Transport):
             raise TransportError(grpc.StatusCode.UNAVAILABLE, f"{type(e).__name__}: {e}") from None
         finally:
             watchdog.cancel()
-        if expired.is_set() or len(data) > self._max_response_bytes or response.will_close:
+        if expired.is_set() or len(data) > limit or response.will_close:
             connection.close()
             if expired.is_set():
                 raise TransportError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no complete answer within {timeout:.3g} s")
-            if len(data) > self._max_response_bytes:
+            if len(data) > limit:
                 raise TransportError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                     f"The answer is larger than {self._max_response_bytes} bytes.")
+                                     f"The answer is larger than {limit} bytes; refusing it unread.")
         else:
             with self._lock:
                 if len(self._idle) < 16:
