@@ -49,6 +49,7 @@ SMALL_BATCH = 64
 _TLS_SIGNS = ("socket closed", "handshake", "ssl", "tls", "remotedisconnected", "badstatusline",
               "connection reset")
 
+
 class ServingClientError(RuntimeError):
     """A request failed for good (after retries, or with a non-retryable error); `code` is its gRPC status.
 
@@ -99,13 +100,15 @@ class DisguisedClient:
         model_name: the served model's name.
         key: the owner's `tfdisguise.Key`; it never leaves this process.
         version: a model version; None means the latest.
-        timeout: the deadline of each request to the server, in seconds, retries included, on every transport.
+        timeout: the deadline of each request to the server, in seconds, retries and decoding the answer
+            included, on every transport.
         max_retries: retries of an UNAVAILABLE server, with exponential backoff.
         backoff: the first retry's delay, in seconds; it doubles up to 1 s, with jitter.
         tls: a `tfdisguise.serving.tls.ClientTLS` (CA, client certificate): TLS for gRPC, HTTPS for REST.
         credentials: `grpc.ssl_channel_credentials(...)`, for gRPC only (or use `tls`).
         batch_size: images per request; larger inputs are split.
-        max_message_bytes: gRPC message size limit.
+        max_message_bytes: gRPC message size limit (REST answers: 4x). Once the metadata is read, answers are
+            capped lower: `batch_size` rows of the declared outputs, with a margin.
 
     Once built, it raises only `ServingClientError` (`ImagesError` for images
     it refuses) and `KeyMismatchError`.
