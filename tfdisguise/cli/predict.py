@@ -65,8 +65,31 @@ def run(args) -> int:
                          batch_size=args.batch_size) as client:
         out = client.predict(images, concurrency=args.concurrency)
     probs = out.get("probabilities")
+    predicted = []
     for i, name in enumerate(names):
         cls = int(out["class_id"][i]) if "class_id" in out else int(np.argmax(probs[i]))
+        predicted.append(cls)
         conf = f" (p={float(probs[i][cls]):.3f})" if probs is not None else ""
         print(f"{name}\tclass {cls}{conf}")
+    labels = _labels(args.images, names)
+    known = [(p, y) for p, y in zip(predicted, labels) if y is not None]
+    if known:
+        right = sum(p == y for p, y in known)
+        print(f"accuracy {right / len(known):.4f} ({right} of {len(known)} labelled images)")
     return 0
+
+
+def _labels(paths, names) -> list:
+    """The label of each queried image: `y` of an .npz that has one (as `tfdisguise disguise --input` reads it),
+    None for images without one."""
+    from tfdisguise.datasets import read_npz
+
+    labels = []
+    for path in paths:
+        count = sum(1 for n in names if n == path or n.startswith(f"{path}["))
+        y = read_npz(path, (), optional=("y",)).get("y") if path.endswith(".npz") else None
+        if y is not None and y.ndim == 1 and len(y) == count and y.dtype.kind in "iu":
+            labels += [int(v) for v in y]
+        else:
+            labels += [None] * count
+    return labels
