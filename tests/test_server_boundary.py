@@ -8,6 +8,7 @@ protection removed), each of which made it fail.
 """
 
 import contextlib
+import os
 import pathlib
 import re
 import subprocess
@@ -322,3 +323,71 @@ def test_made_up_model_names_become_no_metric_labels(double, tmp_path):
     labels = set(re.findall(r'model_name="([^"]*)"', text))
     assert labels == {"m", ""}, labels
     assert len(text) - before < 200, len(text) - before  # counts change, no new series
+
+
+# ---- 11. warm-up records pass the checks of a request --------------------------------------------
+
+
+def _reset_peak_rss() -> None:
+    """Starts the peak resident size (VmHWM) again from the present size (Linux: clear_refs 5)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read())[1]) << 10
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def write_warmup(version: pathlib.Path, *protos) -> None:
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    (version / "assets.extra").mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(version / "assets.extra" / "tf_serving_warmup_requests")) as writer:
+        for proto in protos:
+            entry = prediction_log_pb2.PredictionLog()
+            entry.predict_log.request.model_spec.name = "m"
+            entry.predict_log.request.inputs["x"].CopyFrom(proto)
+            writer.write(entry.SerializeToString())
+
+
+@pytest.mark.parametrize("bomb, needle", [
+    (tf.make_tensor_proto(0.0, tf.float64, shape=[80_000_000, 2]), "to be float32 but float64"),  # 1.2 GB
+    (tf.make_tensor_proto(0.0, tf.float32, shape=[160_000_000, 2]), "more than the limit"),  # 1.2 GB
+])
+def test_warm_up_records_are_checked_before_they_are_decoded(double, tmp_path, bomb, needle):
+    """A tiny warm-up record that declares 1.2 GB fails its version's load at once, allocating nothing.
+
+    Mutations tried: `_warm_up` decoding records unchecked, as before (the process grows by 1.2 GB, past the
+    bound here).
+    """
+    copy_version(double, tmp_path / "m" / "1")
+    write_warmup(tmp_path / "m" / "1", tf.make_tensor_proto(np.ones((3, 2), np.float32)))  # a good one still runs
+    with serving({"m": tmp_path / "m"}, tmp_path, file_system_poll_wait_seconds=0.1) as server:
+        assert served_versions(server, "m") == [1]
+        staging = tmp_path / "staging"
+        copy_version(double, staging)
+        write_warmup(staging, bomb)
+        assert (staging / "assets.extra" / "tf_serving_warmup_requests").stat().st_size < 100
+        rss = _rss_bytes()
+        _reset_peak_rss()
+        staging.rename(tmp_path / "m" / "2")
+
+        def failed():
+            with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                request = get_model_status_pb2.GetModelStatusRequest()
+                request.model_spec.name = "m"
+                answer = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=5)
+            return [s.status.error_message for s in answer.model_version_status if s.version == 2
+                    and s.status.error_code != 0]
+
+        message = wait_for(failed, 20, "version 2 refused")[0]
+        assert needle in message and "tf_serving_warmup_requests, record 0" in message, message
+        assert _peak_rss_bytes() - rss < 300 << 20  # the peak while it loaded and failed, not just after
+        assert served_versions(server, "m") == [1]
+        np.testing.assert_allclose(grpc_predict(server, "m", [[1, 2]]), [[2, 4]])

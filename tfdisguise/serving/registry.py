@@ -209,19 +209,44 @@ def _chosen(mc, versions: list[int]) -> list[int]:
     return versions[-max(1, n):] if versions else []
 
 
+# What one warm-up record may decode to, and how many records are replayed (TF Serving's own cap is 1000).
+WARMUP_MAX_BYTES = 64 << 20
+WARMUP_MAX_RECORDS = 1000
+
+
 def _warm_up(servable: Servable) -> int:
-    """Replays the version's assets.extra/tf_serving_warmup_requests (Predict logs), as TF Serving does."""
+    """Replays the version's assets.extra/tf_serving_warmup_requests (Predict logs), as TF Serving does.
+
+    Each record passes the checks of a request (inputs named by the signature, dtype, value count, decoded size
+    at most `WARMUP_MAX_BYTES`) before anything is decoded: the file comes with the model, from whoever wrote
+    the directory, and a 73-byte record could otherwise declare gigabytes. A record that fails them fails the load.
+    """
+    from tfdisguise.serving.limits import check_tensor_proto
+
     path = os.path.join(servable.path, "assets.extra", "tf_serving_warmup_requests")
     if not tf.io.gfile.exists(path):
         return 0
     from tensorflow_serving.apis import prediction_log_pb2
 
     count = 0
-    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+    for number, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
+        if number >= WARMUP_MAX_RECORDS:
+            log.warning("%s: only the first %d warm-up records are replayed", path, WARMUP_MAX_RECORDS)
+            break
         entry = prediction_log_pb2.PredictionLog.FromString(record)
         if entry.WhichOneof("log_type") != "predict_log":
             continue
         request = entry.predict_log.request
+        signature, specs = servable.input_specs(request.model_spec.signature_name)
+        if set(request.inputs) != set(specs):
+            raise ValueError(f"{path}, record {number}: signature \"{signature}\" expects inputs {sorted(specs)}; "
+                             f"got {sorted(request.inputs)}")
+        left = WARMUP_MAX_BYTES
+        for key, proto in request.inputs.items():
+            try:
+                left -= check_tensor_proto(key, proto, left, specs[key])
+            except ValueError as e:
+                raise ValueError(f"{path}, record {number}: {e}") from None
         inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
         servable.run(request.model_spec.signature_name, inputs)
         count += 1
