@@ -190,6 +190,9 @@ def embedded_options(args) -> tuple[dict, list[str]]:
         if value is not None and not os.path.isfile(value):
             problem = "is not a regular file" if os.path.exists(value) else "does not exist"
             raise ValueError(f"--{name}: {value} {problem}; pass the path of an existing text proto file.")
+    from tfdisguise.serving.grpc_options import parse_channel_arguments
+
+    parse_channel_arguments(given.get("grpc_channel_arguments"))  # refused before any model loads
     if given.get("batching_parameters_file") and given.get("enable_batching") != "true":
         notes.append("--batching_parameters_file is read only with --enable_batching, as in TF Serving.")
     options = dict(given, host=args.host or "0.0.0.0", max_message_bytes=args.max_message_bytes,

@@ -38,7 +38,7 @@ from tensorflow_serving.apis import classification_pb2, inference_pb2, input_pb2
 
 from tfdisguise.serving.registry import ModelRegistry, Servable, ServingError
 
-__all__ = ["CLASSIFY", "PREDICT", "REGRESS", "classify", "json_example", "json_input", "multi_inference",
+__all__ = ["CLASSIFY", "PREDICT", "REGRESS", "classify", "json_bytes", "json_example", "json_input", "multi_inference",
            "regress", "rest_classify", "rest_regress"]
 
 CLASSIFY = "tensorflow/serving/classify"
@@ -247,6 +247,22 @@ def _feature(name: str, value) -> tf.train.Feature:
     else:
         raise _invalid(f"Feature '{name}': a feature's values must be all numbers or all strings, got {value!r:.80}.")
     return feature
+
+
+def json_bytes(value):
+    """A REST string input's nested lists, with each {"b64": "..."} decoded and each str encoded as UTF-8."""
+    if isinstance(value, list):
+        return [json_bytes(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) != {"b64"} or not isinstance(value["b64"], str):
+            raise _invalid(f"An object in a string input must be {{\"b64\": \"...\"}}, got {value!r:.80}.")
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except binascii.Error as e:
+            raise _invalid(f"A b64 value is not base64: {e}") from None
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise _invalid(f"Expected a string or {{\"b64\": ...}} for a string input, got {value!r:.80}.")
 
 
 def json_example(features) -> tf.train.Example:

@@ -69,8 +69,8 @@ def _invalid(message: str) -> ServingError:
 
 
 def _to_array(value, dtype: tf.DType) -> np.ndarray:
-    if dtype == tf.string:
-        return np.asarray(value, dtype=object)
+    if dtype == tf.string:  # {"b64": "..."} is bytes, other strings their UTF-8, as TF Serving reads them
+        return np.asarray(inference.json_bytes(value), dtype=object)
     try:
         return np.asarray(value, dtype=dtype.as_numpy_dtype)
     except (ValueError, TypeError) as e:
@@ -109,7 +109,8 @@ def _arrays(columns: dict, spec: dict, max_bytes: int) -> dict:
 def _predict_rows(run, spec: dict, instances, max_bytes: int) -> dict:
     if not isinstance(instances, list) or not instances:
         raise _invalid("'instances' must be a non-empty list.")
-    if len(spec) == 1 and not isinstance(instances[0], dict):
+    named = isinstance(instances[0], dict) and set(instances[0]) != {"b64"}  # {"b64": ...} is one bytes value
+    if len(spec) == 1 and not named:
         (key,) = spec
         inputs = _arrays({key: instances}, spec, max_bytes)
     else:
