@@ -1,9 +1,12 @@
+import functools
 import os
 import types
+import weakref
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from helpers import make_key
 
 from tfdisguise import Disguise
@@ -72,31 +75,51 @@ def _assert_nothing_written(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_a_disguise_layer_called_inside_a_lambda_is_refused(tmp_path):
-    """Mutations tried: `_children` not looking into functions (then only the content scan refuses, with another
-    message)."""
+def _disguise_with(t, *, key):
+    return Disguise(key)(t)
+
+
+@pytest.mark.parametrize("wrapping", ["closure", "tf.function", "object attribute", "partial with a Key", "plan"])
+def test_a_disguise_layer_called_inside_a_lambda_is_refused(tmp_path, wrapping):
+    """The layer walk follows what a Lambda's function captures, however it is wrapped.
+
+    Mutations tried: `_children` not looking into functions (then only the content scan refuses, with another
+    message); not following `tf.function`; not opening the user's own objects; `_key_holders` without `Plan`."""
+    import tfdisguise
+
     key = _leaky_key()
     layer = Disguise(key)
+    holder = types.SimpleNamespace(layer=layer)
+    plan = key.plan
+    function = {
+        "closure": lambda t: layer(t),
+        "tf.function": tf.function(lambda t: layer(t)),
+        "object attribute": lambda t: holder.layer(t),
+        "partial with a Key": functools.partial(_disguise_with, key=key),
+        "plan": lambda t: tfdisguise.mechanisms.apply(t, plan),
+    }[wrapping]
     inputs = keras.Input((8, 8, 1))
-    model = _classifier(inputs, keras.layers.Lambda(lambda t: layer(t))(inputs))
-    with pytest.raises(ExportError, match=r"contains a Disguise layer \(the model.*function"):
+    model = _classifier(inputs, keras.layers.Lambda(function, output_shape=(8, 8, 1), name="wrapped")(inputs))
+    holds = {"partial with a Key": "a tfdisguise Key", "plan": "a disguise Plan"}.get(wrapping, "a Disguise layer")
+    with pytest.raises(ExportError, match=rf"contains {holds} \(layer 'wrapped' \(Lambda\)"):
         export(model, str(tmp_path), "m", key=key)
     _assert_nothing_written(tmp_path)
     # Without the key at hand the layer check alone refuses it.
-    with pytest.raises(ExportError, match="contains a Disguise layer"):
+    with pytest.raises(ExportError, match=f"contains {holds}"):
         export(model, str(tmp_path), "m", identity=key.identity)
     _assert_nothing_written(tmp_path)
 
 
 def test_a_disguise_layer_hidden_from_the_layer_check_is_found_in_the_written_files(tmp_path):
-    """The content scan is the backstop: here the layer sits in an object the layer walk does not open.
+    """The content scan is the backstop: here the layer sits behind a weak reference, which the walk does not follow.
 
     Mutations tried: no content scan in `export`; the scan run after the rename (the version stays behind);
     the failed export's new model directory left in place."""
     key = _leaky_key()
-    hidden = types.SimpleNamespace(layer=Disguise(key))
+    layer = Disguise(key)
+    hidden = weakref.ref(layer)
     inputs = keras.Input((8, 8, 1))
-    model = _classifier(inputs, keras.layers.Lambda(lambda t: hidden.layer(t))(inputs))
+    model = _classifier(inputs, keras.layers.Lambda(lambda t: hidden()(t))(inputs))
     with pytest.raises(ExportError, match=r"holds key material \(saved_model.pb: .*matrices"):
         export(model, str(tmp_path), "m", key=key)
     _assert_nothing_written(tmp_path)

@@ -30,6 +30,7 @@ from tfdisguise.identity import Identity
 from tfdisguise.key import Key
 from tfdisguise.layer import Disguise
 from tfdisguise.leaks import scan_directory
+from tfdisguise.mechanisms import Plan
 
 __all__ = ["export", "export_trained", "read_export_info", "INFO_FILE", "INFO_SIGNATURE", "ExportError"]
 
@@ -42,8 +43,9 @@ class ExportError(ValueError):
     """A model cannot be exported for serving as asked."""
 
 
-# Functions from these packages are library code: what they capture is not the model's.
-_LIBRARY_MODULES = ("keras", "tensorflow", "tf_keras", "numpy", "jax", "torch", "tfdisguise")
+# Functions and objects from these packages are library code: what they capture is not the model's, and
+# their object graphs are large.
+_LIBRARY_MODULES = ("keras", "tensorflow", "tf_keras", "numpy", "jax", "torch", "builtins")
 
 
 def _children(obj, where: str):
@@ -51,11 +53,13 @@ def _children(obj, where: str):
 
     Layers (nested models, attributes, lists of layers) and, beyond the layer
     tree, what functions capture: a `Lambda`'s function, a bound method, a
-    `functools.partial`, through their closures, defaults and the globals they
-    name. A `Disguise` layer called inside a `Lambda` is reached this way.
+    `functools.partial`, a `tf.function`, through their closures, defaults and
+    the globals they name, and the attributes of objects from the user's own
+    code. A `Disguise` layer called inside a `Lambda` is reached this way.
     """
     if isinstance(obj, keras.layers.Layer):
-        items = [(child, f"{where} > {child.name!r}") for child in list(getattr(obj, "layers", None) or [])]
+        where = f"layer {obj.name!r} ({type(obj).__name__})"
+        items = [(child, where) for child in list(getattr(obj, "layers", None) or [])]
         items += [(v, f"{where}.{k}") for k, v in vars(obj).items()]
         return items
     if isinstance(obj, (list, tuple, set, frozenset)):
@@ -75,6 +79,10 @@ def _children(obj, where: str):
         items += [(v, name) for v in defaults]
         items += [(obj.__globals__[n], name) for n in _global_names(obj.__code__) if n in obj.__globals__]
         return items
+    if isinstance(obj, tf.types.experimental.PolymorphicFunction):
+        return [(obj.python_function, where)]
+    if str(type(obj).__module__).split(".")[0] not in _LIBRARY_MODULES and hasattr(obj, "__dict__"):
+        return [(v, f"{where}.{k}") for k, v in vars(obj).items()]
     return []
 
 
@@ -96,14 +104,14 @@ def _global_names(code) -> set[str]:
 
 
 def _key_holders(model):
-    """(object, where) for every `Disguise` layer and `Key` that `model` reaches (see `_children`)."""
+    """(object, where) for every `Disguise` layer, `Key` and `Plan` that `model` reaches (see `_children`)."""
     seen, stack = set(), [(model, "the model")]
     while stack:
         obj, where = stack.pop()
         if id(obj) in seen or inspect.ismodule(obj) or isinstance(obj, type):
             continue
         seen.add(id(obj))
-        if isinstance(obj, (Disguise, Key)):
+        if isinstance(obj, (Disguise, Key, Plan)):
             yield obj, where
         stack.extend(_children(obj, where))
 
@@ -167,9 +175,10 @@ def export(
     """
     _check_name(name)
     for holder, where in _key_holders(model):
-        what = "a Disguise layer" if isinstance(holder, Disguise) else "a tfdisguise Key"
+        what, holds = ("a disguise Plan", "the key's derived material") if isinstance(holder, Plan) else (
+            "a Disguise layer" if isinstance(holder, Disguise) else "a tfdisguise Key", "the secret key")
         raise ExportError(
-            f"This model contains {what} ({where}), which holds the secret key; exporting it would send the key "
+            f"This model contains {what} ({where}), which holds {holds}; exporting it would send the key "
             "to the server. Export the classifier that takes disguised images instead."
         )
     if key is not None:
