@@ -55,12 +55,15 @@ def _tf1_model(path):
         y = tf.add(a * x, b, name="y")
         y_examples = tf.add(a * parsed["x"], b, name="y_examples")
         classes = tf.fill(tf.shape(y_examples), "plus_two", name="classes")
+        scalar = tf.compat.v1.placeholder(tf.float32, [], name="scalar")  # as TF Serving's half_plus_three declares
+        y_scalar = tf.add(a * scalar, 3.0, name="y_scalar")
         sess.run(tf.compat.v1.global_variables_initializer())
         info = tf.compat.v1.saved_model.build_tensor_info
         sig = tf.compat.v1.saved_model.build_signature_def
         builder = tf.compat.v1.saved_model.Builder(path)
         builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
             "serving_default": sig({"x": info(x)}, {"y": info(y)}, "tensorflow/serving/predict"),
+            "scalar": sig({"x": info(scalar)}, {"y": info(y_scalar)}, "tensorflow/serving/predict"),
             "classify_x_to_y": sig({"inputs": info(serialized)},
                                    {"scores": info(y_examples), "classes": info(classes)},
                                    "tensorflow/serving/classify"),
@@ -181,6 +184,10 @@ def test_predict_as_tf_serving_answers_it_zero_padded_version_and_float_val(serv
     assert list(answer.outputs["y"].float_val) == [3.0]  # the typed field, as TF Serving writes it
     assert [d.size for d in answer.outputs["y"].tensor_shape.dim] == [1]
     assert answer.model_spec.version.value == 7 and answer.model_spec.signature_name == "serving_default"
+    # ... and a [1] for a declared scalar: the answer has the request's rank.
+    answer = stub.Predict(_predict_request("tf1", np.array([2.0], np.float32), "scalar"), timeout=TIMEOUT)
+    assert list(answer.outputs["y"].float_val) == [4.0] and [d.size for d in answer.outputs["y"].tensor_shape.dim] \
+        == [1]
     answer = stub.Predict(_predict_request("tf1", np.array([[2.0], [4.0]], np.float32)), timeout=TIMEOUT)
     np.testing.assert_array_equal(tf.make_ndarray(answer.outputs["y"]), [[3.0], [4.0]])
     # A TF2 model and a Keras export.
@@ -197,6 +204,7 @@ def test_predict_as_tf_serving_answers_it_zero_padded_version_and_float_val(serv
     np.testing.assert_allclose(tf.make_ndarray(answer.outputs[keras_output]), [[3.0]])
     # Other shapes that do not fit are still refused before the model runs, as are wrong dtypes.
     for bad, needle in ((np.zeros((2, 3), np.float32), "signature expects [None, 1]"),
+                        (np.zeros((2, 1, 1, 3), np.float32), "signature expects [None, 1]"),
                         (np.array([2.0], np.float64), "to be float32")):
         with pytest.raises(grpc.RpcError) as err:
             stub.Predict(_predict_request("tf1", bad), timeout=TIMEOUT)

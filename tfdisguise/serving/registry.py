@@ -116,7 +116,7 @@ class Servable:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"Input '{key}' has shape {list(value.shape)}, but the signature expects "
                                    f"{expected.shape.as_list()}")
-            added = max(added, len(shape) - value.ndim)  # trailing 1s the request left out (TF Serving runs it)
+            added = added or len(shape) - value.ndim  # trailing 1s fed beyond (or short of) the request's rank
             feed[key] = value.reshape(shape)
         unknown = set(output_filter) - set(getattr(fn, "output_specs", ()))
         if unknown:
@@ -128,9 +128,11 @@ class Servable:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(e).split("\n")[0]) from None
         outputs = {k: np.asarray(v, dtype=object if np.asarray(v).dtype.kind in "OSU" else None)
                    for k, v in outputs.items()}
-        if added:  # the answer has the request's rank, as TF Serving's has for an elementwise model
+        if added > 0:  # the answer has the request's rank, as TF Serving's has for an elementwise model
             outputs = {k: v.reshape(v.shape[:-added]) if v.ndim > added and v.shape[-added:] == (1,) * added else v
                        for k, v in outputs.items()}
+        elif added < 0:
+            outputs = {k: v.reshape(v.shape + (1,) * -added) for k, v in outputs.items()}
         return outputs
 
 

@@ -121,15 +121,18 @@ def fed_shape(shape, spec_shape: tf.TensorShape) -> tuple[int, ...] | None:
     """The shape to feed for an input of `shape` under a signature that declares `spec_shape`; None if it does not fit.
 
     A shape that fits is fed as it is. TF Serving feeds any shape and lets the
-    kernels judge, so a [1] for a declared [None, 1] runs there; feeding a rank
-    the graph was not built for can also crash a kernel outright (oneDNN's
-    convolution aborts the process on a rank-2 image), so here the only shapes
-    that do not fit but still run are those that leave out trailing dimensions
-    the signature declares as 1: they are fed with those 1s added (same values,
-    the rank the graph expects), and `Servable.run` drops them from the outputs.
+    kernels judge, so a [1] for a declared [None, 1] runs there, and so does a
+    [1] for a declared scalar; feeding a rank the graph was not built for can
+    also crash a kernel outright (oneDNN's convolution aborts the process on a
+    rank-2 image), so here the only shapes that do not fit but still run are
+    those that differ from the declared ones by trailing dimensions of size 1:
+    they are fed with the declared rank (same values, 1s added or removed), and
+    `Servable.run` gives the outputs the request's rank back the same way.
 
     >>> fed_shape((3,), tf.TensorShape([None, 1]))
     (3, 1)
+    >>> fed_shape((1,), tf.TensorShape([]))
+    ()
     >>> fed_shape((2, 9), tf.TensorShape([None, 8])) is None
     True
     >>> fed_shape((3, 4), tf.TensorShape(None))
@@ -138,8 +141,12 @@ def fed_shape(shape, spec_shape: tf.TensorShape) -> tuple[int, ...] | None:
     shape = tuple(shape)
     if spec_shape.is_compatible_with(shape):
         return shape
-    if spec_shape.rank is None or spec_shape.rank <= len(shape):
+    if spec_shape.rank is None or spec_shape.rank == len(shape):
         return None
+    if spec_shape.rank < len(shape):  # the request has trailing 1s the signature does not declare
+        trimmed = shape[:spec_shape.rank]
+        ok = all(d == 1 for d in shape[spec_shape.rank:]) and spec_shape.is_compatible_with(trimmed)
+        return trimmed if ok else None
     padded = shape + (1,) * (spec_shape.rank - len(shape))
     trailing = spec_shape.as_list()[len(shape):]
     return padded if all(d == 1 for d in trailing) and spec_shape.is_compatible_with(padded) else None
