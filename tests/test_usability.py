@@ -274,3 +274,35 @@ def test_predict_prints_accuracy_for_an_npz_with_labels(tmp_path, gray_key, caps
         assert capsys.readouterr().out.strip().splitlines()[-1] == "accuracy 0.8333 (5 of 6 labelled images)"
     finally:
         server.stop(grace=1)
+
+
+def test_frontier_labels_stay_inside_the_figure_and_sample_rows_name_their_attack():
+    from tfdisguise.privacy.report import frontier_figure, samples_figure
+
+    rows = [{"setting": f"b7x7-n{n}-scramble-perpos-perm", "disguised_accuracy": acc,
+             "worst_level1": {"success": success, "sd": 0.0, "attack": "jigsaw"}}
+            for n, acc, success in ((100, 0.95, 1.0), (0, 0.97, 0.98), (25, 0.6, 0.2))]
+    fig = frontier_figure({"settings": rows, "baseline": {"val_accuracy": 0.98}, "source": "x.npz", "keys": 1})
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    whole = fig.bbox
+    labels = [t for t in fig.axes[0].texts if t.get_text().startswith("b7x7")]
+    assert len(labels) == 3
+    for text in labels:
+        box = text.get_window_extent(renderer)
+        assert whole.x0 <= box.x0 and box.x1 <= whole.x1, (text.get_text(), box, whole)
+
+    class Result:
+        def __init__(self, name, title):
+            self.name, self.title = name, title
+
+        def pictures(self):
+            return [(self.title, np.zeros((2, 8, 8, 1)))]
+
+    grid = samples_figure("samples", np.zeros((2, 8, 8, 1)), np.zeros((2, 8, 8, 1)),
+                          [Result("jigsaw", "reconstructed"), Result("spectral_whitened", "reconstructed"),
+                           Result("known_plaintext", "KPA k=10")])
+    row_titles = [ax.get_ylabel() for ax in grid.axes if ax.get_ylabel()]
+    assert row_titles == ["plain", "disguised", "jigsaw:\nreconstructed", "spectral whitened:\nreconstructed",
+                          "KPA k=10"]

@@ -244,19 +244,27 @@ def _label_points(ax, fig, xys: list, names: list[str], fontsize: float = 6) -> 
     labels = [str(i) for i in range(1, len(names) + 1)] if numbered else list(names)
     fig.canvas.draw()  # fixes the axes' limits, so that data coordinates map to display coordinates
     to_pt = 72.0 / fig.dpi
+    frame = ax.get_window_extent()
+    ax0, ay0, ax1, ay1 = frame.x0 * to_pt, frame.y0 * to_pt, frame.x1 * to_pt, frame.y1 * to_pt
     placed = []
     offsets = [(3, 3), (3, -9), (-3, 3), (-3, -9), (3, 11), (-3, 11), (3, -17), (-3, -17), (9, -3), (-9, -3)]
     for (x, y), label in zip(xys, labels):
         px, py = (v * to_pt for v in ax.transData.transform((x, y)))
         width, height = 0.62 * fontsize * len(label), fontsize
-        choice = None
+        boxes = []
         for dx, dy in offsets:
             x0 = px + dx - (width if dx < 0 else 0)
-            box = (x0, py + dy, x0 + width, py + dy + height)
-            if not any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in placed):
-                choice = (dx, dy, box)
-                break
-        dx, dy, box = choice or (offsets[0][0], offsets[0][1], (px, py, px + width, py + height))
+            boxes.append((dx, dy, (x0, py + dy, x0 + width, py + dy + height)))
+
+        def free(box):
+            return not any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in placed)
+
+        def inside(box):  # a label past the axes' edge is cut off where the figure ends (a point at success 1.0)
+            return ax0 <= box[0] and box[2] <= ax1 and ay0 <= box[1] and box[3] <= ay1
+
+        choice = (next((c for c in boxes if inside(c[2]) and free(c[2])), None)
+                  or next((c for c in boxes if inside(c[2])), None) or next((c for c in boxes if free(c[2])), None))
+        dx, dy, box = choice or boxes[0]
         placed.append(box)
         ax.annotate(label, (x, y), fontsize=fontsize, xytext=(dx, dy), textcoords="offset points",
                     ha="right" if dx < 0 else "left")
@@ -359,9 +367,20 @@ def samples_figure(title: str, plain, disguised, results: Iterable):
     from tfdisguise.plots import image_grid
 
     rows = [("plain", np.asarray(plain)), ("disguised", np.asarray(disguised))]
+    attacks = []
     for result in results:
-        rows += result.pictures()
-    return image_grid([images for _, images in rows], [t for t, _ in rows], title)
+        pictures = result.pictures()
+        rows += pictures
+        attacks += [result.name.replace("_", " ")] * len(pictures)
+    titles = [t for t, _ in rows]
+    # Several attacks call their row "reconstructed": each such row names its attack, so none is anonymous.
+    for i, attack in enumerate(attacks, start=2):
+        if titles.count(titles[i]) > 1 or titles[i] in _GENERIC_TITLES:
+            titles[i] = f"{attack}:\n{titles[i]}"
+    return image_grid([images for _, images in rows], titles, title)
+
+
+_GENERIC_TITLES = ("reconstructed", "reconstruction", "recovered")
 
 
 def write_report(report: dict, out: str) -> None:
