@@ -13,6 +13,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -391,3 +392,45 @@ def test_warm_up_records_are_checked_before_they_are_decoded(double, tmp_path, b
         assert _peak_rss_bytes() - rss < 300 << 20  # the peak while it loaded and failed, not just after
         assert served_versions(server, "m") == [1]
         np.testing.assert_allclose(grpc_predict(server, "m", [[1, 2]]), [[2, 4]])
+
+
+# ---- 13. a memory budget for the requests in flight, across gRPC and REST --------------------------
+
+
+def test_requests_in_flight_share_one_memory_budget(double, tmp_path):
+    """With 800 decoded bytes in flight (a gRPC request held 1.5 s by the batcher), a 400-byte request is
+    refused over REST (429) and gRPC (RESOURCE_EXHAUSTED); once it is answered, the same requests pass.
+
+    Mutations tried: no budget taken by gRPC (the REST request passes while the gRPC one is in flight); no
+    budget taken by REST (the 1600-byte REST request passes); the budget never given back (the requests after
+    the hold are refused).
+    """
+    from tfdisguise.serving.batching import BatchingParameters
+
+    copy_version(double, tmp_path / "m" / "1")
+    batching = BatchingParameters(max_batch_size=1000, batch_timeout_micros=1_500_000)
+    with serving({"m": tmp_path / "m"}, tmp_path, max_inflight_bytes=1000, batching=batching) as server:
+        url = f"http://127.0.0.1:{server.rest_api_port}/v1/models/m:predict"
+        held = {}
+
+        def hold():
+            held["y"] = grpc_predict(server, "m", np.ones((100, 2)), timeout=20)  # 800 bytes decoded
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        time.sleep(0.5)
+        try:
+            answer = requests.post(url, json={"instances": np.ones((50, 2)).tolist()}, timeout=5)  # 400 bytes
+            assert answer.status_code == 429 and "--max_inflight_bytes" in answer.json()["error"], answer.text
+            with pytest.raises(grpc.RpcError) as err:
+                grpc_predict(server, "m", np.ones((50, 2)))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert holder.is_alive()  # all of this happened while the first request was in flight
+        finally:
+            holder.join(timeout=20)
+        np.testing.assert_allclose(held["y"], 2 * np.ones((100, 2)))
+        answer = requests.post(url, json={"instances": np.ones((50, 2)).tolist()}, timeout=10)
+        assert answer.status_code == 200
+        np.testing.assert_allclose(grpc_predict(server, "m", np.ones((50, 2)), timeout=10), 2 * np.ones((50, 2)))
+        answer = requests.post(url, json={"inputs": np.ones((200, 2)).tolist()}, timeout=5)  # 1600 bytes alone
+        assert answer.status_code == 429

@@ -35,6 +35,7 @@ import shutil
 import sys
 
 from tfdisguise.serving import (
+    DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_REST_MAX_BODY_BYTES,
     DEFAULT_REST_MAX_CONNECTIONS,
@@ -144,6 +145,10 @@ def register_subparser(subparsers) -> None:
                                f"(default {DEFAULT_REST_READ_TIMEOUT:g})")
     embedded.add_argument("--rest_max_connections", type=_positive, default=DEFAULT_REST_MAX_CONNECTIONS,
                           help=f"open REST connections at most; more get 503 (default {DEFAULT_REST_MAX_CONNECTIONS})")
+    embedded.add_argument("--max_inflight_bytes", type=_positive, default=DEFAULT_MAX_INFLIGHT_BYTES,
+                          help=f"decoded input bytes of all requests in flight together, gRPC and REST; past it a "
+                               f"request gets RESOURCE_EXHAUSTED (REST 429) (default "
+                               f"{DEFAULT_MAX_INFLIGHT_BYTES >> 20} MiB)")
     embedded.add_argument("--allow_config_reload_rpc", type=_bool, nargs="?", const="true", default="false",
                           help="answer ModelService/HandleReloadConfigRequest (default false: refused with "
                                "PERMISSION_DENIED, since any client could unload every model or serve any directory "
@@ -198,7 +203,8 @@ def embedded_options(args) -> tuple[dict, list[str]]:
     options = dict(given, host=args.host or "0.0.0.0", max_message_bytes=args.max_message_bytes,
                    rest_max_body_bytes=args.rest_max_body_bytes, rest_read_timeout=args.rest_read_timeout,
                    rest_max_connections=args.rest_max_connections,
-                   allow_config_reload_rpc=args.allow_config_reload_rpc == "true")
+                   allow_config_reload_rpc=args.allow_config_reload_rpc == "true",
+                   max_inflight_bytes=args.max_inflight_bytes)
     return options, notes
 
 

@@ -24,3 +24,7 @@ DEFAULT_REST_MAX_BODY_BYTES = 16 << 20
 DEFAULT_REST_READ_TIMEOUT = 10.0
 # Open REST connections at once; more are answered 503 and closed.
 DEFAULT_REST_MAX_CONNECTIONS = 128
+# Decoded input bytes of all the requests being served at once (gRPC and REST together); past it, a request is
+# answered RESOURCE_EXHAUSTED (REST 429). Why: each request within its own cap still costs several times its
+# decoded size while it runs, so only a sum over the requests in flight bounds the server's memory.
+DEFAULT_MAX_INFLIGHT_BYTES = 256 << 20

@@ -20,6 +20,7 @@ which answers with their JSON form, as TF Serving does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 
@@ -144,8 +145,15 @@ class _Counted:
         return False
 
 
-def _decoded_inputs(servable: Servable, signature: str, request, max_bytes: int) -> dict:
-    """The request's inputs as arrays, once their declarations fit the signature and `max_bytes` together."""
+def inflight(registry: ModelRegistry, nbytes: int):
+    """A context that holds `nbytes` of the registry's in-flight budget (`limits.InflightBudget`), if it has one."""
+    budget = getattr(registry, "inflight", None)
+    return contextlib.nullcontext() if budget is None else budget.hold(nbytes)
+
+
+def _decoded_inputs(servable: Servable, signature: str, request, max_bytes: int, reserve=None) -> dict:
+    """The request's inputs as arrays, once their declarations fit the signature and `max_bytes` together
+    (and `reserve(nbytes)`, if given, has accepted their decoded size)."""
     name, specs = servable.input_specs(signature)
     if set(request.inputs) != set(specs):
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -156,6 +164,8 @@ def _decoded_inputs(servable: Servable, signature: str, request, max_bytes: int)
             left -= check_tensor_proto(key, proto, left, specs[key])
         except ValueError as e:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+    if reserve is not None:
+        reserve(max_bytes - left)
     try:
         return {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
     except Exception as e:  # a TensorProto that is malformed in some other way
@@ -177,9 +187,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         with counted(self.registry, spec.name, "predict", "GRPC"):
             if deadline is not None and remaining <= 0:
                 raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded before the request ran")
-            with self.registry.hold(spec.name, *_version(spec)) as servable:
+            with self.registry.hold(spec.name, *_version(spec)) as servable, contextlib.ExitStack() as held:
                 signature = spec.signature_name or "serving_default"
-                inputs = _decoded_inputs(servable, signature, request, self.max_request_bytes)
+                inputs = _decoded_inputs(servable, signature, request, self.max_request_bytes,
+                                         lambda nbytes: held.enter_context(inflight(self.registry, nbytes)))
                 outputs = run_predict(self.registry, servable, signature, inputs, tuple(request.output_filter),
                                       deadline)
         response = predict_pb2.PredictResponse()

@@ -25,8 +25,11 @@ ValueError: Input 'x' declares shape [400000, 2] (3.05 MiB decoded), more than t
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
+import grpc
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
@@ -41,6 +44,7 @@ __all__ = [
     "DEFAULT_REST_MAX_BODY_BYTES",
     "DEFAULT_REST_MAX_CONNECTIONS",
     "DEFAULT_REST_READ_TIMEOUT",
+    "InflightBudget",
     "check_json_input",
     "check_tensor_proto",
     "json_shape",
@@ -113,6 +117,38 @@ def check_tensor_proto(name: str, proto, max_bytes: int, spec: tf.TensorSpec | N
         # TensorFlow would fill the missing values with the last one: a few bytes could then claim gigabytes.
         raise ValueError(f"Input '{name}' declares shape {list(shape)} but holds {held} {unit}.")
     return nbytes
+
+
+class InflightBudget:
+    """The decoded input bytes that all requests in flight may hold together (--max_inflight_bytes).
+
+    `hold(nbytes)` is taken once a request's declarations are checked and before its values are decoded, and
+    given back when it has been answered; past `limit`, it raises a RESOURCE_EXHAUSTED `ServingError` at once
+    (no waiting: a client retries, and a server under a flood keeps its memory).
+    """
+
+    def __init__(self, limit: int):
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise ValueError(f"`max_inflight_bytes` must be a positive integer. Received: {limit!r}")
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, nbytes: int):
+        from tfdisguise.serving.registry import ServingError
+
+        with self._lock:
+            if self.used + nbytes > self.limit:
+                raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"The server is already decoding {_mib(self.used)} of requests; this one's "
+                                   f"{_mib(nbytes)} would pass its limit of {_mib(self.limit)} in flight "
+                                   f"(--max_inflight_bytes). Retry later, or send fewer images per request.")
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.used -= nbytes
 
 
 def json_shape(value) -> tuple[int, ...]:

@@ -27,6 +27,7 @@ limits and a connection cap.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -40,7 +41,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
 from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES, inference
-from tfdisguise.serving.grpc_api import counted, model_status, run_predict, signature_def_map
+from tfdisguise.serving.grpc_api import counted, inflight, model_status, run_predict, signature_def_map
 from tfdisguise.serving.limits import DEFAULT_REST_MAX_BODY_BYTES, check_json_input
 from tfdisguise.serving.registry import ModelRegistry, Servable, ServingError
 
@@ -92,8 +93,9 @@ def _jsonable(value):
     return value
 
 
-def _arrays(columns: dict, spec: dict, max_bytes: int) -> dict:
-    """The inputs as arrays, once their nested lists' shapes fit the signature and `max_bytes` together."""
+def _arrays(columns: dict, spec: dict, max_bytes: int, reserve=None) -> dict:
+    """The inputs as arrays, once their nested lists' shapes fit the signature and `max_bytes` together (and
+    `reserve(nbytes)`, if given, has accepted their decoded size: the in-flight budget)."""
     unknown = set(columns) - set(spec)
     if unknown:
         raise _invalid(f"Unknown inputs {sorted(unknown)}; the signature expects {sorted(spec)}.")
@@ -103,16 +105,18 @@ def _arrays(columns: dict, spec: dict, max_bytes: int) -> dict:
             left -= check_json_input(key, value, left, spec[key])
         except ValueError as e:
             raise _invalid(str(e)) from None
+    if reserve is not None:
+        reserve(max_bytes - left)
     return {key: _to_array(value, spec[key].dtype) for key, value in columns.items()}
 
 
-def _predict_rows(run, spec: dict, instances, max_bytes: int) -> dict:
+def _predict_rows(run, spec: dict, instances, max_bytes: int, reserve=None) -> dict:
     if not isinstance(instances, list) or not instances:
         raise _invalid("'instances' must be a non-empty list.")
     named = isinstance(instances[0], dict) and set(instances[0]) != {"b64"}  # {"b64": ...} is one bytes value
     if len(spec) == 1 and not named:
         (key,) = spec
-        inputs = _arrays({key: instances}, spec, max_bytes)
+        inputs = _arrays({key: instances}, spec, max_bytes, reserve)
     else:
         if not all(isinstance(i, dict) for i in instances):
             raise _invalid("Each instance must be an object of named inputs.")
@@ -123,7 +127,7 @@ def _predict_rows(run, spec: dict, instances, max_bytes: int) -> dict:
                 wrong = ([f"has unknown inputs {unknown}"] if unknown else []) + (
                     [f"lacks inputs {missing}"] if missing else [])
                 raise _invalid(f"Instance {row} {' and '.join(wrong)}; the signature expects {sorted(spec)}.")
-        inputs = _arrays({k: [i.get(k) for i in instances] for k in spec}, spec, max_bytes)
+        inputs = _arrays({k: [i.get(k) for i in instances] for k in spec}, spec, max_bytes, reserve)
     outputs = run(inputs)
     keys = sorted(outputs)
     if len(keys) == 1:
@@ -132,13 +136,13 @@ def _predict_rows(run, spec: dict, instances, max_bytes: int) -> dict:
                             for row in range(len(instances))]}
 
 
-def _predict_columns(run, spec: dict, columns, max_bytes: int) -> dict:
+def _predict_columns(run, spec: dict, columns, max_bytes: int, reserve=None) -> dict:
     if not isinstance(columns, dict):
         if len(spec) != 1:
             raise _invalid(f"'inputs' must name the inputs {sorted(spec)}.")
         (key,) = spec
         columns = {key: columns}
-    outputs = run(_arrays(columns, spec, max_bytes))
+    outputs = run(_arrays(columns, spec, max_bytes, reserve))
     if len(outputs) == 1:
         return {"outputs": _jsonable(next(iter(outputs.values())))}
     return {"outputs": {k: _jsonable(v) for k, v in outputs.items()}}
@@ -156,9 +160,13 @@ def _predict(registry: ModelRegistry, servable: Servable, body: dict, max_bytes:
     def run(inputs):
         return run_predict(registry, servable, signature, inputs, (), deadline)
 
-    if "instances" in body:
-        return _predict_rows(run, spec, body["instances"], max_bytes)
-    return _predict_columns(run, spec, body["inputs"], max_bytes)
+    with contextlib.ExitStack() as held:
+        def reserve(nbytes):
+            held.enter_context(inflight(registry, nbytes))
+
+        if "instances" in body:
+            return _predict_rows(run, spec, body["instances"], max_bytes, reserve)
+        return _predict_columns(run, spec, body["inputs"], max_bytes, reserve)
 
 
 def _metadata(servable: Servable) -> dict:

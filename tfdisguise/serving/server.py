@@ -17,12 +17,13 @@ import threading
 
 import grpc
 
-from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES, grpc_api
+from tfdisguise.serving import DEFAULT_MAX_INFLIGHT_BYTES, DEFAULT_MAX_MESSAGE_BYTES, grpc_api
 from tfdisguise.serving.grpc_options import parse_channel_arguments
 from tfdisguise.serving.limits import (
     DEFAULT_REST_MAX_BODY_BYTES,
     DEFAULT_REST_MAX_CONNECTIONS,
     DEFAULT_REST_READ_TIMEOUT,
+    InflightBudget,
 )
 from tfdisguise.serving.registry import ModelRegistry
 from tfdisguise.serving.rest_server import address_in_use
@@ -51,6 +52,9 @@ class ModelServer:
     seconds (its headers, then its body), and at most `rest_max_connections`
     connections are open at once; `rest_api_num_threads` threads run REST
     requests (default `max_workers`), each predict within `rest_api_timeout_in_ms`.
+    The requests being served hold at most `max_inflight_bytes` of decoded
+    inputs together, gRPC and REST alike; past it a request is answered
+    RESOURCE_EXHAUSTED (REST 429) before its values are decoded.
 
     TF Serving's features: `file_system_poll_wait_seconds` > 0 polls for new
     and removed versions, `model_config_file_poll_wait_seconds` > 0 re-reads
@@ -69,7 +73,7 @@ class ModelServer:
                  rest_api_timeout_in_ms: int | None = None, file_system_poll_wait_seconds: float = 0.0,
                  model_config_file_poll_wait_seconds: float = 0.0, batching=None, metrics_path: str | None = None,
                  allow_config_reload_rpc: bool = False, grpc_socket_path: str | None = None,
-                 grpc_channel_arguments: str | None = None):
+                 grpc_channel_arguments: str | None = None, max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES):
         if ssl is not None and not isinstance(ssl, SSLConfig):
             raise TypeError(f"`ssl` must be a tfdisguise.serving.tls.SSLConfig or None. "
                             f"Received: ssl={type(ssl).__name__}")
@@ -93,6 +97,7 @@ class ModelServer:
         self.rest_api_timeout_in_ms, self.metrics_path = rest_api_timeout_in_ms, metrics_path
         self.polling = (file_system_poll_wait_seconds, model_config_file_poll_wait_seconds)
         self.allow_config_reload_rpc = bool(allow_config_reload_rpc)
+        registry.inflight = InflightBudget(max_inflight_bytes)  # shared by gRPC and REST
         # TF Serving's --grpc_socket_path (gRPC also on a Unix domain socket) and --grpc_channel_arguments.
         self.grpc_socket_path = grpc_socket_path or None
         self.channel_arguments = parse_channel_arguments(grpc_channel_arguments)
@@ -246,7 +251,8 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
           rest_api_num_threads: int | None = None, rest_api_timeout_in_ms: int | None = None,
           tensorflow_intra_op_parallelism: int = 0, tensorflow_inter_op_parallelism: int = 0,
           allow_config_reload_rpc: bool = False, grpc_socket_path: str | None = None,
-          grpc_channel_arguments: str | None = None, prefer_tflite_model: str | None = None) -> int:
+          grpc_channel_arguments: str | None = None, prefer_tflite_model: str | None = None,
+          max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES) -> int:
     """Serves until SIGTERM or SIGINT, then lets in-flight requests finish for up to `grace` seconds.
 
     The arguments are `tensorflow_model_server`'s flags of the same names
@@ -281,7 +287,8 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
                              model_config_file_poll_wait_seconds=model_config_file_poll_wait_seconds,
                              batching=batching, metrics_path=metrics_path,
                              allow_config_reload_rpc=allow_config_reload_rpc, grpc_socket_path=grpc_socket_path,
-                             grpc_channel_arguments=grpc_channel_arguments).start()
+                             grpc_channel_arguments=grpc_channel_arguments,
+                             max_inflight_bytes=max_inflight_bytes).start()
         print(f"serving {registry.names} on {host}: gRPC port {server.port}"
               + (f", REST port {server.rest_api_port}" if rest_api_port else "")
               + (" (TLS)" if ssl else " (no TLS, no authentication)"), flush=True)
