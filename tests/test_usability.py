@@ -306,3 +306,20 @@ def test_frontier_labels_stay_inside_the_figure_and_sample_rows_name_their_attac
     row_titles = [ax.get_ylabel() for ax in grid.axes if ax.get_ylabel()]
     assert row_titles == ["plain", "disguised", "jigsaw:\nreconstructed", "spectral whitened:\nreconstructed",
                           "KPA k=10"]
+
+
+def test_train_in_a_log_prints_one_line_per_epoch_and_no_warnings(tmp_path):
+    data = str(tmp_path / "d.npz")
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), y=np.arange(40) % 2)
+    key = str(tmp_path / "key.json")
+    Key.generate(Spec.recommended((8, 8, 1))).save(key)
+    done = subprocess.run([sys.executable, "-m", "tfdisguise.cli", "train", "--input", data, "--key", key, "--epochs",
+                           "2", "--batch-size", "8", "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=300, env=_user_env(), cwd=tmp_path)  # stdout is a pipe, as in a log
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "\r" not in done.stdout and "\b" not in done.stdout
+    assert [line for line in lines if line.startswith("Epoch ")] == ["Epoch 1/2", "Epoch 2/2"]
+    assert len([line for line in lines if " - loss: " in line]) == 2  # one summary line per epoch
+    assert "Warning" not in done.stderr and not TF_STARTUP.search(done.stderr), done.stderr

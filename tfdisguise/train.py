@@ -144,8 +144,10 @@ def fit(
         compile_model(model, config, steps_per_epoch)
     if config.label_smoothing:
         train_ds, val_ds = _one_hot(train_ds, num_classes), _one_hot(val_ds, num_classes)
+    # shuffle=False: the datasets arrive shuffled (tf.data does it), and Keras's default True only warns about that
+    # on every run ("`shuffle=True` was passed, but will be ignored").
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=fit_steps,
-                        verbose=verbosity(progress), callbacks=list(callbacks))
+                        verbose=verbosity(progress), callbacks=list(callbacks), shuffle=False)
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
