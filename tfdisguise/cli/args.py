@@ -37,6 +37,17 @@ def floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (a count such as --limit: 0 or a negative one would silently mean something else)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def names(text: str) -> tuple[str, ...]:
     """Comma-separated names, without blanks."""
     values = tuple(v.strip() for v in text.split(","))
@@ -125,4 +136,5 @@ def add_source_args(parser: argparse.ArgumentParser, with_split: bool = True) ->
                             help="which part of the seeded train/validation split to use")
         parser.add_argument("--validation-fraction", type=float, default=0.2,
                             help="share of the images held out as the validation split")
-        parser.add_argument("--limit", type=int, default=None, help="use at most this many images (default: all)")
+        parser.add_argument("--limit", type=positive_int, default=None,
+                            help="use at most this many images (default: all)")

@@ -10,7 +10,7 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--key", required=True, help="the owner's key file, from `tfdisguise keygen`")
     cli_args.add_source_args(p, with_split=False)
     p.add_argument("--out", required=True, help="the PNG file to write, e.g. preview.png")
-    p.add_argument("--n", type=int, default=8, help="number of images (default 8)")
+    p.add_argument("--n", type=cli_args.positive_int, default=8, help="number of images (default 8)")
     p.set_defaults(run=run)
 
 

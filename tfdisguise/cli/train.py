@@ -28,7 +28,8 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="images per training step")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's initial rate (cosine decay to 0)")
     p.add_argument("--validation-fraction", type=float, default=0.2, help="share of the images held out")
-    p.add_argument("--limit", type=int, default=None, help="train on at most this many images (default: all)")
+    p.add_argument("--limit", type=cli_args.positive_int, default=None,
+                   help="train on at most this many images (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the shuffle and the initial weights")
     recipe = p.add_argument_group("recipe (each applies to plain and disguised training alike)")
     recipe.add_argument("--model-options", type=cli_args.options, default={}, metavar="K=V,...",
@@ -48,11 +49,30 @@ def register_subparser(subparsers) -> None:
                             "(default: one)")
     p.add_argument("--out", required=True,
                    help="the run directory to write: model.keras, history.json/png, disguise.json")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's files in --out (model.keras, history.json/png, disguise.json); "
+                        "without it, such an --out is refused before training starts")
     p.set_defaults(run=run)
+
+
+# What a run writes into --out: the only files --overwrite replaces (or, for a plain run, removes: disguise.json).
+RUN_FILES = ("model.keras", "history.json", "history.png", "disguise.json")
+
+
+def check_out(out: str, overwrite: bool) -> None:
+    """Refuses, before any training, an --out that is a file or holds an earlier run (unless --overwrite)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"--out {out} exists and is not a directory; choose another --out.")
+    earlier = [name for name in RUN_FILES if os.path.lexists(os.path.join(out, name))]
+    if earlier and not overwrite:
+        raise FileExistsError(f"--out {out} holds an earlier run ({', '.join(earlier)}); refusing to overwrite it. "
+                              f"Pass --overwrite to replace that run, or choose another --out.")
 
 
 def run(args) -> int:
     from tfdisguise.train import TrainConfig, split_cpu, train_and_save
+
+    check_out(args.out, args.overwrite)  # minutes of training must not end in a refusal, nor in a silent overwrite
 
     if args.cpu_devices:
         split_cpu(args.cpu_devices)  # before anything starts TensorFlow's devices
@@ -73,6 +93,9 @@ def run(args) -> int:
     result = train_and_save(args.out, config, source=args.input, key_path=args.key, shards=args.shards,
                             stream=args.stream, stream_timeout=args.stream_timeout,
                             validation_fraction=args.validation_fraction, limit=args.limit)
+    stale = os.path.join(args.out, "disguise.json")
+    if args.input and not args.key and os.path.lexists(stale):
+        os.remove(stale)  # an earlier disguised run's identity would make `tfdisguise export` misread this plain model
     print(result.summary())
     files = ", ".join(os.path.join(args.out, n) for n in ("model.keras", "history.json", "history.png"))
     print(f"wrote {files}")
