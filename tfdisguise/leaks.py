@@ -67,14 +67,58 @@ _INT_DTYPES = ("<i2", "<i4", "<i8", ">i2", ">i4", ">i8", "<f2", "<f4", "<f8", ">
 _FLOAT_DTYPES = ("<f2", "<f4", "<f8", ">f4", ">f8")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Raw:
+    """A byte pattern, made in full only when its head is found: a large key's encodings would not fit in memory."""
+
+    what: str
+    length: int
+    head: bytes
+    make: object  # () -> bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class _Numbers:
+    """Numbers to find in decimal text; `values` may be a view (a transposed matrix), flattened only when needed."""
+
+    what: str
+    values: np.ndarray
+    anchor: int  # the flat index of the most distinctive (largest) value, the one searched for first
+    target: float  # that value
+    tolerance: float
+
+    @classmethod
+    def of(cls, what: str, values: np.ndarray) -> _Numbers:
+        anchor = int(np.argmax(np.abs(values)))
+        target = float(values[np.unravel_index(anchor, values.shape)])
+        return cls(what, values, anchor, target, DECIMAL_RTOL * abs(target))
+
+
+# Bytes of a pattern kept at hand: enough to choose its anchor and reject most false hits.
+_HEAD = 264
+# Elements looked at to decide that an array is too uniform to be secret.
+_SAMPLE = 4096
+
+
 @dataclasses.dataclass
 class _Patterns:
-    raw: list = dataclasses.field(default_factory=list)  # (what, bytes)
-    numbers: list = dataclasses.field(default_factory=list)  # (what, float64 array)
+    raw: list = dataclasses.field(default_factory=list)  # _Raw
+    numbers: list = dataclasses.field(default_factory=list)  # _Numbers
 
     def add_bytes(self, what: str, blob: bytes) -> None:
         if len(blob) >= MIN_PATTERN_BYTES:
-            self.raw.append((what, bytes(blob)))
+            blob = bytes(blob)
+            self.raw.append(_Raw(what, len(blob), blob[:_HEAD], lambda: blob))
+
+    def add_encoded(self, what: str, part: np.ndarray, dtype, *, array: bool) -> None:
+        """`part` (any view) as `dtype`'s bytes, in C order (named "as a <dtype> array" or "as <dtype>")."""
+        dtype = np.dtype(dtype)
+        if part.size * dtype.itemsize < MIN_PATTERN_BYTES:
+            return
+        head = np.asarray(part.flat[:-(-_HEAD // dtype.itemsize)]).astype(dtype).tobytes()[:_HEAD]
+        name = f"{what} as a {dtype.name} array" if array else f"{what} as {dtype.name}"
+        self.raw.append(_Raw(name, part.size * dtype.itemsize, head,
+                             lambda: np.ascontiguousarray(part, dtype).tobytes()))
 
     def add_byte_string(self, what: str, secret: bytes) -> None:
         """A byte string (the secret, an AES key) in every text and array encoding."""
@@ -85,8 +129,8 @@ class _Patterns:
         self.add_bytes(f"{what} as HEX", secret.hex().upper().encode())
         values = np.frombuffer(secret, np.uint8)
         for dtype in _INT_DTYPES:
-            self.add_bytes(f"{what} as a {np.dtype(dtype).name} array", values.astype(dtype).tobytes())
-        self.numbers.append((f"{what} as decimal numbers", values.astype(np.float64)))
+            self.add_encoded(what, values, dtype, array=True)
+        self.numbers.append(_Numbers.of(f"{what} as decimal numbers", values.astype(np.float64)))
 
     def add_array(self, what: str, array: np.ndarray) -> None:
         array = np.asarray(array)
@@ -96,49 +140,55 @@ class _Patterns:
             self._add_floats(what, array)
 
     def _add_ints(self, what: str, array: np.ndarray) -> None:
-        distinct = len(np.unique(array))
+        distinct = len(np.unique(array.reshape(-1)[:1 << 20]))
         if distinct < 2 or array.size * math.log2(distinct) < MIN_INT_BITS:
             return
         flat = array.reshape(-1)
-        dtypes = _INT_DTYPES if flat.min() < 0 or flat.max() > 255 else ("<u1",) + _INT_DTYPES
-        if flat.min() >= -128 and flat.max() <= 127:
-            dtypes = ("<i1",) + dtypes
+        low, high = int(flat.min()), int(flat.max())
+        dtypes = _INT_DTYPES + (("<u1",) if low >= 0 and high <= 255 else ()) + (
+            ("<i1",) if low >= -128 and high <= 127 else ())
         for dtype in dtypes:
-            self.add_bytes(f"{what} as a {np.dtype(dtype).name} array", flat.astype(dtype).tobytes())
-        self.numbers.append((f"{what} as decimal numbers", flat.astype(np.float64)))
+            self.add_encoded(what, flat, dtype, array=True)
+        self.numbers.append(_Numbers.of(f"{what} as decimal numbers", flat))
 
     def _add_floats(self, what: str, array: np.ndarray) -> None:
-        if len(np.unique(array)) < 3:  # -I, a constant bias: public and common
+        if len(np.unique(array.reshape(-1)[:_SAMPLE])) < 3:  # -I, a constant bias: public and common
             return
         parts = [(what, array)]
         if array.ndim == 3 and array.shape[1] == array.shape[2]:  # one matrix per block
             for i, m in enumerate(array):
-                if len(np.unique(m)) >= 4:
+                if len(np.unique(m.reshape(-1)[:_SAMPLE])) >= 4:
                     parts += [(f"{what}[{i}]", m), (f"{what}[{i}] transposed", m.T)]
         for name, part in parts:
             for dtype in _FLOAT_DTYPES:
-                self.add_bytes(f"{name} as {np.dtype(dtype).name}", np.ascontiguousarray(part, dtype).tobytes())
+                self.add_encoded(name, part, dtype, array=False)
             if part.size >= 8:
-                self.numbers.append((f"{name} as decimal numbers", part.reshape(-1).astype(np.float64)))
+                self.numbers.append(_Numbers.of(f"{name} as decimal numbers", part))
+
+
+# Above this many bytes of plan arrays, the step materials (float64, twice the plan's float32) are not derived
+# again just for the scan: the plan's arrays, which a traced graph would hold, are still searched for.
+MATERIALS_REDERIVE_BYTES = 64 * 2**20
 
 
 def _key_patterns(key) -> _Patterns:
     patterns = _Patterns()
     patterns.add_byte_string("the secret", key.secret_bytes())
-    for i, (step, material) in enumerate(zip(key.spec.steps, key.materials)):
-        for j, array in enumerate(_arrays(material)):
-            patterns.add_array(f"step {i} ({step.name}) material {j}", array)
-        for j, blob in enumerate(_byte_strings(material)):
-            patterns.add_byte_string(f"step {i} ({step.name}) key {j}", blob)
+    plan_fields = []
     for i, op in enumerate(key.plan.ops):
         fields = [(f.name, getattr(op, f.name)) for f in dataclasses.fields(op)] if dataclasses.is_dataclass(op) \
             else list(vars(op).items())
-        for name, value in fields:
-            what = f"plan op {i} ({type(op).__name__}).{name}"
-            for array in _arrays(value):
-                patterns.add_array(what, array)
-            for blob in _byte_strings(value):
-                patterns.add_byte_string(what, blob)
+        plan_fields += [(f"plan op {i} ({type(op).__name__}).{name}", value) for name, value in fields]
+    plan_bytes = sum(a.nbytes for _, value in plan_fields for a in _arrays(value))
+    fields = [(what, value, False) for what, value in plan_fields]
+    if "materials" in vars(key) or plan_bytes <= MATERIALS_REDERIVE_BYTES:
+        fields += [(f"step {i} ({step.name}) material", material, True)
+                   for i, (step, material) in enumerate(zip(key.spec.steps, key.materials))]
+    for what, value, numbered in fields:
+        for j, array in enumerate(_arrays(value)):
+            patterns.add_array(f"{what} {j}" if numbered or not isinstance(value, np.ndarray) else what, array)
+        for j, blob in enumerate(_byte_strings(value)):
+            patterns.add_byte_string(f"{what} {j}" if numbered or not isinstance(value, bytes) else what, blob)
     return patterns
 
 
@@ -182,9 +232,9 @@ class KeyScanner:
     def __init__(self, key):
         patterns = _key_patterns(key)
         self._by_anchor = collections.defaultdict(list)
-        for what, blob in patterns.raw:
-            offset = _anchor(blob)
-            self._by_anchor[int.from_bytes(blob[offset:offset + 8], "little")].append((what, blob, offset))
+        for raw in patterns.raw:
+            offset = _anchor(raw.head)
+            self._by_anchor[int.from_bytes(raw.head[offset:offset + 8], "little")].append((raw, offset))
         self._anchors = np.array(sorted(self._by_anchor), dtype=np.uint64)
         # The anchors' low 16 bits: a table lookup discards ~99% of words before the sorted search.
         self._low = np.zeros(1 << 16, bool)
@@ -214,10 +264,11 @@ class KeyScanner:
                 index = np.minimum(np.searchsorted(self._anchors, chunk), len(self._anchors) - 1)
                 for hit in np.flatnonzero(self._anchors[index] == chunk):
                     position = shift + 8 * int(candidates[hit])
-                    for what, pattern, offset in self._by_anchor[int(chunk[hit])]:
+                    for raw, offset in self._by_anchor[int(chunk[hit])]:
                         start = position - offset
-                        if what not in found and start >= 0 and blob[start:start + len(pattern)] == pattern:
-                            found.add(what)
+                        if (raw.what not in found and start >= 0 and blob[start:start + len(raw.head)] == raw.head
+                                and blob[start:start + raw.length] == raw.make()):
+                            found.add(raw.what)
         return found
 
     def _find_numbers(self, blob) -> set[str]:
@@ -230,19 +281,20 @@ class KeyScanner:
         order = np.argsort(values)  # NaN sorts last
         ordered = values[order].tolist()
         found = set()
-        for what, pattern in self._numbers:
-            if len(pattern) > len(values):
+        for pattern in self._numbers:
+            if pattern.what in found or pattern.values.size > len(values):
                 continue
-            a = int(np.argmax(np.abs(pattern)))  # the most distinctive value, as the anchor
-            tolerance = DECIMAL_RTOL * float(np.abs(pattern).max())
-            low = bisect.bisect_left(ordered, pattern[a] - tolerance)
-            high = bisect.bisect_right(ordered, pattern[a] + tolerance)
+            low = bisect.bisect_left(ordered, pattern.target - pattern.tolerance)
+            high = bisect.bisect_right(ordered, pattern.target + pattern.tolerance)
+            flat = None
             for position in order[low:high]:
-                start = int(position) - a
-                window = values[start:start + len(pattern)]
-                if start >= 0 and len(window) == len(pattern) and np.allclose(window, pattern, rtol=DECIMAL_RTOL,
-                                                                             atol=tolerance):
-                    found.add(what)
+                start = int(position) - pattern.anchor
+                window = values[start:start + pattern.values.size]
+                if start < 0 or len(window) != pattern.values.size:
+                    continue
+                flat = pattern.values.reshape(-1) if flat is None else flat
+                if np.allclose(window, flat, rtol=DECIMAL_RTOL, atol=pattern.tolerance):
+                    found.add(pattern.what)
                     break
         return found
 
