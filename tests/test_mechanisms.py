@@ -123,8 +123,8 @@ def test_block_that_does_not_divide_is_a_clear_error():
 
 def test_wrong_rank_channels_and_size_are_clear_errors(mnist_like):
     key = make_key(image_shape=(14, 14, 1), block_size=7)
-    with pytest.raises(ValueError, match="rank 3 .* or 4"):
-        disguise(mnist_like[..., 0][0], key)
+    with pytest.raises(ValueError, match="rank 3 .* or 4"):  # (14, 14) would be one image without its channel axis
+        disguise(mnist_like[0, 0], key)
     with pytest.raises(ValueError, match="3 channels but the key's spec expects 1"):
         disguise(np.zeros((2, 14, 14, 3), np.uint8), key)
     with pytest.raises(ValueError, match="must be 14x14"):
