@@ -11,7 +11,8 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--version", type=int, default=None,
                    help="the version number to write (default: one more than the newest under --base/--name)")
     identity = p.add_mutually_exclusive_group()
-    identity.add_argument("--key", help="owner's key file (only its spec and fingerprint are recorded) "
+    identity.add_argument("--key", help="owner's key file: its spec and fingerprint are recorded, and the written "
+                                        "SavedModel is scanned for its material (refused and deleted if found) "
                                         "(default: none)")
     identity.add_argument("--manifest", help="the shards' manifest.json the model was trained on (default: none)")
     p.set_defaults(run=run)
