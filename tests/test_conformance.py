@@ -126,10 +126,13 @@ def server(tmp_path_factory):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="ones",
                                                                    bias_initializer="zeros")])
     model.export(str(base / "keras" / "1"), verbose=False)
+    lite = tf.lite.TFLiteConverter.from_concrete_functions([module.triple.get_concrete_function()], module).convert()
+    (base / "lite" / "3").mkdir(parents=True)
+    (base / "lite" / "3" / "model.tflite").write_bytes(lite)  # served with --prefer_tflite_model
     config = base / "models.config"
     config.write_text("model_config_list {\n" + "".join(
         f'  config {{ name: "{n}" base_path: "{base / n}" model_platform: "tensorflow" }}\n'
-        for n in ("tf1", "tf2", "keras")) + "}\n")
+        for n in ("tf1", "tf2", "keras", "lite")) + "}\n")
     monitoring = base / "monitoring.config"
     monitoring.write_text(f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n')
     sock = base / "tfs.sock"
@@ -138,7 +141,8 @@ def server(tmp_path_factory):
         [EXE, "serve", "--embedded", "--host", "127.0.0.1", f"--port={port}", f"--rest_api_port={rest_port}",
          f"--model_config_file={config}", f"--monitoring_config_file={monitoring}", f"--grpc_socket_path={sock}",
          "--grpc_channel_arguments=grpc.max_connection_age_ms=60000,grpc.so_reuseaddr=1",
-         "--rest_api_timeout_in_ms=5000", "--allow_config_reload_rpc", "--file_system_poll_wait_seconds=0"],
+         "--rest_api_timeout_in_ms=5000", "--allow_config_reload_rpc", "--file_system_poll_wait_seconds=0",
+         "--prefer_tflite_model=true"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_until_serving(proc, port)
@@ -211,6 +215,21 @@ def test_predict_as_tf_serving_answers_it_zero_padded_version_and_float_val(serv
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in err.value.details()
 
 
+def test_tflite_model_with_prefer_tflite_model(server):
+    stub = _stub(server)
+    meta = stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
+        model_spec={"name": "lite"}, metadata_field=["signature_def"]), timeout=TIMEOUT)
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    meta.metadata["signature_def"].Unpack(sig_map)
+    signature = sig_map.signature_def["serving_default"]
+    (lite_input,), (lite_output,) = signature.inputs, signature.outputs
+    for x in ([1.0, 2.0], [4.0]):  # the interpreter is resized to each request's batch
+        answer = stub.Predict(_predict_request("lite", np.array(x, np.float32), input_name=lite_input),
+                              timeout=TIMEOUT)
+        assert list(answer.outputs[lite_output].float_val) == [3 * v for v in x]
+        assert answer.model_spec.version.value == 3
+
+
 def test_rest_predict_rows_columns_and_b64(server):
     url = f"{server['rest']}/v1/models/tf1:predict"
     assert requests.post(url, json={"instances": [2.0, 3.0, 4.0]}, timeout=TIMEOUT).json() == {
@@ -269,7 +288,7 @@ def test_classify_regress_and_multi_inference_over_grpc(server):
     _examples(bad.input, 2.0)
     with pytest.raises(grpc.RpcError) as err:
         stub.Classify(bad, timeout=TIMEOUT)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "tensorflow/serving/classify" in \
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "neither a 'classes' nor a 'scores'" in \
         err.value.details()
     bad.model_spec.signature_name = "serving_default"
     with pytest.raises(grpc.RpcError) as err:
@@ -381,7 +400,7 @@ def test_config_reload_with_the_flag(server):
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     finally:  # the other tests' models back
         request = model_management_pb2.ReloadConfigRequest()
-        for name in ("tf1", "tf2", "keras"):
+        for name in ("tf1", "tf2", "keras", "lite"):
             config = request.config.model_config_list.config.add()
             config.name, config.base_path, config.model_platform = name, str(server["base"] / name), "tensorflow"
         assert stub.HandleReloadConfigRequest(request, timeout=60).status.error_code == 0

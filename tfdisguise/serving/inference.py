@@ -6,8 +6,9 @@ has its own) are serialized, and the signature's one DT_STRING input receives
 them as a [N] batch. A classification signature answers with `scores`
 ([N, classes] or [N], float) and/or `classes` ([N, classes], string); a
 regression one with `outputs` ([N] or [N, 1], float). The signature's method
-name must be the API's (`tensorflow/serving/classify` or `.../regress`), or
-`tensorflow/serving/predict`, which every `tf.saved_model.save` signature has.
+name is not checked (TF Serving's default), so TF2 signatures, which all say
+`tensorflow/serving/predict`, classify and regress; MultiInference dispatches
+on each task's method_name (`tensorflow/serving/classify` or `.../regress`).
 
 REST: POST `:classify` / `:regress` with {"signature_name", "examples": [...],
 "context": {...}} answers {"results": ...}: per example a list of
@@ -80,11 +81,9 @@ def serialized_examples(inputs: input_pb2.Input, max_bytes: int) -> np.ndarray:
 
 def _signature(servable: Servable, signature_name: str, method: str):
     """The signature's name, its one string input's name, and its output names, once it suits `method`."""
+    # The method_name is not checked, as TF Serving checks it only with --enable_signature_method_name_check
+    # (default false): every tf.saved_model.save signature says tensorflow/serving/predict. Inputs and outputs are.
     name, fn = servable.signature(signature_name)
-    method_name = servable.signature_defs[name].method_name
-    if method_name not in (method, PREDICT):
-        raise _invalid(f"Expected {method.rsplit('/', 1)[1]} signature method_name to be {method}. "
-                       f"Was: {method_name}")
     specs = fn.structured_input_signature[1]
     if len(specs) != 1:
         raise _invalid(f"Expected one input Tensor in signature \"{name}\"; it has {sorted(specs)}.")

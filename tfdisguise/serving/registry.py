@@ -26,10 +26,9 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from tfdisguise.serving.savedmodel import SessionModel, fed_shape
+from tfdisguise.serving.savedmodel import fed_shape, load_model
 
 __all__ = ["ServingError", "Servable", "ModelRegistry", "VersionStatus", "parse_model_config"]
 
@@ -134,14 +133,6 @@ class Servable:
         elif added < 0:
             outputs = {k: v.reshape(v.shape + (1,) * -added) for k, v in outputs.items()}
         return outputs
-
-
-def _signature_defs(path: str) -> dict:
-    sm = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as f:
-        sm.ParseFromString(f.read())
-    defs = sm.meta_graphs[0].signature_def
-    return {k: defs[k] for k in defs if not k.startswith("__")}
 
 
 _INT64_MAX = (1 << 63) - 1
@@ -257,7 +248,8 @@ def _warm_up(servable: Servable) -> int:
 
 def load_servable(name: str, version: int, path: str) -> Servable:
     """Loads one version and warms it up; any failure raises."""
-    servable = Servable(name, version, path, SessionModel(path), _signature_defs(path))
+    model = load_model(path)  # a session over the SavedModel, or model.tflite with --prefer_tflite_model
+    servable = Servable(name, version, path, model, model.signature_defs)
     _warm_up(servable)
     return servable
 

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 
-__all__ = ["SessionModel", "SessionSignature"]
+__all__ = ["SessionModel", "SessionSignature", "fed_shape", "load_model", "prefer_tflite"]
 
 SERVE_TAG = "serve"
 
@@ -110,8 +110,9 @@ class SessionModel:
             self.session.close()
             raise
         self.meta_graph = meta_graph
-        self.signatures = {name: SessionSignature(self, sig) for name, sig in meta_graph.signature_def.items()
-                           if not name.startswith("__")}
+        self.signature_defs = {name: sig for name, sig in meta_graph.signature_def.items()
+                               if not name.startswith("__")}
+        self.signatures = {name: SessionSignature(self, sig) for name, sig in self.signature_defs.items()}
 
     def close(self) -> None:
         self.session.close()
@@ -150,3 +151,22 @@ def fed_shape(shape, spec_shape: tf.TensorShape) -> tuple[int, ...] | None:
     padded = shape + (1,) * (spec_shape.rank - len(shape))
     trailing = spec_shape.as_list()[len(shape):]
     return padded if all(d == 1 for d in trailing) and spec_shape.is_compatible_with(padded) else None
+
+
+_PREFER_TFLITE = False  # --prefer_tflite_model, for this process (set once by `serve`, before any model loads)
+
+
+def prefer_tflite(enabled: bool) -> None:
+    """TF Serving's --prefer_tflite_model: a version with a model.tflite is served from it."""
+    global _PREFER_TFLITE
+    _PREFER_TFLITE = bool(enabled)
+
+
+def load_model(path: str):
+    """The version at `path`: its model.tflite under --prefer_tflite_model when it has one, else its SavedModel."""
+    tflite = f"{path.rstrip('/')}/model.tflite"
+    if _PREFER_TFLITE and tf.io.gfile.exists(tflite):
+        from tfdisguise.serving.tflite import TfLiteModel
+
+        return TfLiteModel(tflite)
+    return SessionModel(path)

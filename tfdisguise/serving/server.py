@@ -9,16 +9,14 @@ gracefully, and runs until SIGTERM.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
 import signal
 import threading
 
-import grpc
-
 from tfdisguise.serving import DEFAULT_MAX_INFLIGHT_BYTES, DEFAULT_MAX_MESSAGE_BYTES, grpc_api
 from tfdisguise.serving.grpc_options import parse_channel_arguments
+from tfdisguise.serving.grpc_server import DEFAULT_GRPC_MAX_CONCURRENT_RPCS, DEFAULT_GRPC_READ_TIMEOUT, GrpcServer
 from tfdisguise.serving.limits import (
     DEFAULT_REST_MAX_BODY_BYTES,
     DEFAULT_REST_MAX_CONNECTIONS,
@@ -54,7 +52,11 @@ class ModelServer:
     requests (default `max_workers`), each predict within `rest_api_timeout_in_ms`.
     The requests being served hold at most `max_inflight_bytes` of decoded
     inputs together, gRPC and REST alike; past it a request is answered
-    RESOURCE_EXHAUSTED (REST 429) before its values are decoded.
+    RESOURCE_EXHAUSTED (REST 429) before its values are decoded. A gRPC call
+    must send its request within `grpc_read_timeout` seconds (else
+    DEADLINE_EXCEEDED), waiting on an event loop rather than in one of the
+    `max_workers` threads, and at most `grpc_max_concurrent_rpcs` calls are
+    open at once (more get RESOURCE_EXHAUSTED): see `grpc_server`.
 
     TF Serving's features: `file_system_poll_wait_seconds` > 0 polls for new
     and removed versions, `model_config_file_poll_wait_seconds` > 0 re-reads
@@ -73,7 +75,9 @@ class ModelServer:
                  rest_api_timeout_in_ms: int | None = None, file_system_poll_wait_seconds: float = 0.0,
                  model_config_file_poll_wait_seconds: float = 0.0, batching=None, metrics_path: str | None = None,
                  allow_config_reload_rpc: bool = False, grpc_socket_path: str | None = None,
-                 grpc_channel_arguments: str | None = None, max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES):
+                 grpc_channel_arguments: str | None = None, max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+                 grpc_read_timeout: float = DEFAULT_GRPC_READ_TIMEOUT,
+                 grpc_max_concurrent_rpcs: int = DEFAULT_GRPC_MAX_CONCURRENT_RPCS):
         if ssl is not None and not isinstance(ssl, SSLConfig):
             raise TypeError(f"`ssl` must be a tfdisguise.serving.tls.SSLConfig or None. "
                             f"Received: ssl={type(ssl).__name__}")
@@ -98,6 +102,7 @@ class ModelServer:
         self.polling = (file_system_poll_wait_seconds, model_config_file_poll_wait_seconds)
         self.allow_config_reload_rpc = bool(allow_config_reload_rpc)
         registry.inflight = InflightBudget(max_inflight_bytes)  # shared by gRPC and REST
+        self.grpc_read_timeout, self.grpc_max_concurrent_rpcs = grpc_read_timeout, grpc_max_concurrent_rpcs
         # TF Serving's --grpc_socket_path (gRPC also on a Unix domain socket) and --grpc_channel_arguments.
         self.grpc_socket_path = grpc_socket_path or None
         self.channel_arguments = parse_channel_arguments(grpc_channel_arguments)
@@ -108,12 +113,13 @@ class ModelServer:
         self._grpc = None
         self._http = None
 
-    def _bind_grpc(self) -> grpc.Server:
+    def _bind_grpc(self) -> GrpcServer:
         options = [("grpc.max_send_message_length", self.max_message_bytes),
                    ("grpc.max_receive_message_length", self.max_message_bytes),
                    # Exclusive: with SO_REUSEPORT a second server on this port would take a share of the connections.
                    ("grpc.so_reuseport", 0)] + self.channel_arguments
-        server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=self.max_workers), options=options)
+        server = GrpcServer(max_workers=self.max_workers, options=options, read_timeout=self.grpc_read_timeout,
+                            max_concurrent_rpcs=self.grpc_max_concurrent_rpcs)
         grpc_api.add_servicers(server, self.registry, self.max_message_bytes, self.allow_config_reload_rpc)
         address = _address(self.host, self.port)
         try:
@@ -252,7 +258,8 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
           tensorflow_intra_op_parallelism: int = 0, tensorflow_inter_op_parallelism: int = 0,
           allow_config_reload_rpc: bool = False, grpc_socket_path: str | None = None,
           grpc_channel_arguments: str | None = None, prefer_tflite_model: str | None = None,
-          max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES) -> int:
+          max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES, grpc_read_timeout: float = DEFAULT_GRPC_READ_TIMEOUT,
+          grpc_max_concurrent_rpcs: int = DEFAULT_GRPC_MAX_CONCURRENT_RPCS) -> int:
     """Serves until SIGTERM or SIGINT, then lets in-flight requests finish for up to `grace` seconds.
 
     The arguments are `tensorflow_model_server`'s flags of the same names
@@ -261,6 +268,9 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
     receives signals.
     """
     set_tensorflow_threads(tensorflow_intra_op_parallelism, tensorflow_inter_op_parallelism)
+    from tfdisguise.serving.savedmodel import prefer_tflite
+
+    prefer_tflite(prefer_tflite_model == "true")
     ssl = read_ssl_config(ssl_config_file) if ssl_config_file else None
     batching = metrics_path = None
     if enable_batching == "true":
@@ -288,7 +298,8 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
                              batching=batching, metrics_path=metrics_path,
                              allow_config_reload_rpc=allow_config_reload_rpc, grpc_socket_path=grpc_socket_path,
                              grpc_channel_arguments=grpc_channel_arguments,
-                             max_inflight_bytes=max_inflight_bytes).start()
+                             max_inflight_bytes=max_inflight_bytes, grpc_read_timeout=grpc_read_timeout,
+                             grpc_max_concurrent_rpcs=grpc_max_concurrent_rpcs).start()
         print(f"serving {registry.names} on {host}: gRPC port {server.port}"
               + (f", REST port {server.rest_api_port}" if rest_api_port else "")
               + (" (TLS)" if ssl else " (no TLS, no authentication)"), flush=True)
