@@ -9,6 +9,9 @@ False
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import re
@@ -23,8 +26,7 @@ def configure_logging(level: str = "info") -> None:
 
     `level` applies to tfdisguise's own loggers; other libraries report
     warnings and errors only. TensorFlow's C++ start-up messages are silenced
-    unless `level` is "debug": TensorFlow is loaded here, quietly (see
-    `quiet_tensorflow_import`), since every command needs it.
+    unless `level` is "debug" (see `quiet_tensorflow_import`).
     """
     if level not in LOG_LEVELS:
         raise ValueError(f"`level` must be one of {LOG_LEVELS}. Received: level={level!r}")
@@ -48,27 +50,60 @@ _STARTUP_CHATTER = re.compile(
 
 
 def quiet_tensorflow_import() -> None:
-    """Imports TensorFlow with its C++ start-up lines held back, so a command's stderr is its own.
+    """Makes the first import of TensorFlow hold back its C++ start-up lines, so a command's stderr is its own.
 
-    Every command loads TensorFlow, and its start-up lines (3 to 8 of them) would precede every answer.
-    TF_CPP_MIN_LOG_LEVEL=3 silences what TensorFlow logs once running (cuInit's failure on a machine without
-    a driver, for one); the lines written while it loads bypass that setting, so stderr's file descriptor is
-    pointed at a temporary file for the import and every line that is not start-up chatter is written back.
+    Nearly every command loads TensorFlow, and its start-up lines (3 to 8 of them) would precede every
+    answer. TF_CPP_MIN_LOG_LEVEL=3 silences what TensorFlow logs once running (cuInit's failure on a machine
+    without a driver, for one); the lines written while it loads bypass that setting, so while TensorFlow
+    loads, stderr's file descriptor points at a temporary file, and every line that is not start-up chatter
+    is written back afterwards. The import itself stays where it was (inside a command's `run`, or never, as
+    for `serve` handing over to tensorflow_model_server): a finder on `sys.meta_path` wraps it when it comes.
     A no-op once TensorFlow is loaded (an in-process caller); a TF_CPP_MIN_LOG_LEVEL set by the user stays.
     """
-    if "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.meta_path.insert(0, _QuietTensorFlow())
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds `tensorflow` (once, through the other finders) and runs its module with stderr held back."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once only, and the lookup below must not find this finder again
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        self._loader = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        try:
+            with _stderr_held():
+                self._loader.exec_module(module)
+        finally:  # the module keeps the real loader (resource readers, reloads)
+            module.__loader__ = module.__spec__.loader = self._loader
+
+
+@contextlib.contextmanager
+def _stderr_held():
+    """Points file descriptor 2 at a temporary file, then writes back what is not TensorFlow's start-up chatter."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):  # no real stderr (an embedding host): nothing to hold back
-        import tensorflow
+        yield
         return
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)
