@@ -134,7 +134,8 @@ def server(tmp_path_factory):
         f'  config {{ name: "{n}" base_path: "{base / n}" model_platform: "tensorflow" }}\n'
         for n in ("tf1", "tf2", "keras", "lite")) + "}\n")
     monitoring = base / "monitoring.config"
-    monitoring.write_text(f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n')
+    # Written as TF Serving's documentation writes it: "prometheus_config: {", fields on their own lines.
+    monitoring.write_text(f'prometheus_config: {{\n  enable: true,\n  path: "{METRICS_PATH}"\n}}\n')
     sock = base / "tfs.sock"
     port, rest_port = _free_port(), _free_port()
     proc = subprocess.Popen(

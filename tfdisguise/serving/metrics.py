@@ -34,8 +34,9 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 def parse_monitoring_config(text: str) -> str | None:
     """The metrics path that a MonitoringConfig text proto enables, or None if Prometheus is not enabled."""
-    block = re.search(r"prometheus_config\s*\{([^}]*)\}", re.sub(r"#[^\n]*", "", text))
-    if not block or not re.search(r"\benable\s*:\s*true\b", block.group(1)):
+    # Text proto allows "prometheus_config {" and "prometheus_config: {" (TF Serving's own test data has the colon).
+    block = re.search(r"prometheus_config\s*:?\s*\{([^}]*)\}", re.sub(r"#[^\n]*", "", text))
+    if not block or not re.search(r"\benable\s*:\s*(true|True|t|1)\b", block.group(1)):
         return None
     path = re.search(r'\bpath\s*:\s*"([^"]*)"', block.group(1))
     path = path.group(1) if path and path.group(1) else DEFAULT_METRICS_PATH
