@@ -514,7 +514,7 @@ def test_dockerfile_flags_are_serve_flags():
     # The embedded server now batches and serves metrics itself: nothing is left for the real server alone.
     assert notes == [] and options["monitoring_config_file"].endswith("monitoring.config")
     args.batching_parameters_file = "/nowhere/batching.txt"
-    with pytest.raises(ValueError, match="--batching_parameters_file: /nowhere/batching.txt is not a file"):
+    with pytest.raises(ValueError, match="--batching_parameters_file: /nowhere/batching.txt does not exist"):
         serve.embedded_options(args)
     assert serve.model_server_argv(cli.build_parser().parse_args(["serve", *cmd])) == [
         f if "=" in f else f"{f}=true" for f in cmd]

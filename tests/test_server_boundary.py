@@ -11,6 +11,8 @@ import contextlib
 import os
 import pathlib
 import re
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -434,3 +436,147 @@ def test_requests_in_flight_share_one_memory_budget(double, tmp_path):
         np.testing.assert_allclose(grpc_predict(server, "m", np.ones((50, 2)), timeout=10), 2 * np.ones((50, 2)))
         answer = requests.post(url, json={"inputs": np.ones((200, 2)).tolist()}, timeout=5)  # 1600 bytes alone
         assert answer.status_code == 429
+
+
+# ---- 5. stalled gRPC calls hold no worker thread, and are cut off --------------------------------
+
+
+@contextlib.contextmanager
+def stalled_calls(server, count: int):
+    """`count` Predict calls that send their headers and never a request message (no deadline)."""
+    from tensorflow_serving.apis import predict_pb2 as p
+
+    release = threading.Event()
+
+    def never():
+        release.wait(60)
+        return
+        yield
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stall = channel.stream_unary("/tensorflow.serving.PredictionService/Predict",
+                                     request_serializer=p.PredictRequest.SerializeToString,
+                                     response_deserializer=p.PredictResponse.FromString)
+        calls = [stall.future(never()) for _ in range(count)]
+        try:
+            yield calls
+        finally:
+            release.set()
+            for call in calls:
+                call.cancel()
+
+
+def test_stalled_grpc_calls_hold_no_worker_and_are_cut_off(double, tmp_path):
+    """32 calls that never send their request, on a server with 4 worker threads: a normal Predict is answered
+    at once, and the stalled calls end DEADLINE_EXCEEDED after the read timeout.
+
+    Mutations tried: grpcio's threaded server again (`grpc.server(ThreadPoolExecutor(4))`: the normal Predict
+    times out); no read deadline (read_timeout 1000 s: the stalled calls stay open).
+    """
+    copy_version(double, tmp_path / "m" / "1")
+    with serving({"m": tmp_path / "m"}, tmp_path, max_workers=4, grpc_read_timeout=2.0) as server, \
+            stalled_calls(server, 32) as calls:
+        time.sleep(0.5)
+        started = time.monotonic()
+        np.testing.assert_allclose(grpc_predict(server, "m", [[1, 2]], timeout=5), [[2, 4]])
+        assert time.monotonic() - started < 2
+        answer = requests.post(f"http://127.0.0.1:{server.rest_api_port}/v1/models/m:predict",
+                               json={"instances": [[1, 2]]}, timeout=5)
+        assert answer.status_code == 200
+        for call in calls:
+            error = call.exception(timeout=10)
+            assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
+            assert "--grpc_read_timeout" in error.details()
+
+
+def test_grpc_calls_beyond_the_cap_are_refused_at_once(double, tmp_path):
+    """With `grpc_max_concurrent_rpcs` calls open, one more is RESOURCE_EXHAUSTED; once they close, it passes.
+
+    Mutations tried: no cap (maximum_concurrent_rpcs None: the extra call waits for a worker and is answered).
+    """
+    copy_version(double, tmp_path / "m" / "1")
+    with serving({"m": tmp_path / "m"}, tmp_path, grpc_read_timeout=1.5, grpc_max_concurrent_rpcs=8) as server:
+        with stalled_calls(server, 8):
+            time.sleep(0.5)
+            with pytest.raises(grpc.RpcError) as err:
+                grpc_predict(server, "m", [[1, 2]], timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        wait_for(lambda: _answers(server), 10, "a Predict answered once the stalled calls are gone")
+
+
+def _answers(server) -> bool:
+    try:
+        return grpc_predict(server, "m", [[1, 2]], timeout=2).shape == (1, 2)
+    except grpc.RpcError:
+        return False
+
+
+# ---- 12. idle TLS connections cannot lock authenticated REST clients out --------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1, a client certificate, and the server's ssl.config."""
+    d = tmp_path_factory.mktemp("tls")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"]
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+
+    openssl("req", "-x509", *ec, "-subj", "/CN=test-ca", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))
+    for name, extra in (("server", ["-addext", "subjectAltName=IP:127.0.0.1"]), ("client", [])):
+        openssl("req", "-x509", "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"), *ec, "-subj", f"/CN={name}",
+                *extra, "-addext", "basicConstraints=CA:FALSE", "-keyout", str(d / f"{name}.key"),
+                "-out", str(d / f"{name}.crt"))
+    pem = {name: (d / name).read_text() for name in ("server.key", "server.crt", "ca.crt")}
+    (d / "ssl.config").write_text(f'server_key: "{pem["server.key"]}"\nserver_cert: "{pem["server.crt"]}"\n'
+                                  f'custom_ca: "{pem["ca.crt"]}"\nclient_verify: true\n')
+    return d
+
+
+def _mtls_status(port: int, tls: pathlib.Path, source: str) -> int:
+    """An authenticated REST status request from `source` (another loopback address is another client)."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(tls / "ca.crt"))
+    context.load_cert_chain(str(tls / "client.crt"), str(tls / "client.key"))
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        s.sendall(b"GET /v1/models/m HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return int(s.recv(64).split()[1])
+
+
+def test_idle_tls_connections_are_capped_per_client_and_cut_off(double, tls_files, tmp_path):
+    """16 connections from one address that never send a TLS hello, against a cap of 16 in all: another
+    client's mTLS request is still answered, and the idle ones are closed after the handshake timeout.
+
+    Mutations tried: no per-client cap (the 16 idle connections take every slot: the other client gets 503);
+    no handshake timeout (the idle connections stay open until the 10 s read timeout).
+    """
+    from tfdisguise.serving.tls import read_ssl_config
+
+    copy_version(double, tmp_path / "m" / "1")
+    options = {"ssl": read_ssl_config(str(tls_files / "ssl.config")), "rest_max_connections": 16,
+               "rest_max_connections_per_client": 8, "rest_tls_handshake_timeout": 1.0, "rest_read_timeout": 10}
+    with serving({"m": tmp_path / "m"}, tmp_path, **options) as server:
+        port = server.rest_api_port
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(16)]
+        try:
+            time.sleep(0.3)
+            started = time.monotonic()
+            assert _mtls_status(port, tls_files, "127.0.0.2") == 200
+            open_ = list(idle)
+            while open_ and time.monotonic() - started < 4:
+                readable, _, _ = select.select(open_, [], [], 0.2)
+                for s in readable:
+                    try:
+                        data = s.recv(1024)  # the 503 (for those over the cap), then the close
+                    except OSError:
+                        data = b""
+                    if data == b"":
+                        open_.remove(s)
+            assert not open_, f"{len(open_)} idle TLS connections still open after 4 s"
+            assert _mtls_status(port, tls_files, "127.0.0.1") == 200
+        finally:
+            for s in idle:
+                s.close()

@@ -35,11 +35,15 @@ import shutil
 import sys
 
 from tfdisguise.serving import (
+    DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
+    DEFAULT_GRPC_READ_TIMEOUT,
     DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_REST_MAX_BODY_BYTES,
     DEFAULT_REST_MAX_CONNECTIONS,
+    DEFAULT_REST_MAX_CONNECTIONS_PER_CLIENT,
     DEFAULT_REST_READ_TIMEOUT,
+    DEFAULT_REST_TLS_HANDSHAKE_TIMEOUT,
 )
 
 MODEL_SERVER = "tensorflow_model_server"
@@ -73,6 +77,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
     return value
 
 
@@ -145,6 +159,21 @@ def register_subparser(subparsers) -> None:
                                f"(default {DEFAULT_REST_READ_TIMEOUT:g})")
     embedded.add_argument("--rest_max_connections", type=_positive, default=DEFAULT_REST_MAX_CONNECTIONS,
                           help=f"open REST connections at most; more get 503 (default {DEFAULT_REST_MAX_CONNECTIONS})")
+    embedded.add_argument("--rest_max_connections_per_client", type=_positive,
+                          default=DEFAULT_REST_MAX_CONNECTIONS_PER_CLIENT,
+                          help=f"open REST connections from one source address at most; more get 503 (default "
+                               f"{DEFAULT_REST_MAX_CONNECTIONS_PER_CLIENT})")
+    embedded.add_argument("--rest_tls_handshake_timeout", type=_positive_float,
+                          default=DEFAULT_REST_TLS_HANDSHAKE_TIMEOUT,
+                          help=f"seconds a REST client has to finish its TLS handshake (with --ssl_config_file; "
+                               f"default {DEFAULT_REST_TLS_HANDSHAKE_TIMEOUT:g})")
+    embedded.add_argument("--grpc_read_timeout", type=_positive_float, default=DEFAULT_GRPC_READ_TIMEOUT,
+                          help=f"seconds a gRPC call has to send its request message; later it gets "
+                               f"DEADLINE_EXCEEDED (default {DEFAULT_GRPC_READ_TIMEOUT:g}). A waiting call holds no "
+                               f"worker thread")
+    embedded.add_argument("--grpc_max_concurrent_rpcs", type=_positive, default=DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
+                          help=f"gRPC calls open at once; more get RESOURCE_EXHAUSTED "
+                               f"(default {DEFAULT_GRPC_MAX_CONCURRENT_RPCS})")
     embedded.add_argument("--max_inflight_bytes", type=_positive, default=DEFAULT_MAX_INFLIGHT_BYTES,
                           help=f"decoded input bytes of all requests in flight together, gRPC and REST; past it a "
                                f"request gets RESOURCE_EXHAUSTED (REST 429) (default "
@@ -204,7 +233,10 @@ def embedded_options(args) -> tuple[dict, list[str]]:
                    rest_max_body_bytes=args.rest_max_body_bytes, rest_read_timeout=args.rest_read_timeout,
                    rest_max_connections=args.rest_max_connections,
                    allow_config_reload_rpc=args.allow_config_reload_rpc == "true",
-                   max_inflight_bytes=args.max_inflight_bytes)
+                   max_inflight_bytes=args.max_inflight_bytes, grpc_read_timeout=args.grpc_read_timeout,
+                   grpc_max_concurrent_rpcs=args.grpc_max_concurrent_rpcs,
+                   rest_max_connections_per_client=args.rest_max_connections_per_client,
+                   rest_tls_handshake_timeout=args.rest_tls_handshake_timeout)
     return options, notes
 
 

@@ -24,7 +24,15 @@ DEFAULT_REST_MAX_BODY_BYTES = 16 << 20
 DEFAULT_REST_READ_TIMEOUT = 10.0
 # Open REST connections at once; more are answered 503 and closed.
 DEFAULT_REST_MAX_CONNECTIONS = 128
+# Open REST connections from one source address: one client cannot hold every slot.
+DEFAULT_REST_MAX_CONNECTIONS_PER_CLIENT = 32
+# Seconds a REST client has to finish its TLS handshake.
+DEFAULT_REST_TLS_HANDSHAKE_TIMEOUT = 5.0
 # Decoded input bytes of all the requests being served at once (gRPC and REST together); past it, a request is
 # answered RESOURCE_EXHAUSTED (REST 429). Why: each request within its own cap still costs several times its
 # decoded size while it runs, so only a sum over the requests in flight bounds the server's memory.
 DEFAULT_MAX_INFLIGHT_BYTES = 256 << 20
+# Seconds a gRPC call has to send its request message (64 MiB on a slow link); a waiting call holds no thread.
+DEFAULT_GRPC_READ_TIMEOUT = 30.0
+# gRPC calls open at once; more are answered RESOURCE_EXHAUSTED.
+DEFAULT_GRPC_MAX_CONCURRENT_RPCS = 1024

@@ -8,7 +8,10 @@ from an `ssl.SSLContext`, and binds exclusively. The WSGI app runs on a thread
 pool of `max_workers`. werkzeug's development server has a thread per
 connection and no overall read deadline.
 
-Beyond `max_connections` open connections, a new one is answered 503 and closed.
+Beyond `max_connections` open connections, or `max_connections_per_client`
+from one source address, a new one is answered 503 and closed. A TLS
+connection must finish its handshake within `handshake_timeout` seconds: 128
+connections that never sent a TLS hello had held every slot (issue 22).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import ssl
 import threading
 import time
 
-from tornado import gen, httpserver, httputil, iostream, netutil, wsgi
+from tornado import gen, httpserver, httputil, ioloop, iostream, netutil, wsgi
 
+from tfdisguise.serving import DEFAULT_REST_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_REST_TLS_HANDSHAKE_TIMEOUT
 from tfdisguise.serving.limits import (
     DEFAULT_REST_MAX_BODY_BYTES,
     DEFAULT_REST_MAX_CONNECTIONS,
@@ -88,21 +92,54 @@ class _RefuseLargeBody(httputil.HTTPMessageDelegate):
 
 
 class _CappedHTTPServer(httpserver.HTTPServer):
-    def initialize(self, *args, max_connections: int, max_body_bytes: int, **kwargs):
+    def initialize(self, *args, max_connections: int, max_body_bytes: int, max_connections_per_client: int,
+                   handshake_timeout: float, **kwargs):
         super().initialize(*args, max_body_size=max_body_bytes, **kwargs)
         self.max_connections, self.max_body_bytes, self.open_connections = max_connections, max_body_bytes, 0
+        self.max_connections_per_client, self.handshake_timeout = max_connections_per_client, handshake_timeout
+        self.per_client: dict[str, int] = {}  # open connections by source address
+        self.client_of: dict = {}  # stream -> source address, to count its close
 
     def handle_stream(self, stream, address):
+        client = address[0] if isinstance(address, tuple) and address else str(address)
         if self.open_connections >= self.max_connections:
             answer = _answer(503, "Service Unavailable", f"More than {self.max_connections} open connections; "
                                                          f"try again later.")
             _send_and_close(stream, answer)
             return
+        if self.per_client.get(client, 0) >= self.max_connections_per_client:
+            # One address cannot take every slot: idle connections from it would lock everyone else out.
+            answer = _answer(503, "Service Unavailable", f"More than {self.max_connections_per_client} open "
+                                                         f"connections from {client}; try again later.")
+            _send_and_close(stream, answer)
+            return
         self.open_connections += 1
+        self.per_client[client] = self.per_client.get(client, 0) + 1
+        self.client_of[stream] = client
+        if isinstance(stream, iostream.SSLIOStream):
+            self._expire_handshake(stream)
         super().handle_stream(stream, address)
+
+    def _expire_handshake(self, stream: iostream.SSLIOStream) -> None:
+        """Closes a TLS connection whose handshake has not finished within `handshake_timeout` seconds."""
+        done = stream.wait_for_handshake()
+        loop = ioloop.IOLoop.current()
+        timer = loop.call_later(self.handshake_timeout, lambda: None if done.done() else stream.close())
+
+        def finished(future):
+            loop.remove_timeout(timer)
+            if not future.cancelled():
+                future.exception()  # a failed handshake is the client's problem: retrieved, not logged
+
+        done.add_done_callback(finished)
 
     def on_close(self, server_conn):
         self.open_connections -= 1
+        client = self.client_of.pop(getattr(server_conn, "stream", None), None)
+        if client is not None:
+            self.per_client[client] -= 1
+            if not self.per_client[client]:
+                del self.per_client[client]
         super().on_close(server_conn)
 
     def start_request(self, server_conn, request_conn):
@@ -164,19 +201,26 @@ class RestServer:
         max_body_bytes: a larger body is refused (413) before it is read.
         read_timeout: seconds for a request's headers to arrive, and again for its body.
         max_connections: open connections at most; more are answered 503.
+        max_connections_per_client: open connections from one source address at most; more are answered 503.
+        handshake_timeout: seconds for a TLS client to finish its handshake, else it is closed.
         max_workers: threads that run the app.
     """
 
     def __init__(self, app, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
                  max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES, read_timeout: float = DEFAULT_REST_READ_TIMEOUT,
-                 max_connections: int = DEFAULT_REST_MAX_CONNECTIONS, max_workers: int = 16):
+                 max_connections: int = DEFAULT_REST_MAX_CONNECTIONS, max_workers: int = 16,
+                 max_connections_per_client: int = DEFAULT_REST_MAX_CONNECTIONS_PER_CLIENT,
+                 handshake_timeout: float = DEFAULT_REST_TLS_HANDSHAKE_TIMEOUT):
         for name, value in (("max_body_bytes", max_body_bytes), ("read_timeout", read_timeout),
-                            ("max_connections", max_connections), ("max_workers", max_workers)):
+                            ("max_connections", max_connections), ("max_workers", max_workers),
+                            ("max_connections_per_client", max_connections_per_client),
+                            ("handshake_timeout", handshake_timeout)):
             if not value > 0:
                 raise ValueError(f"`{name}` must be > 0. Received: {name}={value}")
         self.app, self.host, self.port, self.ssl_context = _InFlight(app), host, port, ssl_context
         self.max_body_bytes, self.read_timeout = max_body_bytes, read_timeout
         self.max_connections, self.max_workers = max_connections, max_workers
+        self.max_connections_per_client, self.handshake_timeout = max_connections_per_client, handshake_timeout
         self._loop = self._thread = self._server = self._executor = self._sockets = None
 
     def bind(self) -> RestServer:
@@ -206,7 +250,8 @@ class RestServer:
             self._server = _CappedHTTPServer(
                 wsgi.WSGIContainer(self.app, executor=self._executor), ssl_options=self.ssl_context,
                 idle_connection_timeout=self.read_timeout, body_timeout=self.read_timeout,
-                max_connections=self.max_connections, max_body_bytes=self.max_body_bytes)
+                max_connections=self.max_connections, max_body_bytes=self.max_body_bytes,
+                max_connections_per_client=self.max_connections_per_client, handshake_timeout=self.handshake_timeout)
             self._server.add_sockets(sockets)
 
         def run():

@@ -14,7 +14,13 @@ import logging
 import signal
 import threading
 
-from tfdisguise.serving import DEFAULT_MAX_INFLIGHT_BYTES, DEFAULT_MAX_MESSAGE_BYTES, grpc_api
+from tfdisguise.serving import (
+    DEFAULT_MAX_INFLIGHT_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_REST_MAX_CONNECTIONS_PER_CLIENT,
+    DEFAULT_REST_TLS_HANDSHAKE_TIMEOUT,
+    grpc_api,
+)
 from tfdisguise.serving.grpc_options import parse_channel_arguments
 from tfdisguise.serving.grpc_server import DEFAULT_GRPC_MAX_CONCURRENT_RPCS, DEFAULT_GRPC_READ_TIMEOUT, GrpcServer
 from tfdisguise.serving.limits import (
@@ -47,7 +53,9 @@ class ModelServer:
     Bounds: a request's inputs may decode to at most `max_message_bytes` (also
     the gRPC message limit), whatever shape they declare. A REST body may hold
     at most `rest_max_body_bytes`, must arrive within `rest_read_timeout`
-    seconds (its headers, then its body), and at most `rest_max_connections`
+    seconds (its headers, then its body; its TLS handshake within
+    `rest_tls_handshake_timeout`), and at most `rest_max_connections` (at most
+    `rest_max_connections_per_client` from one source address)
     connections are open at once; `rest_api_num_threads` threads run REST
     requests (default `max_workers`), each predict within `rest_api_timeout_in_ms`.
     The requests being served hold at most `max_inflight_bytes` of decoded
@@ -77,7 +85,9 @@ class ModelServer:
                  allow_config_reload_rpc: bool = False, grpc_socket_path: str | None = None,
                  grpc_channel_arguments: str | None = None, max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
                  grpc_read_timeout: float = DEFAULT_GRPC_READ_TIMEOUT,
-                 grpc_max_concurrent_rpcs: int = DEFAULT_GRPC_MAX_CONCURRENT_RPCS):
+                 grpc_max_concurrent_rpcs: int = DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
+                 rest_max_connections_per_client: int = DEFAULT_REST_MAX_CONNECTIONS_PER_CLIENT,
+                 rest_tls_handshake_timeout: float = DEFAULT_REST_TLS_HANDSHAKE_TIMEOUT):
         if ssl is not None and not isinstance(ssl, SSLConfig):
             raise TypeError(f"`ssl` must be a tfdisguise.serving.tls.SSLConfig or None. "
                             f"Received: ssl={type(ssl).__name__}")
@@ -96,7 +106,9 @@ class ModelServer:
         self.enable_rest = rest_api_port is not None
         self.max_workers, self.max_message_bytes, self.ssl = max_workers, max_message_bytes, ssl
         self.rest_limits = {"max_body_bytes": rest_max_body_bytes, "read_timeout": rest_read_timeout,
-                            "max_connections": rest_max_connections}
+                            "max_connections": rest_max_connections,
+                            "max_connections_per_client": rest_max_connections_per_client,
+                            "handshake_timeout": rest_tls_handshake_timeout}
         self.rest_api_num_threads = rest_api_num_threads or max_workers
         self.rest_api_timeout_in_ms, self.metrics_path = rest_api_timeout_in_ms, metrics_path
         self.polling = (file_system_poll_wait_seconds, model_config_file_poll_wait_seconds)
@@ -259,7 +271,9 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
           allow_config_reload_rpc: bool = False, grpc_socket_path: str | None = None,
           grpc_channel_arguments: str | None = None, prefer_tflite_model: str | None = None,
           max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES, grpc_read_timeout: float = DEFAULT_GRPC_READ_TIMEOUT,
-          grpc_max_concurrent_rpcs: int = DEFAULT_GRPC_MAX_CONCURRENT_RPCS) -> int:
+          grpc_max_concurrent_rpcs: int = DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
+          rest_max_connections_per_client: int = DEFAULT_REST_MAX_CONNECTIONS_PER_CLIENT,
+          rest_tls_handshake_timeout: float = DEFAULT_REST_TLS_HANDSHAKE_TIMEOUT) -> int:
     """Serves until SIGTERM or SIGINT, then lets in-flight requests finish for up to `grace` seconds.
 
     The arguments are `tensorflow_model_server`'s flags of the same names
@@ -299,7 +313,9 @@ def serve(*, port: int = 8500, rest_api_port: int = 0, model_name: str = "defaul
                              allow_config_reload_rpc=allow_config_reload_rpc, grpc_socket_path=grpc_socket_path,
                              grpc_channel_arguments=grpc_channel_arguments,
                              max_inflight_bytes=max_inflight_bytes, grpc_read_timeout=grpc_read_timeout,
-                             grpc_max_concurrent_rpcs=grpc_max_concurrent_rpcs).start()
+                             grpc_max_concurrent_rpcs=grpc_max_concurrent_rpcs,
+                             rest_max_connections_per_client=rest_max_connections_per_client,
+                             rest_tls_handshake_timeout=rest_tls_handshake_timeout).start()
         print(f"serving {registry.names} on {host}: gRPC port {server.port}"
               + (f", REST port {server.rest_api_port}" if rest_api_port else "")
               + (" (TLS)" if ssl else " (no TLS, no authentication)"), flush=True)
