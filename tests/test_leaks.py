@@ -1,6 +1,8 @@
-"""Key material must never leave the owner: not in configs, manifests or shards.
+"""Key material must never leave the owner: not in configs, manifests, shards or exports, and no disguised
+image may reach a model made for another key.
 
-Each scan has a positive control, so a broken scan cannot pass silently.
+The scans use the library's own scanner (`tfdisguise.leaks`, which `export` runs on what it writes). Each
+scan has a positive control, so a broken scan cannot pass silently.
 """
 
 import concurrent.futures
