@@ -15,7 +15,7 @@ port's connections).
 >>> parse_channel_arguments("grpc.max_receive_message_length=1")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: --grpc_channel_arguments: grpc.max_receive_message_length is set by --max_message_bytes in the ...
+ValueError: --grpc_channel_arguments: grpc.max_receive_message_length is set by --max_message_bytes, which ...
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import re
 
 __all__ = ["PROTECTED", "parse_channel_arguments"]
 
-# Arguments the embedded server sets itself, and the flag that sets each.
+# Arguments the embedded server sets itself, and why they cannot be given here.
+_SIZE = "set by --max_message_bytes, which also caps what a request may decode to,"
 PROTECTED = {
-    "grpc.max_receive_message_length": "--max_message_bytes",
-    "grpc.max_send_message_length": "--max_message_bytes",
-    "grpc.so_reuseport": "nothing (always 0: a second server must not take a share of this port's connections)",
+    "grpc.max_receive_message_length": _SIZE,
+    "grpc.max_send_message_length": _SIZE,
+    "grpc.so_reuseport": "always 0, so that a second server cannot take a share of this port's connections,",
 }
 
 
@@ -45,9 +46,7 @@ def parse_channel_arguments(text: str | None) -> list[tuple[str, int | str]]:
             raise ValueError(f"--grpc_channel_arguments: expected comma-separated name=value pairs "
                              f"(e.g. grpc.max_connection_age_ms=2000); received {item!r}.")
         if name in PROTECTED:
-            which = PROTECTED[name]
-            raise ValueError(f"--grpc_channel_arguments: {name} is set by {which} in the embedded server"
-                             + (" (which also caps what a request may decode to)" if which.startswith("--") else "")
-                             + f"; received {item!r}.")
+            raise ValueError(f"--grpc_channel_arguments: {name} is {PROTECTED[name]} in the embedded server; "
+                             f"received {item!r}.")
         options.append((name, int(value) if re.fullmatch(r"[+-]?\d+", value) else value))
     return options
