@@ -13,7 +13,11 @@ than every interface is refused rather than silently ignored: publish its ports
 on loopback instead (docker run -p 127.0.0.1:8500:8500). --ssl_config_file
 serves gRPC and REST over TLS, with client certificates if it says so;
 `tensorflow_model_server` has no TLS on REST, so REST with --ssl_config_file is
-refused rather than handed over.
+refused rather than handed over. Administration: the embedded server refuses
+ModelService/HandleReloadConfigRequest (PERMISSION_DENIED) unless
+--allow_config_reload_rpc is given, since any client that reaches the gRPC port
+could otherwise unload every model or serve any directory of this machine;
+`tensorflow_model_server` always answers it.
 
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="tfdisguise")

@@ -5,6 +5,7 @@ batching    merges concurrent requests per model version and signature (--enable
 metrics     Prometheus metrics under TF Serving's names (--monitoring_config_file)
 limits      what one request may hold, checked before anything is allocated
 grpc_api    PredictionService and ModelService over a registry; deadlines, batching and counting of a request
+grpc_server the gRPC server (grpc.aio): a read deadline for each call's request, a cap on open calls
 rest_api    the REST API over a registry, as a WSGI app (werkzeug)
 rest_server the HTTP server that hosts it (tornado): TLS, read deadlines, body and connection caps
 tls         --ssl_config_file for both APIs; the client's TLS
