@@ -231,8 +231,10 @@ def test_every_block_runs_as_written(path, tmp_path):
         assert os.path.isfile(os.path.join(workdir, "run", "model.keras"))
         assert os.path.isdir(os.path.join(workdir, "saved_models", "mnist", "1"))
         assert "accuracy on 1,000 disguised held-out digits" in transcript
+        assert "labelled images)" in transcript, "`tfdisguise predict` on the labelled digits.npz printed no accuracy"
     if path == os.path.join("docs", "serving.md"):
         assert "accuracy through the server:" in transcript
+        assert transcript.count("labelled images)") == 3, "the gRPC, REST and TLS predictions each print accuracy"
 
 
 @pytest.mark.parametrize("path", DOCS)
