@@ -249,6 +249,11 @@ def test_predict_refuses_fifo_bomb_npy_and_400_megapixel_png(key_path, tmp_path,
     # The FIFO hung predict: a second process. The others failed with a traceback: here, their messages.
     rc, output = _run([*argv, str(fifo)])
     assert rc == 1 and expected.pop(fifo) in output and "Traceback" not in output, output
+    # A symlink to /dev/zero as a query image: a device, refused before it is read (it never ends).
+    zero = tmp_path / "zero.png"
+    zero.symlink_to("/dev/zero")
+    rc, output = _run([*argv, str(zero)])
+    assert rc == 1 and "not a regular file" in output and "Traceback" not in output, output
     for path, needle in expected.items():
         assert cli.main([*argv, str(path)]) == 1
         assert needle in capsys.readouterr().err

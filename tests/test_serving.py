@@ -325,10 +325,15 @@ def test_serve_command_runs_and_stops_gracefully_on_sigterm(served):
                              "--model_name", "tiny", "--model_base_path", str(served["base"] / "tiny")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = ""
-        while "serving" not in line:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, proc.stderr.read()
+        # The server's first stdout line says where it serves. Read it on a thread with a deadline: a server
+        # that stays alive but never says so must fail this test, not hang the suite.
+        first = []
+        reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout=120)
+        assert first and first[0], f"no 'serving' line within 120 s (exit code {proc.poll()})"
+        line = first[0]
+        assert "serving" in line, line
         port = int(re.search(r"gRPC port (\d+)", line).group(1))
         with DisguisedClient(f"127.0.0.1:{port}", "tiny", served["key"]) as client:
             assert client.predict(served["x"][:3])["class_id"].shape == (3,)
