@@ -224,9 +224,10 @@ def test_every_block_runs_as_written(path, tmp_path):
     workdir = str(tmp_path)
     transcript = run_file(path, workdir)
     if path == "README.md":
-        # The walk's promises, seen from outside: a private key outside the working directory, a trained and
-        # exported model, and accuracy printed by both the client and the Python example.
-        key = os.path.join(workdir, ".tfdisguise", "keys", "mnist-key.json")
+        # The walk's promises, seen from outside: a private key file where keygen was told to write it, a trained
+        # and exported model, and accuracy printed by both the client and the Python example.
+        keygen = next(c for _, text in fenced_blocks(path) for c in command_lines(text) if c[0] == "keygen")
+        key = os.path.join(workdir, keygen[keygen.index("--out") + 1].replace("~", workdir, 1))
         assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
         assert os.path.isfile(os.path.join(workdir, "run", "model.keras"))
         assert os.path.isdir(os.path.join(workdir, "saved_models", "mnist", "1"))
