@@ -271,3 +271,17 @@ def test_readme_reads_in_five_minutes_and_its_links_resolve():
     assert len(text.split()) < 1500, "the README is for five minutes' reading; move detail into docs/"
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
         assert os.path.exists(os.path.join(ROOT, target)), f"README links to {target}, which does not exist"
+
+
+def test_the_serving_guide_tables_every_flag_of_serve():
+    """The TF Serving support table names every option `tfdisguise serve` takes, so a new flag gets a row."""
+    with open(os.path.join(ROOT, "docs", "serving.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("## TF Serving support"):]
+    section = section[:section.index("\n## ", 1)]
+    tabled = set(re.findall(r"`(--[a-z_]+)`", "\n".join(ln for ln in section.splitlines() if ln.startswith("|"))))
+    serve = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "serve")[1]
+    flags = {o for action in serve._actions for o in action.option_strings if o.startswith("--") and o != "--help"}
+    flags -= {"--log-level"}  # every command's, not a serving flag
+    assert flags - tabled == set(), f"docs/serving.md's table lacks these flags of `tfdisguise serve`: {flags - tabled}"
+
