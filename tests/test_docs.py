@@ -280,7 +280,7 @@ def test_the_serving_guide_tables_every_flag_of_serve():
     section = text[text.index("## TF Serving support"):]
     section = section[:section.index("\n## ", 1)]
     tabled = set(re.findall(r"`(--[a-z_]+)`", "\n".join(ln for ln in section.splitlines() if ln.startswith("|"))))
-    serve = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "serve")[1]
+    serve = cli.build_parser()._subparsers._group_actions[0].choices["serve"]
     flags = {o for action in serve._actions for o in action.option_strings if o.startswith("--") and o != "--help"}
     flags -= {"--log-level"}  # every command's, not a serving flag
     assert flags - tabled == set(), f"docs/serving.md's table lacks these flags of `tfdisguise serve`: {flags - tabled}"
