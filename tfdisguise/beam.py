@@ -16,8 +16,8 @@ the owner's machines: they hold the key. Each worker loads the whole source
 (the loaders read sources into memory); a source too large for one worker's
 memory wants a sharded source, which this module does not read yet.
 
-Needs the `beam` extra (`pip install tfdisguise[beam]`): apache-beam 2.77.0,
-which needs protobuf < 7 (the project pins protobuf 6.33.x).
+Needs the `beam` extra (from a clone: `pip install -e '.[beam]'`; from a wheel: `pip install 'WHEEL[beam]'`):
+apache-beam 2.77.0, which needs protobuf < 7 (the project pins protobuf 6.33.x).
 
 Example (the DirectRunner in this process):
 
@@ -108,7 +108,8 @@ def _import_beam():
     try:
         import apache_beam as beam
     except ImportError:
-        raise ImportError("Disguising on Beam needs Apache Beam: pip install 'tfdisguise[beam]'.") from None
+        raise ImportError("Disguising on Beam needs Apache Beam, the `beam` extra: pip install apache-beam==2.77.0 "
+                          "(or, from a clone, pip install -e '.[beam]').") from None
     return beam
 
 
