@@ -37,7 +37,7 @@ from tensorflow_serving.apis import (
 
 from tfdisguise.serving import DEFAULT_MAX_MESSAGE_BYTES, inference
 from tfdisguise.serving.limits import check_tensor_proto
-from tfdisguise.serving.registry import ModelRegistry, Servable, ServingError
+from tfdisguise.serving.registry import ModelRegistry, Servable, ServingError, spec_version
 
 __all__ = ["ModelStatusServicer", "PredictionServicer", "add_servicers", "counted", "model_status", "run_predict",
            "signature_def_map"]
@@ -56,17 +56,8 @@ def _aborts_on_serving_error(method):
     return call
 
 
-def _version(model_spec) -> tuple[int | None, str | None]:
-    which = model_spec.WhichOneof("version_choice")
-    if which == "version":
-        return model_spec.version.value, None
-    if which == "version_label":
-        return None, model_spec.version_label
-    return None, None
-
-
 def _servable(registry: ModelRegistry, model_spec) -> Servable:
-    return registry.get(model_spec.name, *_version(model_spec))
+    return registry.get(model_spec.name, *spec_version(model_spec))
 
 
 def _answered_by(model_spec, servable: Servable) -> None:
@@ -187,7 +178,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         with counted(self.registry, spec.name, "predict", "GRPC"):
             if deadline is not None and remaining <= 0:
                 raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded before the request ran")
-            with self.registry.hold(spec.name, *_version(spec)) as servable, contextlib.ExitStack() as held:
+            with self.registry.hold(spec.name, *spec_version(spec)) as servable, contextlib.ExitStack() as held:
                 signature = spec.signature_name or "serving_default"
                 inputs = _decoded_inputs(servable, signature, request, self.max_request_bytes,
                                          lambda nbytes: held.enter_context(inflight(self.registry, nbytes)))
@@ -248,7 +239,7 @@ class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     @_aborts_on_serving_error
     def GetModelStatus(self, request, context):
-        return model_status(self.registry, request.model_spec.name, *_version(request.model_spec))
+        return model_status(self.registry, request.model_spec.name, *spec_version(request.model_spec))
 
     def HandleReloadConfigRequest(self, request, context):
         """Serves the models of `request.config` from now on: added ones loaded, removed ones unloaded."""

@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import classification_pb2, inference_pb2, input_pb2, regression_pb2
 
-from tfdisguise.serving.registry import ModelRegistry, Servable, ServingError
+from tfdisguise.serving.registry import ModelRegistry, Servable, ServingError, spec_version
 
 __all__ = ["CLASSIFY", "PREDICT", "REGRESS", "classify", "json_bytes", "json_example", "json_input", "multi_inference",
            "regress", "rest_classify", "rest_regress"]
@@ -151,15 +151,6 @@ def _regress(servable: Servable, signature_name: str, examples: np.ndarray,
     return name
 
 
-def _version(model_spec) -> tuple[int | None, str | None]:
-    which = model_spec.WhichOneof("version_choice")
-    if which == "version":
-        return model_spec.version.value, None
-    if which == "version_label":
-        return None, model_spec.version_label
-    return None, None
-
-
 def _answered_by(model_spec, servable: Servable, signature: str) -> None:
     model_spec.name = servable.name
     model_spec.version.value = servable.version
@@ -169,7 +160,7 @@ def _answered_by(model_spec, servable: Servable, signature: str) -> None:
 def classify(registry: ModelRegistry, request, max_bytes: int) -> classification_pb2.ClassificationResponse:
     """PredictionService.Classify."""
     response = classification_pb2.ClassificationResponse()
-    with registry.hold(request.model_spec.name, *_version(request.model_spec)) as servable:
+    with registry.hold(request.model_spec.name, *spec_version(request.model_spec)) as servable:
         examples = serialized_examples(request.input, max_bytes)
         name = _classify(servable, request.model_spec.signature_name, examples, response.result)
     _answered_by(response.model_spec, servable, name)
@@ -179,7 +170,7 @@ def classify(registry: ModelRegistry, request, max_bytes: int) -> classification
 def regress(registry: ModelRegistry, request, max_bytes: int) -> regression_pb2.RegressionResponse:
     """PredictionService.Regress."""
     response = regression_pb2.RegressionResponse()
-    with registry.hold(request.model_spec.name, *_version(request.model_spec)) as servable:
+    with registry.hold(request.model_spec.name, *spec_version(request.model_spec)) as servable:
         examples = serialized_examples(request.input, max_bytes)
         name = _regress(servable, request.model_spec.signature_name, examples, response.result)
     _answered_by(response.model_spec, servable, name)
@@ -194,7 +185,7 @@ def multi_inference(registry: ModelRegistry, request, max_bytes: int) -> inferen
     model = tasks[0].model_spec
     seen = set()
     for task in tasks:
-        if task.model_spec.name != model.name or _version(task.model_spec) != _version(model):
+        if task.model_spec.name != model.name or spec_version(task.model_spec) != spec_version(model):
             raise _invalid("Input ModelSpecs must name the same model and version in every task.")
         signature = task.model_spec.signature_name or "serving_default"
         if signature in seen:
@@ -204,7 +195,7 @@ def multi_inference(registry: ModelRegistry, request, max_bytes: int) -> inferen
             raise _invalid(f"Unsupported signature method_name: {task.method_name!r}; expected {CLASSIFY} or "
                            f"{REGRESS}.")
     response = inference_pb2.MultiInferenceResponse()
-    with registry.hold(model.name, *_version(model)) as servable:
+    with registry.hold(model.name, *spec_version(model)) as servable:
         examples = serialized_examples(request.input, max_bytes)
         for task in tasks:
             result = response.results.add()

@@ -73,6 +73,16 @@ _NP_TO_TF = {np.dtype(np.float32): tf.float32, np.dtype(np.float64): tf.float64,
 
 
 @dataclasses.dataclass
+def spec_version(model_spec) -> tuple[int | None, str | None]:
+    """(version, label) that a request's `ModelSpec` asks for: `hold`'s and `get`'s arguments after the name."""
+    which = model_spec.WhichOneof("version_choice")
+    if which == "version":
+        return model_spec.version.value, None
+    if which == "version_label":
+        return None, model_spec.version_label
+    return None, None
+
+
 class Servable:
     """One loaded version of one model."""
 
