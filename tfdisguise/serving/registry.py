@@ -72,7 +72,6 @@ _NP_TO_TF = {np.dtype(np.float32): tf.float32, np.dtype(np.float64): tf.float64,
              np.dtype(np.int64): tf.int64, np.dtype(np.uint8): tf.uint8, np.dtype(object): tf.string}
 
 
-@dataclasses.dataclass
 def spec_version(model_spec) -> tuple[int | None, str | None]:
     """(version, label) that a request's `ModelSpec` asks for: `hold`'s and `get`'s arguments after the name."""
     which = model_spec.WhichOneof("version_choice")
@@ -83,6 +82,7 @@ def spec_version(model_spec) -> tuple[int | None, str | None]:
     return None, None
 
 
+@dataclasses.dataclass
 class Servable:
     """One loaded version of one model."""
 
