@@ -348,3 +348,28 @@ def test_beam_options_are_checked_before_any_work(key_path, npz, tmp_path, capsy
     err = capsys.readouterr().err
     assert f"error: --beam_pipeline_options {options}: {needle}" in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_json_descriptions_are_read_as_untrusted_files(tmp_path):
+    """`stream.json` and `disguise.json` go through the same checks as a manifest (io.read_json).
+
+    Mutations tried: `io.read_json` opening the file with a plain `open` (the FIFO hangs: the subprocess times out).
+    """
+    (tmp_path / "stream").mkdir()
+    os.mkfifo(tmp_path / "stream" / "stream.json")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "disguise.json").symlink_to("/dev/zero")
+    (tmp_path / "big.json").write_bytes(b"[" + b" " * 100 + b"]")
+    code = ("import sys\nfrom tfdisguise import io, stream\nfrom tfdisguise.identity import Identity\n"
+            "for call in (lambda: stream._read_info(sys.argv[1]), lambda: Identity.load(sys.argv[2]),\n"
+            "             lambda: io.read_json(sys.argv[3], max_bytes=50)):\n"
+            "    try:\n        call()\n    except ValueError as e:\n        print('REFUSED', type(e).__name__, e)\n")
+    rc, output = _run(["-c", code, str(tmp_path / "stream"), str(tmp_path / "run"), str(tmp_path / "big.json")])
+    assert rc == 0, output
+    assert "REFUSED StreamError Stream description" in output and "FIFO" in output, output
+    assert "REFUSED IdentityError Identity file" in output and "not a regular file" in output, output
+    assert "REFUSED ValueError JSON file" in output and "over the 50 bytes" in output, output
+    # A missing file is still told apart from a bad one.
+    with pytest.raises(FileNotFoundError):
+        from tfdisguise import io
+        io.read_json(str(tmp_path / "absent.json"))

@@ -119,9 +119,11 @@ class Identity:
         if os.path.isdir(path):
             path = os.path.join(path, FILE_NAME)
         try:
-            d = io.read_json(path)
+            d = io.read_json(path, what="Identity file", error=IdentityError)
         except FileNotFoundError:
             raise IdentityError(f"No disguise identity at {path}.") from None
+        except IdentityError:
+            raise
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise IdentityError(f"{path} is not valid JSON ({type(e).__name__}).") from None
         return cls.from_dict(d, source=path)

@@ -222,13 +222,26 @@ def open_regular(path: str, *, max_bytes: int | None = None, what: str = "File",
         yield f
 
 
-def read_json(path: str) -> Any:
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
+def read_json(path: str, *, max_bytes: int = MAX_JSON_BYTES, what: str = "JSON file", inside: str | None = None,
+              error: type[Exception] = ValueError) -> Any:
+    """The JSON value in `path`, read only after `open_regular`'s checks and never past `max_bytes`.
+
+    Every JSON file a reader may not have written itself (manifests, `stream.json`, `disguise.json`) comes
+    through here, so a FIFO, a device or a huge file is refused the same way everywhere. A missing local file
+    is still a FileNotFoundError, which callers tell apart from a bad one. Malformed JSON raises
+    `json.JSONDecodeError` (a ValueError) or RecursionError, as `json.loads` does.
+    """
     path = os.fspath(path)
-    if is_local(path):
-        with open(path) as f:
-            return json.load(f)
-    with _gfile().GFile(path) as f:
-        return json.loads(f.read())
+    if is_local(path) and not os.path.lexists(path):
+        raise FileNotFoundError(f"{what} {path} does not exist.")
+    with open_regular(path, max_bytes=max_bytes, what=what, inside=inside, error=error) as f:
+        raw = f.read(max_bytes + 1)  # the file may have grown since the check
+    if len(raw) > max_bytes:
+        raise error(f"{what} {path} is over {max_bytes} bytes; refusing to read it.")
+    return json.loads(raw)
 
 
 @contextlib.contextmanager

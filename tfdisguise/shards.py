@@ -328,12 +328,10 @@ def read_manifest(out_dir: str) -> dict[str, Any]:
                              f"--out` wrote.")
         raise ShardError(f"{out_dir} has no {MANIFEST}: it is not a disguised data set, or its export did not finish.")
     # Checked before a byte is read: a FIFO or /dev/zero would hang the reader, a huge file would fill memory.
-    with io.open_regular(path, max_bytes=MAX_MANIFEST_BYTES, what="Manifest", inside=out_dir, error=ShardError) as f:
-        raw = f.read(MAX_MANIFEST_BYTES + 1)  # it may have grown since the check
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise ShardError(f"Manifest {path} is over {MAX_MANIFEST_BYTES} bytes; refusing to read it.")
     try:
-        manifest = json.loads(raw)
+        manifest = io.read_json(path, max_bytes=MAX_MANIFEST_BYTES, what="Manifest", inside=out_dir, error=ShardError)
+    except ShardError:
+        raise
     except (ValueError, RecursionError) as e:
         raise ShardError(f"{path} is corrupt ({type(e).__name__}: {e}).") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

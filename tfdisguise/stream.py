@@ -224,7 +224,9 @@ def _wait_for_reader(out_dir: str, epoch: int, poll_interval: float) -> None:
 def _read_info(path: str) -> dict:
     file = f"{path}/{STREAM_FILE}"
     try:
-        info = io.read_json(file)
+        info = io.read_json(file, what="Stream description", error=StreamError)
+    except StreamError:
+        raise
     except (ValueError, RecursionError) as e:
         raise StreamError(f"{file} is corrupt ({type(e).__name__}: {e}).") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
